@@ -1,0 +1,125 @@
+"""The one configuration model. Every function validates it at cold start.
+
+Logic never reads ``os.environ``; it receives a ``Settings`` (or the values derived from it).
+The timing arithmetic that keeps a slow but live worker from ever being swept lives here, in
+one place, so the dispatcher, the sweeper and the docs agree on it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+UnknownPolicy = Literal["hold", "resend"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SENDONCE_",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # --- Postgres -------------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "SENDONCE_DATABASE_URL"),
+        description="libpq URL of the queue database. Wins over database_secret_id.",
+    )
+    database_secret_id: str | None = Field(
+        default=None,
+        description="Secrets Manager id whose SecretString is the database URL (deployed stacks).",
+    )
+    db_pool_max_size: int = Field(default=10, ge=1, le=100)
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+    # --- DynamoDB idempotency store ----------------------------------------------------------
+    idempotency_table: str = Field(default="sendonce-idempotency", min_length=3)
+    dedupe_window_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=3600,
+        description="How long an idempotency record blocks a second provider call for a message.",
+    )
+
+    # --- Dispatcher timing ------------------------------------------------------------------
+    dispatcher_timeout_seconds: int = Field(
+        default=150, ge=10, le=900, description="The dispatcher Lambda's Timeout (template.yaml)."
+    )
+    lease_margin_seconds: int = Field(
+        default=30,
+        ge=5,
+        description="Added to the function timeout to absorb clock skew between Lambda and Postgres.",
+    )
+    provider_connect_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+    provider_read_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    batch_size: int = Field(default=25, ge=1, le=500)
+    send_concurrency: int = Field(default=8, ge=1, le=64)
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    retry_base_seconds: float = Field(default=30.0, gt=0)
+    retry_cap_seconds: float = Field(default=3600.0, gt=0)
+
+    # --- Sweeper / reconciliation -----------------------------------------------------------
+    sweeper_timeout_seconds: int = Field(default=120, ge=10, le=900)
+    sweep_batch_size: int = Field(default=500, ge=1, le=10_000)
+    unknown_grace_seconds: int = Field(default=900, ge=0)
+    unknown_policy_whatsapp: UnknownPolicy = "hold"
+    unknown_policy_messenger: UnknownPolicy = "hold"
+    unknown_policy_linkedin: UnknownPolicy = "hold"
+    failed_messages_queue_url: str | None = None
+
+    # --- Providers --------------------------------------------------------------------------
+    graph_api_base_url: str = "https://graph.facebook.com"
+    graph_api_version: str = "v23.0"
+    unipile_base_url: str = Field(default="https://api1.unipile.com:13111", description="https://{DSN}")
+    whatsapp_token_secret_id: str = "sendonce/whatsapp-token"
+    messenger_token_secret_id: str = "sendonce/messenger-page-token"
+    unipile_api_key_secret_id: str = "sendonce/unipile-api-key"
+    secret_cache_seconds: int = Field(default=300, ge=0, le=3600)
+
+    # --- Webhooks ---------------------------------------------------------------------------
+    meta_app_secret_id: str = "sendonce/meta-app-secret"
+    unipile_webhook_secret_id: str = "sendonce/unipile-webhook-secret"
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> Settings:
+        if self.retry_cap_seconds < self.retry_base_seconds:
+            raise ValueError("retry_cap_seconds must be >= retry_base_seconds")
+        if self.provider_call_budget_seconds * 2 >= self.dispatcher_timeout_seconds:
+            raise ValueError(
+                "dispatcher_timeout_seconds must be more than twice the provider call budget "
+                f"({self.provider_call_budget_seconds:.1f}s), or invocations cannot finish a send"
+            )
+        return self
+
+    @property
+    def provider_call_budget_seconds(self) -> float:
+        """Worst-case wall time of one provider call (connect + write + read + pool wait)."""
+        return self.provider_connect_timeout_seconds * 2 + self.provider_read_timeout_seconds * 2
+
+    @property
+    def lease_seconds(self) -> int:
+        """A claim outlives the invocation that made it: Lambda kills the invocation at its
+        timeout, so once the lease has expired the claimant is provably dead."""
+        return self.dispatcher_timeout_seconds + self.lease_margin_seconds
+
+    @property
+    def stop_claiming_margin_ms(self) -> int:
+        """An invocation stops claiming when less than this is left, so every send it starts
+        finishes (or times out at the provider) before Lambda's deadline."""
+        return int((self.provider_call_budget_seconds + 5) * 1000)
+
+    @property
+    def unknown_policies(self) -> dict[str, UnknownPolicy]:
+        return {
+            "whatsapp": self.unknown_policy_whatsapp,
+            "messenger": self.unknown_policy_messenger,
+            "linkedin": self.unknown_policy_linkedin,
+        }
+
+
+def load_settings() -> Settings:
+    """Validate configuration at cold start; a bad value fails the init, loudly."""
+    return Settings()

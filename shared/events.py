@@ -1,0 +1,74 @@
+"""Pydantic models of every event a handler accepts.
+
+A handler's first act is ``Model.model_validate(event)``: a malformed event fails there with
+a field-by-field error, before any connection is opened or any row is touched.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.providers.outcome import Channel
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DispatchRequest(_Strict):
+    """Input of the dispatcher, set by the EventBridge Scheduler schedule (or by hand)."""
+
+    source: Literal["sendonce.scheduler", "sendonce.manual"]
+    schedule: str = Field(default="", max_length=128)
+    max_batches: int | None = Field(default=None, ge=1, le=10_000)
+    batch_size: int | None = Field(default=None, ge=1, le=500)
+
+
+class SweepRequest(_Strict):
+    """Input of the sweeper schedule."""
+
+    source: Literal["sendonce.scheduler", "sendonce.manual"]
+    schedule: str = Field(default="", max_length=128)
+
+
+class MigrateRequest(_Strict):
+    source: Literal["sendonce.manual", "sendonce.deploy"]
+    dry_run: bool = False
+
+
+class EnqueueContact(_Strict):
+    address: str = Field(min_length=1, max_length=256)
+    display_name: str = Field(default="", max_length=256)
+
+    @field_validator("address")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        stripped = value.strip()
+        if not stripped:
+            raise ValueError("address must not be blank")
+        return stripped
+
+
+class EnqueueStep(_Strict):
+    message_type: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.:-]+$")
+    body: str = Field(min_length=1, max_length=4096)
+    delay_seconds: int = Field(default=0, ge=0, le=90 * 24 * 3600)
+
+
+class EnqueueRequest(_Strict):
+    """Start (or extend) a campaign: upsert contacts and enqueue each step once per contact.
+
+    Repeating the same request is harmless: contacts, campaign membership and queue rows are
+    all unique in Postgres, and the enqueue uses ON CONFLICT DO NOTHING.
+    """
+
+    source: Literal["sendonce.api", "sendonce.manual"]
+    campaign_id: UUID
+    campaign_name: str = Field(min_length=1, max_length=256)
+    channel: Channel
+    sender_provider_id: str = Field(min_length=1, max_length=256)
+    contacts: list[EnqueueContact] = Field(min_length=1, max_length=50_000)
+    steps: list[EnqueueStep] = Field(min_length=1, max_length=20)
