@@ -6,10 +6,10 @@ a field-by-field error, before any connection is opened or any row is touched.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.providers.outcome import Channel
 
@@ -72,3 +72,20 @@ class EnqueueRequest(_Strict):
     sender_provider_id: str = Field(min_length=1, max_length=256)
     contacts: list[EnqueueContact] = Field(min_length=1, max_length=50_000)
     steps: list[EnqueueStep] = Field(min_length=1, max_length=20)
+
+
+class InvalidEventError(ValueError):
+    """The event does not match its model. Raised before any I/O, so nothing changed."""
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_event(model: type[ModelT], event: object) -> ModelT:
+    try:
+        return model.model_validate(event)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<event>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise InvalidEventError(f"invalid {model.__name__} event ({exc.error_count()} problems): {problems}") from None

@@ -69,7 +69,9 @@ class SendOutcome(BaseModel):
         return self.kind in PROVABLY_NOT_SENT
 
     @classmethod
-    def sent(cls, provider_message_id: str, *, thread_id: str | None = None, http_status: int = 200) -> SendOutcome:
+    def sent(
+        cls, provider_message_id: str, *, thread_id: str | None = None, http_status: int = 200
+    ) -> SendOutcome:
         return cls(
             kind=OutcomeKind.SENT,
             provider_message_id=provider_message_id,

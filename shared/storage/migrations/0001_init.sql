@@ -44,6 +44,15 @@ CREATE TABLE campaign_contacts (
     PRIMARY KEY (campaign_id, contact_id)
 );
 
+-- Deterministic idempotency key of one message: same (campaign, contact, step), same key, in
+-- every process. Declared IMMUTABLE because its output depends on nothing but its inputs
+-- (convert_to with an explicit UTF8 target), which generated columns require.
+CREATE FUNCTION sendonce_idempotency_key(campaign uuid, contact uuid, message_type text)
+RETURNS text LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT 'so1-' || encode(sha256(convert_to(campaign::text || ':' || contact::text || ':' || message_type,
+                                              'UTF8')), 'hex')
+$$;
+
 CREATE TABLE send_queue (
     id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     campaign_id         uuid NOT NULL REFERENCES campaigns (id),
@@ -51,12 +60,10 @@ CREATE TABLE send_queue (
     sender_account_id   uuid NOT NULL REFERENCES sender_accounts (id),
     message_type        text NOT NULL CHECK (message_type <> ''),
     body                text NOT NULL CHECK (body <> ''),
-    -- Derived, never supplied: the same (campaign, contact, step) always has the same key, in
-    -- every process, so DynamoDB and provider webhooks can correlate without a lookup table.
+    -- Derived, never supplied, so DynamoDB records and provider webhooks correlate without a
+    -- lookup table and no caller can invent a key.
     idempotency_key     text GENERATED ALWAYS AS (
-        'so1-' || encode(sha256(convert_to(
-            campaign_id::text || ':' || contact_id::text || ':' || message_type, 'UTF8')), 'hex')
-    ) STORED,
+        sendonce_idempotency_key(campaign_id, contact_id, message_type)) STORED,
     status              queue_status NOT NULL DEFAULT 'pending',
     scheduled_for       timestamptz NOT NULL DEFAULT now(),
     attempts            integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),

@@ -1,0 +1,58 @@
+"""Run a function's real handler in this process, the way ``sam local invoke -e`` does:
+``python -m devstack.invoke dispatcher --event events/dispatcher-scheduled.json``.
+
+Configuration comes from the environment, exactly as in Lambda. The handler's return value
+is printed as one JSON line on stdout; a failure prints the error and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from devstack.lambda_context import LocalLambdaContext
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS = ROOT / "functions"
+
+
+def load_handler_module(function: str) -> ModuleType:
+    path = FUNCTIONS / function / "app.py"
+    if not path.exists():
+        raise SystemExit(f"no handler at {path}")
+    spec = importlib.util.spec_from_file_location(f"sendonce_function_{function}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def invoke(function: str, event: Any, timeout_seconds: float = 150.0) -> Any:
+    module = load_handler_module(function)
+    context = LocalLambdaContext(function_name=f"sendonce-{function}", timeout_seconds=timeout_seconds)
+    return module.lambda_handler(event, context)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("function", help="folder name under functions/")
+    parser.add_argument("--event", required=True, type=Path, help="event JSON file")
+    parser.add_argument("--timeout", type=float, default=150.0, help="the simulated Lambda timeout (s)")
+    args = parser.parse_args(argv)
+    event = json.loads(args.event.read_text())
+    try:
+        result = invoke(args.function, event, args.timeout)
+    except Exception as exc:
+        print(json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}), file=sys.stderr)
+        return 1
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

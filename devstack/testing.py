@@ -1,0 +1,48 @@
+"""Helpers shared by the tests, the local stack and the benchmark."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devstack.aws import FAKE_CREDENTIALS, LocalAwsResources, MotoServer
+from shared.config import Settings
+
+TEST_TOKENS = {"whatsapp": "test-whatsapp-token", "messenger": "test-messenger-token", "linkedin": "test-unipile-key"}
+
+
+def make_settings(db_url: str, aws: LocalAwsResources, provider_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": db_url,
+        "idempotency_table": aws.idempotency_table,
+        "failed_messages_queue_url": aws.failed_messages_queue_url,
+        "graph_api_base_url": provider_url,
+        "unipile_base_url": provider_url,
+        "provider_connect_timeout_seconds": 2.0,
+        "provider_read_timeout_seconds": 5.0,
+        "db_connect_timeout_seconds": 3.0,
+        "retry_base_seconds": 1.0,
+        "retry_cap_seconds": 60.0,
+        **{field: secret_id for field, secret_id in aws.secret_ids.items()},
+        **overrides,
+    }
+    return Settings.model_validate(values)
+
+
+def function_env(settings: Settings, moto: MotoServer) -> dict[str, str]:
+    """The environment a real handler process needs: what Lambda would be given."""
+    assert settings.database_url is not None
+    env = {
+        **FAKE_CREDENTIALS,
+        "AWS_ENDPOINT_URL": moto.endpoint,
+        "DATABASE_URL": settings.database_url.get_secret_value(),
+        "POWERTOOLS_SERVICE_NAME": "sendonce-test",
+        "POWERTOOLS_METRICS_NAMESPACE": "sendonce",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+    }
+    for name, value in settings.model_dump(exclude={"database_url"}).items():
+        if value is not None:
+            env[f"SENDONCE_{name.upper()}"] = str(value)
+    return env
+
+

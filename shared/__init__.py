@@ -1,0 +1,1 @@
+"""sendonce: exactly-once outbound campaign messaging. The library every function calls."""

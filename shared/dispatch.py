@@ -1,0 +1,274 @@
+"""The dispatcher: claim due rows, pass each through the idempotency gate to its provider, and
+settle the row from the classified outcome.
+
+Per message, in this order:
+1. ``claimed -> sending`` is committed (CAS on the claim token). This is the recovery point.
+2. The DynamoDB INPROGRESS record is written with a conditional put. Only its writer calls
+   the provider; a COMPLETED record is replayed, an INPROGRESS one is left to the sweeper,
+   and a store failure means no call at all (fail closed).
+3. The provider outcome settles the row with a CAS. A lost CAS after a send is logged and
+   counted, never retried: the DynamoDB record already holds the truth for the sweeper.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from shared.config import Settings
+from shared.events import DispatchRequest
+from shared.idempotency import GuardResult, GuardVerdict, SendGuard
+from shared.observability import Metric, Stage, Tally, logger
+from shared.providers.outcome import Channel, OutcomeKind, ProviderAdapter, SendOutcome
+from shared.queue import ClaimedMessage, QueueRepository, QueueStatus, RetryPolicy
+from shared.storage.db import DatabaseUnavailableError
+
+
+class RemainingTime(Protocol):
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+@dataclass
+class DispatchDeps:
+    """Everything the dispatcher touches, passed in so tests can hand in real Postgres, moto
+    and a fake provider without patching anything."""
+
+    settings: Settings
+    queue: QueueRepository
+    guard: SendGuard
+    adapters: Mapping[Channel, ProviderAdapter]
+    rng: random.Random = field(default_factory=random.Random)
+
+
+class DispatchReport(BaseModel):
+    claim_token: str
+    batches: int
+    stopped_because: str
+    counts: dict[str, int]
+    stage_seconds: dict[str, float]
+
+
+class _StoreUnavailable(Exception):
+    pass
+
+
+def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingTime) -> DispatchReport:
+    settings = deps.settings
+    claim_token = uuid.uuid4()
+    tally = Tally()
+    batch_size = request.batch_size or settings.batch_size
+    log = logger
+    log.append_keys(claim_token=str(claim_token))
+    batches = 0
+    stopped_because = "queue drained"
+    with tally.timed(Stage.POSTGRES):
+        deps.queue.db.ping()
+
+    with ThreadPoolExecutor(max_workers=settings.send_concurrency, thread_name_prefix="send") as pool:
+        while True:
+            if request.max_batches is not None and batches >= request.max_batches:
+                stopped_because = "max_batches reached"
+                break
+            if remaining.get_remaining_time_in_millis() < settings.stop_claiming_margin_ms:
+                stopped_because = "time budget spent"
+                break
+            with tally.timed(Stage.POSTGRES):
+                claimed = deps.queue.claim_batch(claim_token, batch_size, settings.lease_seconds)
+            if not claimed:
+                break
+            batches += 1
+            tally.add(Metric.CLAIMED, len(claimed))
+            log.debug("claimed batch", extra={"batch": batches, "rows": len(claimed)})
+            results = list(pool.map(lambda m: _deliver_safely(deps, m, remaining, tally), claimed))
+            if any(isinstance(r, _StoreUnavailable) for r in results):
+                stopped_because = "idempotency store unavailable"
+                break
+
+    tally.emit()
+    report = DispatchReport(
+        claim_token=str(claim_token),
+        batches=batches,
+        stopped_because=stopped_because,
+        counts=tally.counts(),
+        stage_seconds=tally.seconds(),
+    )
+    log.info("dispatch finished", extra={"report": report.model_dump()})
+    log.remove_keys(["claim_token"])
+    return report
+
+
+def _deliver_safely(
+    deps: DispatchDeps, message: ClaimedMessage, remaining: RemainingTime, tally: Tally
+) -> object:
+    try:
+        return _deliver(deps, message, remaining, tally)
+    except _StoreUnavailable as exc:
+        return exc
+    except DatabaseUnavailableError:
+        # The row keeps its state; the sweeper settles it from the lease and DynamoDB record.
+        tally.add(Metric.SETTLE_ERRORS)
+        logger.exception("postgres failed mid-delivery", extra=_keys(message))
+        return None
+
+
+def _deliver(deps: DispatchDeps, message: ClaimedMessage, remaining: RemainingTime, tally: Tally) -> object:
+    settings = deps.settings
+    queue = deps.queue
+    if remaining.get_remaining_time_in_millis() < settings.stop_claiming_margin_ms:
+        with tally.timed(Stage.POSTGRES):
+            queue.settle_pending(
+                message,
+                delay_seconds=0,
+                outcome=None,
+                expected=QueueStatus.CLAIMED,
+                refund_attempt=True,
+                last_error="released unsent: invocation out of time",
+            )
+        tally.add(Metric.RELEASED_UNSENT)
+        return None
+
+    with tally.timed(Stage.POSTGRES):
+        owned = queue.mark_sending(message)
+    if not owned:
+        tally.add(Metric.LEASE_LOST_BEFORE_SEND)
+        logger.warning("lease lost before send; row left to its new owner", extra=_keys(message))
+        return None
+
+    adapter = deps.adapters[message.channel]
+
+    provider_seconds = 0.0
+
+    def call_provider() -> SendOutcome:
+        nonlocal provider_seconds
+        started = time.perf_counter()
+        try:
+            return adapter.send(message)
+        finally:
+            provider_seconds = time.perf_counter() - started
+
+    gate_started = time.perf_counter()
+    result = deps.guard.deliver_once(message.idempotency_key, call_provider)
+    # The gate wraps the provider call; split its wall time between the two stages.
+    tally.add_seconds(Stage.PROVIDER, provider_seconds)
+    tally.add_seconds(Stage.DYNAMODB, time.perf_counter() - gate_started - provider_seconds)
+
+    if result.verdict is GuardVerdict.STORE_UNAVAILABLE:
+        tally.add(Metric.IDEMPOTENCY_STORE_UNAVAILABLE)
+        logger.error(
+            "idempotency store unavailable: not sending", extra={**_keys(message), "error": result.error}
+        )
+        with tally.timed(Stage.POSTGRES):
+            queue.settle_pending(
+                message,
+                delay_seconds=0,
+                outcome=None,
+                refund_attempt=True,
+                last_error="idempotency store unavailable; provider not called",
+            )
+        raise _StoreUnavailable(result.error)
+
+    if result.verdict is GuardVerdict.IN_PROGRESS:
+        tally.add(Metric.DUPLICATE_PREVENTED)
+        logger.warning(
+            "another send holds the idempotency record; left for the sweeper", extra=_keys(message)
+        )
+        return None
+
+    if result.record_unsettled:
+        tally.add(Metric.IDEMPOTENCY_RECORD_UNSETTLED)
+        logger.error(
+            "idempotency record not completed after the call", extra={**_keys(message), "error": result.error}
+        )
+
+    assert result.outcome is not None
+    if result.verdict is GuardVerdict.REPLAYED:
+        tally.add(Metric.DUPLICATE_PREVENTED)
+        logger.warning("completed idempotency record found: provider not called again", extra=_keys(message))
+    with tally.timed(Stage.POSTGRES):
+        _settle(deps, message, result, tally)
+    return None
+
+
+def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, tally: Tally) -> None:
+    outcome = result.outcome
+    assert outcome is not None
+    queue = deps.queue
+    keys = {**_keys(message), "outcome": outcome.kind.value, "reason": outcome.reason}
+    replayed = result.verdict is GuardVerdict.REPLAYED
+
+    if outcome.kind is OutcomeKind.SENT:
+        settled = queue.settle_sent(
+            message,
+            outcome,
+            recovered_from="idempotency_record" if replayed else "dispatch",
+            record_attempt=not replayed,
+        )
+        if settled:
+            tally.add(Metric.RECOVERED_SENT if replayed else Metric.SENT)
+            logger.info("sent", extra={**keys, "provider_message_id": outcome.provider_message_id})
+        else:
+            tally.add(Metric.LEASE_LOST_AFTER_SEND)
+            logger.error(
+                "lease lost after the provider accepted; not resending, the sweeper settles it from "
+                "the idempotency record",
+                extra={**keys, "provider_message_id": outcome.provider_message_id},
+            )
+        return
+
+    if outcome.kind is OutcomeKind.AMBIGUOUS:
+        tally.add(Metric.AMBIGUOUS)
+        queue.settle_terminal(
+            message, QueueStatus.UNKNOWN, outcome=None if replayed else outcome, failure_reason=outcome.reason
+        )
+        logger.warning("ambiguous outcome: row is unknown, never resent blindly", extra=keys)
+        return
+
+    if outcome.kind is OutcomeKind.PERMANENT:
+        tally.add(Metric.FAILED)
+        queue.settle_terminal(message, QueueStatus.FAILED, outcome=outcome, failure_reason=outcome.reason)
+        logger.warning("permanent failure", extra=keys)
+        return
+
+    if outcome.kind is OutcomeKind.SENDER_BLOCKED:
+        until = outcome.blocked_until or datetime.now(UTC) + timedelta(hours=1)
+        queue.pause_sender(message.sender_account_id, until, outcome.reason)
+        tally.add(Metric.SENDER_PAUSED)
+        delay = max(0.0, (until - datetime.now(UTC)).total_seconds())
+        # The sender, not the message, was refused: the attempt is not held against the row.
+        queue.settle_pending(message, delay_seconds=delay, outcome=outcome, refund_attempt=True)
+        logger.warning("sender paused", extra={**keys, "paused_until": until.isoformat()})
+        return
+
+    # RETRY_LATER: provably not sent.
+    if message.attempts >= message.max_attempts:
+        tally.add(Metric.FAILED)
+        queue.settle_terminal(
+            message,
+            QueueStatus.FAILED,
+            outcome=outcome,
+            failure_reason=f"max attempts ({message.max_attempts}) reached; last: {outcome.reason}",
+        )
+        logger.warning("attempts exhausted", extra=keys)
+        return
+    policy = RetryPolicy(deps.settings.retry_base_seconds, deps.settings.retry_cap_seconds)
+    delay = policy.delay_seconds(message.attempts, outcome.retry_after_seconds, deps.rng)
+    tally.add(Metric.RETRIED)
+    queue.settle_pending(message, delay_seconds=delay, outcome=outcome)
+    logger.info("retry later", extra={**keys, "delay_seconds": round(delay, 1)})
+
+
+def _keys(message: ClaimedMessage) -> dict[str, object]:
+    return {
+        "queue_id": message.queue_id,
+        "idempotency_key": message.idempotency_key,
+        "channel": message.channel.value,
+        "attempt": message.attempts,
+    }

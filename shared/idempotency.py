@@ -1,0 +1,165 @@
+"""The DynamoDB gate in front of every provider call, built on Powertools Idempotency.
+
+A conditional write of an INPROGRESS record keyed by the message's idempotency key happens
+before the provider is called. Whoever wins that write is the only caller for the whole
+dedupe window. Three of Powertools' defaults would reintroduce the duplicates of the seed
+incidents, and each is closed here:
+
+* **Expiring INPROGRESS.** Powertools lets a new caller overwrite an INPROGRESS record once the
+  first invocation's remaining Lambda time has passed (its documented "Lambda timeouts"
+  behaviour, upstream issue #8049). A send that outlived its invocation would then be re-run.
+  ``BlockingDynamoDBPersistenceLayer`` never stores ``in_progress_expiration``, so the record
+  blocks until ``expiration`` (the dedupe window) whatever the invocation's deadline was.
+* **Deleting on exception.** Powertools deletes the record when the wrapped function raises.
+  The wrapped function here raises only ``_ProvablyNotSentError``, for outcomes where the
+  provider provably did not send; every other outcome, including ambiguous ones and
+  unexpected errors, is *returned* and stored as COMPLETED, so it blocks a resend.
+* **Unconditional completion.** Powertools completes a record without checking who owns it.
+  That is safe here because only the owner of the INPROGRESS record ever runs the provider
+  call, and nothing else completes records.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyItemNotFoundError,
+    IdempotencyPersistenceLayerError,
+)
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+
+from shared.providers.outcome import SendOutcome
+
+KEY_PREFIX = "sendonce-send"
+
+# Powertools warns when it cannot see the Lambda deadline. Not seeing it is the point here.
+warnings.filterwarnings("ignore", message="Couldn't determine the remaining time left", category=UserWarning)
+_KEY_FIELD = "idempotency_key"
+
+
+class BlockingDynamoDBPersistenceLayer(DynamoDBPersistenceLayer):
+    """An INPROGRESS record that never expires before the dedupe window does."""
+
+    def save_inprogress(self, data: dict[str, Any], remaining_time_in_millis: int | None = None) -> None:
+        super().save_inprogress(data=data, remaining_time_in_millis=None)
+
+
+class GuardVerdict(StrEnum):
+    CALLED = "called"  # this caller won the record and called the provider
+    REPLAYED = "replayed"  # a COMPLETED record exists: its stored outcome, no call
+    IN_PROGRESS = "in_progress"  # another caller holds the record: no call
+    STORE_UNAVAILABLE = "store_unavailable"  # could not write the record: no call
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    verdict: GuardVerdict
+    outcome: SendOutcome | None = None
+    # The provider was called but the record could not be completed (or deleted). The
+    # INPROGRESS record still blocks any resend, so nothing is lost, but operators should know.
+    record_unsettled: bool = False
+    error: str = ""
+
+    @property
+    def provider_called(self) -> bool:
+        return self.verdict is GuardVerdict.CALLED
+
+
+class _ProvablyNotSentError(Exception):
+    def __init__(self, outcome: SendOutcome) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+
+
+class RecordState(StrEnum):
+    ABSENT = "absent"
+    EXPIRED = "EXPIRED"  # older than the dedupe window: proves nothing either way
+    INPROGRESS = "INPROGRESS"
+    COMPLETED = "COMPLETED"
+
+
+@dataclass(frozen=True)
+class RecordLookup:
+    state: RecordState
+    outcome: SendOutcome | None = None
+
+
+class SendGuard:
+    def __init__(self, persistence: BlockingDynamoDBPersistenceLayer, dedupe_window_seconds: int) -> None:
+        self._persistence = persistence
+        self._config = IdempotencyConfig(
+            event_key_jmespath=_KEY_FIELD,
+            expires_after_seconds=dedupe_window_seconds,
+            raise_on_no_idempotency_key=True,
+            use_local_cache=False,
+        )
+
+    @classmethod
+    def for_table(cls, table_name: str, dedupe_window_seconds: int, boto3_client: Any = None) -> SendGuard:
+        return cls(
+            BlockingDynamoDBPersistenceLayer(table_name=table_name, boto3_client=boto3_client),
+            dedupe_window_seconds,
+        )
+
+    def deliver_once(self, idempotency_key: str, send: Any) -> GuardResult:
+        """Call ``send()`` at most once per idempotency key within the dedupe window."""
+        called: list[SendOutcome] = []
+
+        def run(record: dict[str, str]) -> dict[str, Any]:
+            try:
+                outcome: SendOutcome = send()
+            except Exception as exc:  # an adapter bug after the request may have gone out
+                outcome = SendOutcome.ambiguous("adapter:unexpected_error", repr(exc))
+            called.append(outcome)
+            if outcome.provably_not_sent:
+                raise _ProvablyNotSentError(outcome)
+            return outcome.model_dump(mode="json")
+
+        guarded = idempotent_function(
+            data_keyword_argument="record",
+            config=self._config,
+            persistence_store=self._persistence,
+            key_prefix=KEY_PREFIX,
+        )(run)
+        try:
+            stored = guarded(record={_KEY_FIELD: idempotency_key})
+        except _ProvablyNotSentError as exc:
+            return GuardResult(GuardVerdict.CALLED, exc.outcome)
+        except IdempotencyAlreadyInProgressError:
+            return GuardResult(GuardVerdict.IN_PROGRESS)
+        except IdempotencyPersistenceLayerError as exc:
+            if called:
+                return GuardResult(GuardVerdict.CALLED, called[0], record_unsettled=True, error=str(exc))
+            return GuardResult(GuardVerdict.STORE_UNAVAILABLE, error=str(exc))
+        if called:
+            return GuardResult(GuardVerdict.CALLED, called[0])
+        return GuardResult(GuardVerdict.REPLAYED, SendOutcome.model_validate(stored))
+
+    def lookup(self, idempotency_key: str) -> RecordLookup:
+        """Read the record for a key (the sweeper's view). Raises on store errors, so a
+        sweeper that cannot read never concludes 'absent'."""
+        # configure() is idempotent and sets the same prefix every time, so concurrent calls
+        # from the dispatcher's threads cannot disagree about the key.
+        self._persistence.configure(config=self._config, key_prefix=KEY_PREFIX)
+        try:
+            record: DataRecord | None = self._persistence.get_record(data={_KEY_FIELD: idempotency_key})
+        except IdempotencyItemNotFoundError:
+            return RecordLookup(RecordState.ABSENT)
+        if record is None:
+            return RecordLookup(RecordState.ABSENT)
+        if record.status == RecordState.EXPIRED:
+            return RecordLookup(RecordState.EXPIRED)
+        if record.status == RecordState.COMPLETED:
+            stored = record.response_json_as_dict()
+            return RecordLookup(RecordState.COMPLETED, SendOutcome.model_validate(stored) if stored else None)
+        return RecordLookup(RecordState.INPROGRESS)

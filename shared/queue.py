@@ -1,0 +1,213 @@
+"""The send queue and its state machine.
+
+    pending -> claimed -> sending -> sent
+                          sending -> pending   (the provider provably did not get the message)
+                          sending -> failed    (permanent rejection, or attempts exhausted)
+                          sending -> unknown   (ambiguous: it may have been sent)
+
+Every method here is one compare-and-set statement on (id, expected status, claim token), so a
+row owned by another invocation is never moved. Methods return whether the CAS took effect.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from pydantic import ConfigDict
+
+from shared.providers.outcome import OutboundMessage, SendOutcome
+from shared.storage import sql
+from shared.storage.db import Database
+
+
+class QueueStatus(StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+# The only transitions any code may attempt. Tests hold the repository to this table.
+ALLOWED_TRANSITIONS: frozenset[tuple[QueueStatus, QueueStatus]] = frozenset(
+    {
+        (QueueStatus.PENDING, QueueStatus.CLAIMED),
+        (QueueStatus.CLAIMED, QueueStatus.SENDING),
+        (QueueStatus.CLAIMED, QueueStatus.PENDING),
+        (QueueStatus.SENDING, QueueStatus.SENT),
+        (QueueStatus.SENDING, QueueStatus.PENDING),
+        (QueueStatus.SENDING, QueueStatus.FAILED),
+        (QueueStatus.SENDING, QueueStatus.UNKNOWN),
+        # Reconciliation and operators, with evidence or an explicit decision.
+        (QueueStatus.UNKNOWN, QueueStatus.SENT),
+        (QueueStatus.UNKNOWN, QueueStatus.FAILED),
+        (QueueStatus.UNKNOWN, QueueStatus.PENDING),
+        (QueueStatus.FAILED, QueueStatus.PENDING),
+    }
+)
+
+
+class IllegalTransitionError(ValueError):
+    pass
+
+
+def check_transition(source: QueueStatus, target: QueueStatus) -> None:
+    if (source, target) not in ALLOWED_TRANSITIONS:
+        raise IllegalTransitionError(f"{source} -> {target} is not a queue transition")
+
+
+class ClaimedMessage(OutboundMessage):
+    """A row this invocation owns, with what the state machine needs to settle it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    claim_token: UUID
+    attempts: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with equal jitter and a cap."""
+
+    base_seconds: float
+    cap_seconds: float
+
+    def delay_seconds(
+        self, attempts: int, provider_hint_seconds: float | None = None, rng: random.Random | None = None
+    ) -> float:
+        exponential = min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempts - 1))
+        jittered = exponential / 2 + (rng or random).uniform(0, exponential / 2)
+        # A provider's own Retry-After is a floor: sooner would just be throttled again.
+        return min(self.cap_seconds, max(jittered, provider_hint_seconds or 0.0))
+
+
+class QueueRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    def claim_batch(self, claim_token: UUID, limit: int, lease_seconds: int) -> list[ClaimedMessage]:
+        rows = self._db.fetch_all(
+            sql.CLAIM_BATCH, {"claim_token": claim_token, "limit": limit, "lease_seconds": lease_seconds}
+        )
+        return [ClaimedMessage(claim_token=claim_token, **row) for row in rows]
+
+    def mark_sending(self, message: ClaimedMessage) -> bool:
+        row = self._db.fetch_one(
+            sql.MARK_SENDING, {"queue_id": message.queue_id, "claim_token": message.claim_token}
+        )
+        return row is not None
+
+    def settle_sent(
+        self,
+        message: ClaimedMessage,
+        outcome: SendOutcome,
+        *,
+        expected: QueueStatus = QueueStatus.SENDING,
+        recovered_from: str = "dispatch",
+        record_attempt: bool = True,
+    ) -> bool:
+        check_transition(expected, QueueStatus.SENT)
+        assert outcome.provider_message_id, "a sent outcome always carries the provider's id"
+        return self._settled(
+            sql.SETTLE_SENT,
+            {
+                "queue_id": message.queue_id,
+                "claim_token": message.claim_token,
+                "expected_status": expected.value,
+                "provider_message_id": outcome.provider_message_id,
+                "provider_thread_id": outcome.provider_thread_id,
+                "recovered_from": recovered_from,
+                "attempt": message.attempts,
+                "reason": outcome.reason,
+                "http_status": outcome.http_status,
+                "record_attempt": record_attempt,
+            },
+        )
+
+    def settle_pending(
+        self,
+        message: ClaimedMessage,
+        *,
+        delay_seconds: float,
+        outcome: SendOutcome | None,
+        expected: QueueStatus = QueueStatus.SENDING,
+        refund_attempt: bool = False,
+        last_error: str | None = None,
+    ) -> bool:
+        """Return the row to the queue. Callers must hold proof that no provider call
+        delivered it: a provably-not-sent outcome, or no call at all."""
+        check_transition(expected, QueueStatus.PENDING)
+        return self._settled(
+            sql.SETTLE_PENDING,
+            {
+                **_attempt_params(message, outcome),
+                "expected_status": expected.value,
+                "delay_seconds": delay_seconds,
+                "refund_attempt": int(refund_attempt),
+                "last_error": last_error if outcome is None else _describe(outcome),
+            },
+        )
+
+    def settle_terminal(
+        self,
+        message: ClaimedMessage,
+        target: QueueStatus,
+        *,
+        outcome: SendOutcome | None,
+        failure_reason: str,
+        expected: QueueStatus = QueueStatus.SENDING,
+    ) -> bool:
+        check_transition(expected, target)
+        return self._settled(
+            sql.SETTLE_TERMINAL,
+            {
+                **_attempt_params(message, outcome),
+                "expected_status": expected.value,
+                "new_status": target.value,
+                "failure_reason": failure_reason,
+                "last_error": _describe(outcome) if outcome else failure_reason,
+            },
+        )
+
+    def pause_sender(self, sender_account_id: UUID, until: datetime, reason: str) -> None:
+        with self._db.connection() as conn:
+            conn.execute(
+                sql.PAUSE_SENDER, {"sender_account_id": sender_account_id, "until": until, "reason": reason}
+            )
+
+    def status_counts(self, campaign_id: UUID | None = None) -> dict[str, int]:
+        rows = self._db.fetch_all(sql.QUEUE_STATUS_COUNTS, {"campaign_id": campaign_id})
+        return {row["status"]: int(row["n"]) for row in rows}
+
+    def _settled(self, query: sql.LiteralString, params: dict[str, Any]) -> bool:
+        row = self._db.fetch_one(query, params)
+        return bool(row and row["settled"])
+
+
+def _describe(outcome: SendOutcome) -> str:
+    text = f"{outcome.kind}: {outcome.reason}"
+    return f"{text} ({outcome.detail})" if outcome.detail else text
+
+
+def _attempt_params(message: ClaimedMessage, outcome: SendOutcome | None) -> dict[str, Any]:
+    return {
+        "queue_id": message.queue_id,
+        "claim_token": message.claim_token,
+        "attempt": message.attempts,
+        "record_attempt": outcome is not None,
+        "outcome": outcome.kind.value if outcome else "",
+        "reason": outcome.reason if outcome else "",
+        "detail": outcome.detail if outcome else "",
+        "http_status": outcome.http_status if outcome else None,
+    }

@@ -1,0 +1,85 @@
+"""Builds the dependencies a handler passes to the library, once per Lambda container.
+
+Nothing here is needed by tests that construct dependencies themselves; handlers call
+``dispatch_deps()`` and friends, which cache one instance per process (a cold start).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import cache
+from typing import TypeVar
+
+import boto3
+from aws_lambda_powertools.utilities import parameters
+
+from shared.config import Settings, load_settings
+from shared.dispatch import DispatchDeps
+from shared.idempotency import SendGuard
+from shared.providers.registry import build_adapters, make_http_client
+from shared.providers.secrets import TokenSource
+from shared.queue import QueueRepository
+from shared.storage.db import Database
+
+T = TypeVar("T")
+_lock = threading.Lock()
+
+
+class ConfigurationError(RuntimeError):
+    pass
+
+
+@cache
+def settings() -> Settings:
+    return load_settings()
+
+
+def database_url(config: Settings) -> str:
+    if config.database_url is not None:
+        return config.database_url.get_secret_value()
+    if config.database_secret_id:
+        value = parameters.get_secret(config.database_secret_id, max_age=config.secret_cache_seconds)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigurationError(f"secret {config.database_secret_id} holds no database URL")
+        return value.strip()
+    raise ConfigurationError("set DATABASE_URL or SENDONCE_DATABASE_SECRET_ID")
+
+
+def build_database(config: Settings) -> Database:
+    return Database(
+        database_url(config),
+        max_size=config.db_pool_max_size,
+        connect_timeout_seconds=config.db_connect_timeout_seconds,
+    )
+
+
+def build_guard(config: Settings) -> SendGuard:
+    return SendGuard.for_table(
+        config.idempotency_table, config.dedupe_window_seconds, boto3_client=boto3.client("dynamodb")
+    )
+
+
+def build_dispatch_deps(config: Settings) -> DispatchDeps:
+    return DispatchDeps(
+        settings=config,
+        queue=QueueRepository(build_database(config)),
+        guard=build_guard(config),
+        adapters=build_adapters(config, make_http_client(config), TokenSource(config)),
+    )
+
+
+_cache: dict[str, object] = {}
+
+
+def cached(name: str, build: Callable[[], T]) -> T:
+    """One instance per container. A failed build is not cached, so the next invocation
+    retries (for example once the database is reachable again)."""
+    with _lock:
+        if name not in _cache:
+            _cache[name] = build()
+        return _cache[name]  # type: ignore[return-value]
+
+
+def dispatch_deps() -> DispatchDeps:
+    return cached("dispatch", lambda: build_dispatch_deps(settings()))

@@ -1,0 +1,164 @@
+"""Fixtures shared by every suite, started by the tests themselves on 127.0.0.1:
+
+* one PostgreSQL server per session (embedded, or the server named by DATABASE_URL), with a
+  migrated template database; each test gets a fresh database cloned from it;
+* one moto server per session; each test gets its own table, queue and secrets (a prefix);
+* the fake provider, reset for each test.
+"""
+
+from __future__ import annotations
+
+# TEMP-LAZY
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+
+from devstack.aws import LocalAwsResources, MotoServer, aws_client, provision
+from devstack.postgres import EmbeddedPostgres
+from devstack.testing import TEST_TOKENS, make_settings
+from shared.config import Settings
+from shared.dispatch import DispatchDeps
+from shared.idempotency import SendGuard
+from shared.queue import QueueRepository
+from shared.storage.db import Database
+from shared.storage.migrate import migrate
+
+TEMPLATE_DB = "sendonce_template"
+
+
+@dataclass
+class PostgresServer:
+    admin_url: str
+
+    def _admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.admin_url, autocommit=True)
+
+    def url_for(self, dbname: str) -> str:
+        info = psycopg.conninfo.conninfo_to_dict(self.admin_url)
+        info["dbname"] = dbname
+        return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+
+    def create(self, name: str, template: str | None = None) -> str:
+        with self._admin() as conn:
+            clause = f' TEMPLATE "{template}"' if template else ""
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+            conn.execute(f'CREATE DATABASE "{name}"{clause}'.encode())
+        return self.url_for(name)
+
+    def drop(self, name: str) -> None:
+        with self._admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield PostgresServer(external)
+        return
+    with EmbeddedPostgres() as server:
+        yield PostgresServer(server.url)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: PostgresServer) -> str:
+    url = pg_server.create(TEMPLATE_DB)
+    db = Database(url, max_size=1)
+    try:
+        migrate(db)
+    finally:
+        db.close()
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+def db_url(pg_server: PostgresServer, template_db: str) -> Iterator[str]:
+    name = f"sendonce_test_{uuid.uuid4().hex[:12]}"
+    url = pg_server.create(name, template=template_db)
+    yield url
+    pg_server.drop(name)
+
+
+@pytest.fixture
+def database(db_url: str) -> Iterator[Database]:
+    db = Database(db_url, max_size=12, connect_timeout_seconds=3)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def queue(database: Database) -> QueueRepository:
+    return QueueRepository(database)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def aws(moto_server: MotoServer) -> LocalAwsResources:
+    return provision(moto_server.endpoint, prefix=f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def dynamodb(moto_server: MotoServer) -> Any:
+    return aws_client("dynamodb", moto_server.endpoint)
+
+
+@pytest.fixture(scope="session")
+def fake_provider_server() -> Iterator[Any]:
+    from devstack.fake_provider import FakeProvider
+
+    fake = FakeProvider()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake_provider(fake_provider_server: Any) -> Any:
+    fake_provider_server.reset()
+    return fake_provider_server
+
+
+@pytest.fixture
+def fake_client(fake_provider: Any) -> Any:
+    from devstack.fake_provider import FakeProviderClient
+
+    return FakeProviderClient(fake_provider.url)
+
+
+@pytest.fixture
+def settings(db_url: str, aws: LocalAwsResources, fake_provider: Any) -> Settings:
+    return make_settings(db_url, aws, fake_provider.url)
+
+
+@pytest.fixture
+def guard(aws: LocalAwsResources, moto_server: MotoServer) -> SendGuard:
+    return SendGuard.for_table(
+        aws.idempotency_table, 7 * 24 * 3600, boto3_client=aws_client("dynamodb", moto_server.endpoint)
+    )
+
+
+@pytest.fixture
+def deps(settings: Settings, queue: QueueRepository, guard: SendGuard) -> Iterator[DispatchDeps]:
+    from shared.providers.registry import build_adapters, make_http_client
+    from shared.providers.secrets import StaticTokenSource
+
+    client = make_http_client(settings)
+    yield DispatchDeps(
+        settings=settings,
+        queue=queue,
+        guard=guard,
+        adapters=build_adapters(settings, client, StaticTokenSource(TEST_TOKENS)),
+    )
+    client.close()
+

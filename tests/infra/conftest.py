@@ -1,0 +1,94 @@
+"""Fixtures for the template and packaging checks.
+
+The template is parsed in-process with PyYAML plus constructors for CloudFormation's short
+tags (``!Ref`` becomes ``{"Ref": ...}``, ``!GetAtt A.B`` becomes ``{"Fn::GetAtt": [A, B]}``,
+every other ``!X`` becomes ``{"Fn::X": ...}``), the same shape cfn-lint and SAM produce.
+``cfn-lint`` and ``sam`` run as subprocesses from the tools venv (``make test-infra`` puts it
+on PATH; ``.venv-tools/bin`` is the fallback).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_PATH = ROOT / "template.yaml"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "Condition":
+        return {"Condition": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        return {"Fn::GetAtt": value.split(".", 1)}
+    return {f"Fn::{suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _construct_intrinsic)
+
+
+def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
+    loaded = yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    assert isinstance(loaded, dict), f"{path} is not a mapping"
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+def find_tool(name: str) -> str:
+    found = shutil.which(name) or (
+        str(ROOT / ".venv-tools" / "bin" / name) if (ROOT / ".venv-tools" / "bin" / name).exists() else None
+    )
+    if found is None:
+        pytest.fail(f"`{name}` not found on PATH or in .venv-tools/bin; run `make test-infra`")
+    return found
+
+
+def python312_bin_dir() -> str:
+    """Directory of the python3.12+ interpreter `sam build` needs (same search as the Makefile)."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "find-python.sh")], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"no Python 3.12+ for sam build: {result.stderr.strip()}")
+    return str(Path(result.stdout.strip()).parent)
+
+
+@pytest.fixture(scope="session")
+def tool_env() -> dict[str, str]:
+    """Environment for cfn-lint and sam: a fixed region and dummy credentials, so nothing
+    reads a developer's real AWS profile, and no telemetry."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        SAM_CLI_TELEMETRY="0",
+    )
+    env["PATH"] = os.pathsep.join([python312_bin_dir(), env.get("PATH", "")])
+    return env

@@ -1,0 +1,182 @@
+"""The DynamoDB gate (Powertools idempotency on moto): one provider call per key."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+
+from devstack.aws import LocalAwsResources, aws_client
+from devstack.lambda_context import LocalLambdaContext
+from shared.idempotency import KEY_PREFIX, GuardVerdict, RecordState, SendGuard
+from shared.providers.outcome import SendOutcome
+
+pytestmark = pytest.mark.integration
+KEY = "so1-" + "a" * 64
+
+
+class CountingSend:
+    def __init__(self, outcome: SendOutcome | Exception, hold_seconds: float = 0.0) -> None:
+        self.outcome = outcome
+        self.hold_seconds = hold_seconds
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> SendOutcome:
+        with self.lock:
+            self.calls += 1
+        time.sleep(self.hold_seconds)
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+def test_first_call_sends_and_second_replays_without_calling(guard: SendGuard) -> None:
+    send = CountingSend(SendOutcome.sent("wamid.1"))
+    first = guard.deliver_once(KEY, send)
+    second = guard.deliver_once(KEY, send)
+    assert first.verdict is GuardVerdict.CALLED
+    assert second.verdict is GuardVerdict.REPLAYED
+    assert second.outcome is not None and second.outcome.provider_message_id == "wamid.1"
+    assert send.calls == 1
+    assert guard.lookup(KEY).state is RecordState.COMPLETED
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        SendOutcome.retry_later(None, "whatsapp:130429"),
+        SendOutcome.permanent("whatsapp:131026"),
+    ],
+)
+def test_provably_not_sent_outcome_frees_the_key(guard: SendGuard, outcome: SendOutcome) -> None:
+    send = CountingSend(outcome)
+    assert guard.deliver_once(KEY, send).verdict is GuardVerdict.CALLED
+    assert guard.lookup(KEY).state is RecordState.ABSENT
+    assert guard.deliver_once(KEY, send).verdict is GuardVerdict.CALLED
+    assert send.calls == 2
+
+
+def test_ambiguous_outcome_blocks_any_resend(guard: SendGuard) -> None:
+    send = CountingSend(SendOutcome.ambiguous("network:read_timeout"))
+    guard.deliver_once(KEY, send)
+    again = guard.deliver_once(KEY, send)
+    assert again.verdict is GuardVerdict.REPLAYED
+    assert again.outcome is not None and again.outcome.reason == "network:read_timeout"
+    assert send.calls == 1
+
+
+def test_adapter_exception_is_stored_as_ambiguous_not_deleted(guard: SendGuard) -> None:
+    """Powertools deletes the record when the function raises; an adapter bug after the
+    request went out must not become a licence to resend."""
+    send = CountingSend(RuntimeError("bug after the request was written"))
+    result = guard.deliver_once(KEY, send)
+    assert result.outcome is not None and result.outcome.reason == "adapter:unexpected_error"
+    assert guard.deliver_once(KEY, send).verdict is GuardVerdict.REPLAYED
+    assert send.calls == 1
+
+
+def test_concurrent_callers_only_one_calls(guard: SendGuard) -> None:
+    send = CountingSend(SendOutcome.sent("wamid.c"), hold_seconds=0.5)
+    verdicts: list[GuardVerdict] = []
+    threads = [
+        threading.Thread(target=lambda: verdicts.append(guard.deliver_once(KEY, send).verdict)) for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert send.calls == 1
+    assert verdicts.count(GuardVerdict.CALLED) == 1
+    assert set(verdicts) <= {GuardVerdict.CALLED, GuardVerdict.IN_PROGRESS, GuardVerdict.REPLAYED}
+
+
+def _stock_powertools_send(
+    table: str, client: Any, context: LocalLambdaContext, send: CountingSend
+) -> dict[str, Any] | None:
+    """Powertools as documented: the Lambda context registered, stock persistence layer."""
+    config = IdempotencyConfig(event_key_jmespath="idempotency_key", expires_after_seconds=3600)
+    config.register_lambda_context(context)  # type: ignore[arg-type]
+    persistence = DynamoDBPersistenceLayer(table_name=table, boto3_client=client)
+
+    @idempotent_function(
+        data_keyword_argument="record", config=config, persistence_store=persistence, key_prefix=KEY_PREFIX
+    )
+    def run(record: dict[str, str]) -> dict[str, Any]:
+        return send().model_dump(mode="json")
+
+    return run(record={"idempotency_key": KEY})
+
+
+def test_control_stock_powertools_reruns_a_send_that_outlived_its_deadline(
+    aws: LocalAwsResources, moto_server: Any
+) -> None:
+    """The failure this project must not have, demonstrated on stock Powertools: once the
+    first invocation's deadline passes, a second caller gets to call the provider again."""
+    client = aws_client("dynamodb", moto_server.endpoint)
+    send = CountingSend(SendOutcome.sent("wamid.slow"), hold_seconds=2.0)
+    short_lived = LocalLambdaContext(timeout_seconds=0.5)
+    first = threading.Thread(target=_stock_powertools_send, args=(aws.idempotency_table, client, short_lived, send))
+    first.start()
+    time.sleep(1.0)  # the first invocation's deadline has passed; it is still sending
+    _stock_powertools_send(aws.idempotency_table, client, LocalLambdaContext(), send)
+    first.join()
+    assert send.calls == 2
+
+
+def test_guard_blocks_a_send_that_outlived_its_deadline(aws: LocalAwsResources, moto_server: Any) -> None:
+    """Same timeline through SendGuard: the INPROGRESS record carries no deadline, so the
+    second caller is refused for the whole dedupe window."""
+    client = aws_client("dynamodb", moto_server.endpoint)
+    guard = SendGuard.for_table(aws.idempotency_table, 7 * 24 * 3600, boto3_client=client)
+    send = CountingSend(SendOutcome.sent("wamid.slow"), hold_seconds=2.0)
+    first = threading.Thread(target=guard.deliver_once, args=(KEY, send))
+    first.start()
+    time.sleep(1.0)
+    second = guard.deliver_once(KEY, send)
+    first.join()
+    assert second.verdict is GuardVerdict.IN_PROGRESS
+    assert send.calls == 1
+    item = client.get_item(TableName=aws.idempotency_table, Key={"id": {"S": f"{KEY_PREFIX}#" + _md5_key()}})
+    assert "in_progress_expiration" not in item.get("Item", {})
+
+
+def _md5_key() -> str:
+    import hashlib
+    import json
+
+    return hashlib.md5(json.dumps(KEY).encode()).hexdigest()  # noqa: S324 - Powertools' own default
+
+
+def test_store_unavailable_means_no_call(moto_server: Any) -> None:
+    client = aws_client("dynamodb", moto_server.endpoint)
+    guard = SendGuard.for_table("no-such-table", 3600, boto3_client=client)
+    send = CountingSend(SendOutcome.sent("wamid.never"))
+    result = guard.deliver_once(KEY, send)
+    assert result.verdict is GuardVerdict.STORE_UNAVAILABLE
+    assert send.calls == 0
+    assert "ResourceNotFound" in result.error or "table" in result.error.lower()
+
+
+def test_lookup_raises_rather_than_reporting_absent_when_store_is_down(moto_server: Any) -> None:
+    client = aws_client("dynamodb", moto_server.endpoint)
+    guard = SendGuard.for_table("no-such-table", 3600, boto3_client=client)
+    with pytest.raises(Exception, match=r"(?i)resource|table|not found"):
+        guard.lookup(KEY)
+
+
+def test_in_progress_record_is_reported(guard: SendGuard) -> None:
+    holder = CountingSend(SendOutcome.sent("wamid.h"), hold_seconds=1.0)
+    t = threading.Thread(target=guard.deliver_once, args=(KEY, holder))
+    t.start()
+    time.sleep(0.4)
+    assert guard.lookup(KEY).state is RecordState.INPROGRESS
+    t.join()
+    assert guard.lookup(KEY).state is RecordState.COMPLETED
