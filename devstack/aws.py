@@ -64,7 +64,9 @@ class MotoServer:
         log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **FAKE_CREDENTIALS},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **FAKE_CREDENTIALS},
         )
         wait_for_port(self.port)
         return self
@@ -81,7 +83,9 @@ class MotoServer:
     def __enter__(self) -> MotoServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 

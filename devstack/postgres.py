@@ -55,7 +55,9 @@ def _run_as_user() -> str | None:
         with contextlib.suppress(KeyError):
             pwd.getpwnam(name)
             return name
-    subprocess.run(["useradd", "--system", "--no-create-home", "sendonce-pg"], check=True, capture_output=True)
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "sendonce-pg"], check=True, capture_output=True
+    )
     return "sendonce-pg"
 
 
@@ -63,7 +65,9 @@ class EmbeddedPostgres:
     """Start with ``start()`` (or as a context manager); ``url`` names the server's
     ``postgres`` database; ``create_database()`` makes fresh ones, optionally from a template."""
 
-    def __init__(self, data_dir: Path | None = None, port: int | None = None, *, durable: bool = False) -> None:
+    def __init__(
+        self, data_dir: Path | None = None, port: int | None = None, *, durable: bool = False
+    ) -> None:
         self._owns_dir = data_dir is None
         self.base_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="sendonce-pg-"))
         self.data_dir = self.base_dir / "data"
@@ -93,20 +97,52 @@ class EmbeddedPostgres:
             os.chmod(self.base_dir, 0o755)
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
-                self._cmd("initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
-                          "--no-instructions"),
-                check=True, capture_output=True, text=True,
+                self._cmd(
+                    "initdb",
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-instructions",
+                ),
+                check=True,
+                capture_output=True,
+                text=True,
             )
         # Tests trade durability for speed; the benchmark runs with fsync on (durable=True).
-        speed = [] if self.durable else ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-        options = " ".join([
-            f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-c unix_socket_directories={self.socket_dir}",
-            "-c max_connections=300", "-c shared_buffers=128MB", *speed,
-        ])
+        speed = (
+            [] if self.durable else ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        )
+        options = " ".join(
+            [
+                f"-p {self.port}",
+                "-c listen_addresses=127.0.0.1",
+                f"-c unix_socket_directories={self.socket_dir}",
+                "-c max_connections=300",
+                "-c shared_buffers=128MB",
+                *speed,
+            ]
+        )
         result = subprocess.run(
-            self._cmd("pg_ctl", "-D", str(self.data_dir), "-l", str(self.base_dir / "postgres.log"),
-                      "-o", options, "-w", "-t", "60", "start"),
-            capture_output=True, text=True, check=False,
+            self._cmd(
+                "pg_ctl",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.base_dir / "postgres.log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             log = (self.base_dir / "postgres.log").read_text(errors="replace")[-2000:]
@@ -118,7 +154,8 @@ class EmbeddedPostgres:
         if self._started:
             subprocess.run(
                 self._cmd("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"),
-                capture_output=True, check=False,
+                capture_output=True,
+                check=False,
             )
             self._started = False
         if self._owns_dir:
@@ -141,5 +178,7 @@ class EmbeddedPostgres:
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

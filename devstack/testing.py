@@ -7,7 +7,11 @@ from typing import Any
 from devstack.aws import FAKE_CREDENTIALS, LocalAwsResources, MotoServer
 from shared.config import Settings
 
-TEST_TOKENS = {"whatsapp": "test-whatsapp-token", "messenger": "test-messenger-token", "linkedin": "test-unipile-key"}
+TEST_TOKENS = {
+    "whatsapp": "test-whatsapp-token",
+    "messenger": "test-messenger-token",
+    "linkedin": "test-unipile-key",
+}
 
 
 def make_settings(db_url: str, aws: LocalAwsResources, provider_url: str, **overrides: Any) -> Settings:
@@ -44,5 +48,3 @@ def function_env(settings: Settings, moto: MotoServer) -> dict[str, str]:
         if value is not None:
             env[f"SENDONCE_{name.upper()}"] = str(value)
     return env
-
-

@@ -76,7 +76,11 @@ def enqueue_campaign(db: Database, request: EnqueueRequest, *, max_attempts: int
         assert sender is not None
         conn.execute(
             sql.UPSERT_CAMPAIGN,
-            {"campaign_id": request.campaign_id, "name": request.campaign_name, "sender_account_id": sender["id"]},
+            {
+                "campaign_id": request.campaign_id,
+                "name": request.campaign_name,
+                "sender_account_id": sender["id"],
+            },
         )
         owner = conn.execute(sql.CAMPAIGN_SENDER, params).fetchone()
         assert owner is not None
@@ -87,9 +91,7 @@ def enqueue_campaign(db: Database, request: EnqueueRequest, *, max_attempts: int
             )
         conn.execute(sql.UPSERT_CONTACTS, params)
         conn.execute(sql.ADD_CAMPAIGN_CONTACTS, params)
-        inserted = conn.execute(
-            sql.ENQUEUE_STEPS, {**params, "sender_account_id": sender["id"]}
-        ).fetchall()
+        inserted = conn.execute(sql.ENQUEUE_STEPS, {**params, "sender_account_id": sender["id"]}).fetchall()
 
     expected_rows = len(addresses) * len(request.steps)
     return EnqueueReport(

@@ -81,11 +81,13 @@ class InvalidEventError(ValueError):
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def parse_event(model: type[ModelT], event: object) -> ModelT:
+def parse_event[ModelT: BaseModel](model: type[ModelT], event: object) -> ModelT:
     try:
         return model.model_validate(event)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<event>'}: {err['msg']}" for err in exc.errors()
         )
-        raise InvalidEventError(f"invalid {model.__name__} event ({exc.error_count()} problems): {problems}") from None
+        raise InvalidEventError(
+            f"invalid {model.__name__} event ({exc.error_count()} problems): {problems}"
+        ) from None

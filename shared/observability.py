@@ -36,6 +36,15 @@ class Metric(StrEnum):
     IDEMPOTENCY_STORE_UNAVAILABLE = "IdempotencyStoreUnavailable"
     IDEMPOTENCY_RECORD_UNSETTLED = "IdempotencyRecordUnsettled"
     SETTLE_ERRORS = "SettleErrors"
+    # Sweeper. The *Rows metrics are gauges: emitted every run, zero included, so alarms on
+    # them clear by themselves once the level drops.
+    UNKNOWN_ROWS = "UnknownRows"
+    STALE_OWNED_ROWS = "StaleOwnedRows"
+    RELEASED_CLAIMS = "ReleasedClaims"
+    SWEPT_TO_PENDING = "SweptToPending"
+    SWEPT_TO_UNKNOWN = "SweptToUnknown"
+    DEAD_LETTERED = "DeadLettered"
+    DUPLICATE_SUSPECTED = "DuplicateSuspected"
 
 
 class Stage(StrEnum):
@@ -78,3 +87,8 @@ class Tally:
         for name, value in self.counts().items():
             if value:
                 sink.add_metric(name=name, unit=MetricUnit.Count, value=value)
+
+
+def emit_values(values: dict[Metric, int], sink: Metrics = metrics) -> None:
+    for metric, value in values.items():
+        sink.add_metric(name=metric.value, unit=MetricUnit.Count, value=value)

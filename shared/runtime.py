@@ -60,10 +60,10 @@ def build_guard(config: Settings) -> SendGuard:
     )
 
 
-def build_dispatch_deps(config: Settings) -> DispatchDeps:
+def build_dispatch_deps(config: Settings, db: Database) -> DispatchDeps:
     return DispatchDeps(
         settings=config,
-        queue=QueueRepository(build_database(config)),
+        queue=QueueRepository(db),
         guard=build_guard(config),
         adapters=build_adapters(config, make_http_client(config), TokenSource(config)),
     )
@@ -72,7 +72,7 @@ def build_dispatch_deps(config: Settings) -> DispatchDeps:
 _cache: dict[str, object] = {}
 
 
-def cached(name: str, build: Callable[[], T]) -> T:
+def cached[T](name: str, build: Callable[[], T]) -> T:
     """One instance per container. A failed build is not cached, so the next invocation
     retries (for example once the database is reachable again)."""
     with _lock:
@@ -81,5 +81,9 @@ def cached(name: str, build: Callable[[], T]) -> T:
         return _cache[name]  # type: ignore[return-value]
 
 
+def database() -> Database:
+    return cached("database", lambda: build_database(settings()))
+
+
 def dispatch_deps() -> DispatchDeps:
-    return cached("dispatch", lambda: build_dispatch_deps(settings()))
+    return cached("dispatch", lambda: build_dispatch_deps(settings(), database()))

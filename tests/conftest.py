@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 # TEMP-LAZY
-
 import os
 import uuid
 from collections.abc import Iterator
@@ -161,4 +160,3 @@ def deps(settings: Settings, queue: QueueRepository, guard: SendGuard) -> Iterat
         adapters=build_adapters(settings, client, StaticTokenSource(TEST_TOKENS)),
     )
     client.close()
-

@@ -1,1 +1,2 @@
-def lambda_handler(event, context): raise NotImplementedError
+def lambda_handler(event, context):
+    raise NotImplementedError

@@ -32,7 +32,8 @@ class MigrationChecksumError(RuntimeError):
 def bundled_migrations() -> list[Migration]:
     folder = Path(__file__).with_name("migrations")
     found = [
-        Migration(version=entry.stem, text=entry.read_text(encoding="utf-8")) for entry in folder.glob("*.sql")
+        Migration(version=entry.stem, text=entry.read_text(encoding="utf-8"))
+        for entry in folder.glob("*.sql")
     ]
     return sorted(found, key=lambda m: m.version)
 

@@ -197,3 +197,71 @@ GROUP BY status
 """
 
 QUEUE_ROW: LiteralString = "SELECT * FROM send_queue WHERE id = %(queue_id)s"
+
+# --- sweeper -------------------------------------------------------------------------------
+
+# A lock held by one sweeper at a time; others skip the run (every change is a CAS anyway,
+# so this saves work rather than providing safety).
+SWEEPER_TRY_LOCK: LiteralString = "SELECT pg_try_advisory_lock(hashtext('sendonce.sweeper')) AS locked"
+SWEEPER_UNLOCK: LiteralString = "SELECT pg_advisory_unlock(hashtext('sendonce.sweeper'))"
+
+# `claimed` rows were never offered to a provider (that happens only after `sending` is
+# committed), so an expired claim goes straight back to the queue with its attempt refunded.
+RELEASE_EXPIRED_CLAIMS: LiteralString = """
+WITH expired AS (
+    SELECT id FROM send_queue
+    WHERE status = 'claimed' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), released AS (
+    UPDATE send_queue q
+    SET status = 'pending', attempts = q.attempts - 1, claim_token = NULL, lease_expires_at = NULL,
+        last_error = 'claim expired before sending; released', updated_at = now()
+    FROM expired
+    WHERE q.id = expired.id AND q.status = 'claimed' AND q.lease_expires_at < now()
+    RETURNING q.id
+), decided AS (
+    INSERT INTO queue_decisions (queue_id, from_status, to_status, decided_by, reason)
+    SELECT id, 'claimed', 'pending', 'sweeper', 'claim lease expired; provider never called' FROM released
+)
+SELECT count(*) AS released FROM released
+"""
+
+EXPIRED_SENDING: LiteralString = """
+SELECT q.id AS queue_id, q.idempotency_key, q.claim_token, q.attempts, q.max_attempts, q.message_type,
+       q.body, q.sending_started_at, c.channel, c.address AS recipient, s.id AS sender_account_id,
+       s.provider_account_id AS sender_provider_id
+FROM send_queue q
+JOIN contacts c ON c.id = q.contact_id
+JOIN sender_accounts s ON s.id = q.sender_account_id
+WHERE q.status = 'sending' AND q.lease_expires_at < now()
+ORDER BY q.lease_expires_at
+LIMIT %(limit)s
+"""
+
+RECORD_DECISION: LiteralString = """
+INSERT INTO queue_decisions (queue_id, from_status, to_status, decided_by, reason, evidence)
+VALUES (%(queue_id)s, %(from_status)s, %(to_status)s, %(decided_by)s, %(reason)s, %(evidence)s)
+"""
+
+STALE_OWNED_ROWS: LiteralString = """
+SELECT count(*) AS n FROM send_queue
+WHERE status IN ('claimed', 'sending') AND lease_expires_at < now() - make_interval(secs => %(grace_seconds)s)
+"""
+
+UNKNOWN_ROWS: LiteralString = "SELECT count(*) AS n FROM send_queue WHERE status = 'unknown'"
+
+DEAD_LETTER_BATCH: LiteralString = """
+SELECT q.id AS queue_id, q.idempotency_key, q.campaign_id, c.channel::text AS channel, c.address AS recipient,
+       q.message_type, q.attempts, q.failure_reason, q.last_error, q.updated_at AS failed_at
+FROM send_queue q JOIN contacts c ON c.id = q.contact_id
+WHERE q.status = 'failed' AND q.dead_lettered_at IS NULL
+ORDER BY q.updated_at
+LIMIT %(limit)s
+FOR UPDATE OF q SKIP LOCKED
+"""
+
+MARK_DEAD_LETTERED: LiteralString = """
+UPDATE send_queue SET dead_lettered_at = now() WHERE id = ANY(%(queue_ids)s::bigint[])
+"""

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = ROOT / "template.yaml"
 
 
-class _CfnLoader(yaml.SafeLoader):
+class _CfnLoader(yaml.SafeLoader):  # type: ignore[misc]
     pass
 
 
@@ -33,7 +33,7 @@ def _construct_intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) 
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+        value = loader.construct_mapping(node, deep=True)
     if suffix == "Ref":
         return {"Ref": value}
     if suffix == "Condition":
@@ -57,13 +57,22 @@ def template() -> dict[str, Any]:
     return load_template()
 
 
-def find_tool(name: str) -> str:
-    found = shutil.which(name) or (
-        str(ROOT / ".venv-tools" / "bin" / name) if (ROOT / ".venv-tools" / "bin" / name).exists() else None
-    )
+def _find_tool(name: str) -> str:
+    local = ROOT / ".venv-tools" / "bin" / name
+    found = shutil.which(name) or (str(local) if local.exists() else None)
     if found is None:
         pytest.fail(f"`{name}` not found on PATH or in .venv-tools/bin; run `make test-infra`")
     return found
+
+
+@pytest.fixture(scope="session")
+def cfn_lint_bin() -> str:
+    return _find_tool("cfn-lint")
+
+
+@pytest.fixture(scope="session")
+def sam_bin() -> str:
+    return _find_tool("sam")
 
 
 def python312_bin_dir() -> str:

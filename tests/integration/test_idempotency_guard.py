@@ -87,7 +87,8 @@ def test_concurrent_callers_only_one_calls(guard: SendGuard) -> None:
     send = CountingSend(SendOutcome.sent("wamid.c"), hold_seconds=0.5)
     verdicts: list[GuardVerdict] = []
     threads = [
-        threading.Thread(target=lambda: verdicts.append(guard.deliver_once(KEY, send).verdict)) for _ in range(6)
+        threading.Thread(target=lambda: verdicts.append(guard.deliver_once(KEY, send).verdict))
+        for _ in range(6)
     ]
     for t in threads:
         t.start()
@@ -123,7 +124,9 @@ def test_control_stock_powertools_reruns_a_send_that_outlived_its_deadline(
     client = aws_client("dynamodb", moto_server.endpoint)
     send = CountingSend(SendOutcome.sent("wamid.slow"), hold_seconds=2.0)
     short_lived = LocalLambdaContext(timeout_seconds=0.5)
-    first = threading.Thread(target=_stock_powertools_send, args=(aws.idempotency_table, client, short_lived, send))
+    first = threading.Thread(
+        target=_stock_powertools_send, args=(aws.idempotency_table, client, short_lived, send)
+    )
     first.start()
     time.sleep(1.0)  # the first invocation's deadline has passed; it is still sending
     _stock_powertools_send(aws.idempotency_table, client, LocalLambdaContext(), send)

@@ -1,0 +1,241 @@
+"""The stuck-item sweeper: every owned row whose lease expired gets a truthful state.
+
+The rule, in one line: a message returns to ``pending`` only when it provably did not reach
+the provider.
+
+* ``claimed`` + expired lease -> ``pending``. ``sending`` is committed before any provider
+  call, so a row still ``claimed`` was never offered to one.
+* ``sending`` + expired lease is settled from the DynamoDB idempotency record:
+  - COMPLETED with a sent outcome -> ``sent`` with the stored provider message id;
+  - COMPLETED with an ambiguous outcome, or INPROGRESS -> ``unknown`` (the call may have
+    delivered it: never resent blindly);
+  - no record -> ``pending``: the record is written before the call and deleted only after a
+    provably-not-sent outcome, so its absence proves no delivery. Unless the row started
+    sending longer ago than the dedupe window (the record could have expired), in which case
+    absence proves nothing and the row becomes ``unknown``.
+
+Why the lease is safe: a lease is ``dispatcher timeout + margin`` (see ``Settings``). Lambda
+kills an invocation at its timeout, so once a lease has expired its claimant is dead and can
+no longer write the row. Even if it were not (a paused process in a test), the conditional
+DynamoDB write still admits only one provider call per idempotency key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared.config import Settings
+from shared.idempotency import RecordState, SendGuard
+from shared.observability import Metric, emit_values, logger
+from shared.providers.outcome import OutcomeKind
+from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
+from shared.storage import sql
+
+SQS_BATCH = 10
+
+
+@dataclass
+class SweepDeps:
+    settings: Settings
+    queue: QueueRepository
+    guard: SendGuard
+    sqs: Any  # boto3 SQS client; None when no failed-messages queue is configured
+
+
+class SweepReport(BaseModel):
+    ran: bool
+    released_claims: int = 0
+    recovered_sent: int = 0
+    returned_to_pending: int = 0
+    marked_unknown: int = 0
+    lookup_errors: int = 0
+    dead_lettered: int = 0
+    stale_owned_rows: int = 0
+    unknown_rows: int = 0
+
+
+def sweep(deps: SweepDeps) -> SweepReport:
+    with _single_flight(deps) as acquired:
+        if not acquired:
+            logger.info("another sweeper holds the lock; skipping this run")
+            return SweepReport(ran=False)
+        report = SweepReport(ran=True)
+        report.stale_owned_rows = _count(
+            deps, sql.STALE_OWNED_ROWS, {"grace_seconds": _stale_grace(deps.settings)}
+        )
+        report.released_claims = _release_expired_claims(deps)
+        _settle_expired_sending(deps, report)
+        report.dead_lettered = publish_dead_letters(deps)
+        report.unknown_rows = _count(deps, sql.UNKNOWN_ROWS, {})
+    _emit(report)
+    logger.info("sweep finished", extra={"report": report.model_dump()})
+    return report
+
+
+def _stale_grace(settings: Settings) -> int:
+    # Past its lease by more than one sweeper timeout means a sweep should already have
+    # settled it: something is wrong with the sweeper, which is what the alarm is for.
+    return settings.sweeper_timeout_seconds * 2
+
+
+@contextmanager
+def _single_flight(deps: SweepDeps) -> Iterator[bool]:
+    with deps.queue.db.connection() as conn:
+        row = conn.execute(sql.SWEEPER_TRY_LOCK).fetchone()
+        acquired = bool(row and row["locked"])
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                conn.execute(sql.SWEEPER_UNLOCK)
+
+
+def _count(deps: SweepDeps, query: sql.LiteralString, params: dict[str, Any]) -> int:
+    row = deps.queue.db.fetch_one(query, params)
+    return int(row["n"]) if row else 0
+
+
+def _release_expired_claims(deps: SweepDeps) -> int:
+    row = deps.queue.db.fetch_one(sql.RELEASE_EXPIRED_CLAIMS, {"limit": deps.settings.sweep_batch_size})
+    return int(row["released"]) if row else 0
+
+
+def _settle_expired_sending(deps: SweepDeps, report: SweepReport) -> None:
+    rows = deps.queue.db.fetch_all(sql.EXPIRED_SENDING, {"limit": deps.settings.sweep_batch_size})
+    window = timedelta(seconds=deps.settings.dedupe_window_seconds - deps.settings.lease_seconds)
+    for row in rows:
+        started: datetime | None = row.pop("sending_started_at")
+        message = ClaimedMessage.model_validate(row)
+        try:
+            record = deps.guard.lookup(message.idempotency_key)
+        except Exception:
+            # No reading, no conclusion: the row waits for the next sweep.
+            report.lookup_errors += 1
+            logger.exception(
+                "idempotency lookup failed; row left as is", extra={"queue_id": message.queue_id}
+            )
+            continue
+        outcome = record.outcome
+        if record.state is RecordState.COMPLETED and outcome and outcome.kind is OutcomeKind.SENT:
+            if deps.queue.settle_sent(
+                message, outcome, recovered_from="idempotency_record", record_attempt=True
+            ):
+                report.recovered_sent += 1
+                _decide(
+                    deps,
+                    message,
+                    QueueStatus.SENT,
+                    "idempotency record COMPLETED with a provider id",
+                    {"provider_message_id": outcome.provider_message_id},
+                )
+            continue
+        window_passed = started is not None and datetime.now(UTC) - started > window
+        if record.state is RecordState.ABSENT and not window_passed:
+            if deps.queue.settle_pending(
+                message,
+                delay_seconds=0,
+                outcome=None,
+                refund_attempt=True,
+                last_error="sending lease expired with no idempotency record: provider never called",
+            ):
+                report.returned_to_pending += 1
+                _decide(
+                    deps, message, QueueStatus.PENDING, "no idempotency record: provider never called", None
+                )
+            continue
+        reason = {
+            RecordState.INPROGRESS: "provider call started, never finished (record INPROGRESS)",
+            RecordState.COMPLETED: f"provider outcome was {outcome.kind if outcome else 'unrecorded'}",
+            RecordState.EXPIRED: "idempotency record expired: no proof either way",
+            RecordState.ABSENT: "record absent but older than the dedupe window: no proof either way",
+        }[record.state]
+        if deps.queue.settle_terminal(message, QueueStatus.UNKNOWN, outcome=None, failure_reason=reason):
+            report.marked_unknown += 1
+            _decide(deps, message, QueueStatus.UNKNOWN, reason, {"record_state": record.state.value})
+
+
+def _decide(
+    deps: SweepDeps,
+    message: ClaimedMessage,
+    target: QueueStatus,
+    reason: str,
+    evidence: dict[str, Any] | None,
+) -> None:
+    with deps.queue.db.connection() as conn:
+        conn.execute(
+            sql.RECORD_DECISION,
+            {
+                "queue_id": message.queue_id,
+                "from_status": QueueStatus.SENDING.value,
+                "to_status": target.value,
+                "decided_by": "sweeper",
+                "reason": reason,
+                "evidence": json.dumps(evidence) if evidence is not None else None,
+            },
+        )
+
+
+def publish_dead_letters(deps: SweepDeps) -> int:
+    """One JSON record per permanently failed row on the failed-messages queue. The row is
+    marked in the same transaction that selected it, after SQS accepted the batch; a crash in
+    between can publish a record twice (harmless: it is a report, not a send), never zero."""
+    if deps.sqs is None or not deps.settings.failed_messages_queue_url:
+        return 0
+    published = 0
+    while True:
+        with deps.queue.db.connection() as conn, conn.transaction():
+            rows = conn.execute(sql.DEAD_LETTER_BATCH, {"limit": SQS_BATCH}).fetchall()
+            if not rows:
+                return published
+            entries = [
+                {"Id": str(r["queue_id"]), "MessageBody": json.dumps(dead_letter_record(r), default=str)}
+                for r in rows
+            ]
+            response = deps.sqs.send_message_batch(
+                QueueUrl=deps.settings.failed_messages_queue_url, Entries=entries
+            )
+            accepted = [int(e["Id"]) for e in response.get("Successful", [])]
+            conn.execute(sql.MARK_DEAD_LETTERED, {"queue_ids": accepted})
+            published += len(accepted)
+            if len(accepted) < len(rows):
+                logger.error(
+                    "SQS refused part of a dead-letter batch", extra={"failed": response.get("Failed")}
+                )
+                return published
+
+
+def dead_letter_record(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "sendonce.message_failed",
+        "queue_id": row["queue_id"],
+        "idempotency_key": row["idempotency_key"],
+        "campaign_id": str(row["campaign_id"]),
+        "channel": row["channel"],
+        "recipient": row["recipient"],
+        "message_type": row["message_type"],
+        "attempts": row["attempts"],
+        "reason": row["failure_reason"],
+        "last_error": row["last_error"],
+        "failed_at": row["failed_at"].isoformat() if row["failed_at"] else None,
+    }
+
+
+def _emit(report: SweepReport) -> None:
+    emit_values(
+        {
+            Metric.UNKNOWN_ROWS: report.unknown_rows,
+            Metric.STALE_OWNED_ROWS: report.stale_owned_rows,
+            Metric.RELEASED_CLAIMS: report.released_claims,
+            Metric.RECOVERED_SENT: report.recovered_sent,
+            Metric.SWEPT_TO_PENDING: report.returned_to_pending,
+            Metric.SWEPT_TO_UNKNOWN: report.marked_unknown,
+            Metric.DEAD_LETTERED: report.dead_lettered,
+        }
+    )
