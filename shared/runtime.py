@@ -21,6 +21,7 @@ from shared.providers.registry import build_adapters, make_http_client
 from shared.providers.secrets import TokenSource
 from shared.queue import QueueRepository
 from shared.storage.db import Database
+from shared.sweeper import SweepDeps
 
 T = TypeVar("T")
 _lock = threading.Lock()
@@ -83,6 +84,19 @@ def cached[T](name: str, build: Callable[[], T]) -> T:
 
 def database() -> Database:
     return cached("database", lambda: build_database(settings()))
+
+
+def build_sweep_deps(config: Settings, db: Database) -> SweepDeps:
+    return SweepDeps(
+        settings=config,
+        queue=QueueRepository(db),
+        guard=build_guard(config),
+        sqs=boto3.client("sqs") if config.failed_messages_queue_url else None,
+    )
+
+
+def sweep_deps() -> SweepDeps:
+    return cached("sweep", lambda: build_sweep_deps(settings(), database()))
 
 
 def dispatch_deps() -> DispatchDeps:
