@@ -6,6 +6,7 @@ from typing import Any
 
 from devstack.aws import FAKE_CREDENTIALS, LocalAwsResources, MotoServer
 from shared.config import Settings
+from shared.storage.db import Database
 
 TEST_TOKENS = {
     "whatsapp": "test-whatsapp-token",
@@ -48,3 +49,12 @@ def function_env(settings: Settings, moto: MotoServer) -> dict[str, str]:
         if value is not None:
             env[f"SENDONCE_{name.upper()}"] = str(value)
     return env
+
+
+def expire_leases(db: Database) -> None:
+    """Move every lease into the past: the clock jumping ahead, not a change of state."""
+    with db.connection() as conn:
+        conn.execute(
+            "UPDATE send_queue SET lease_expires_at = now() - interval '1 second' "
+            "WHERE lease_expires_at IS NOT NULL"
+        )

@@ -12,7 +12,7 @@ import pytest
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
 
 from devstack.aws import LocalAwsResources, MotoServer, aws_client
-from devstack.testing import make_settings
+from devstack.testing import expire_leases, make_settings
 from shared.enqueue import enqueue_campaign
 from shared.events import EnqueueRequest
 from shared.idempotency import KEY_PREFIX, BlockingDynamoDBPersistenceLayer, SendGuard
@@ -54,13 +54,6 @@ def sending_row(database: Database, queue: QueueRepository) -> ClaimedMessage:
     [message] = queue.claim_batch(uuid.uuid4(), 1, 60)
     assert queue.mark_sending(message)
     return message
-
-
-def expire_leases(database: Database) -> None:
-    with database.connection() as conn:
-        conn.execute(
-            "UPDATE send_queue SET lease_expires_at = now() - interval '1 second' WHERE lease_expires_at IS NOT NULL"
-        )
 
 
 def status(database: Database, queue_id: int) -> dict[str, Any]:

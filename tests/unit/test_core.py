@@ -46,7 +46,7 @@ def test_pending_is_never_skipped_to_sending() -> None:
 
 
 def test_only_provably_unsent_outcomes_may_lead_to_another_call() -> None:
-    assert PROVABLY_NOT_SENT == {OutcomeKind.RETRY_LATER, OutcomeKind.SENDER_BLOCKED, OutcomeKind.PERMANENT}
+    assert {OutcomeKind.RETRY_LATER, OutcomeKind.SENDER_BLOCKED, OutcomeKind.PERMANENT} == PROVABLY_NOT_SENT
     assert not SendOutcome.ambiguous("x").provably_not_sent
     assert not SendOutcome.sent("m").provably_not_sent
     assert SendOutcome.retry_later(None, "x").provably_not_sent
