@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from devstack.stack import ROOT, LocalStack
+from shared.queue import QueueRepository
 
 console = Console()
 EVENTS = ROOT / "events"
@@ -78,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     with console.status("starting Postgres, moto and the fake provider on 127.0.0.1") as status:
         stack = LocalStack(durable_postgres=True, workdir=args.keep).start()
     try:
-        console.print(
-            f"[bold]local stack[/] postgres={stack.db_url}  moto={stack.moto.endpoint}  provider={stack.fake.url}"
-        )
+        console.print(f"[bold]local stack[/] postgres={stack.db_url}")
+        console.print(f"moto={stack.moto.endpoint}  fake provider={stack.fake.url}")
         console.print(f"logs: {stack.workdir}")
         migrated = stack.spawn("migrate", EVENTS / "migrate.json").finish()
         console.print(f"migrate handler: applied={migrated['applied']} already={migrated['already_applied']}")
@@ -130,13 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _drain_retries(stack: LocalStack) -> None:
+    queue = QueueRepository(stack.db)
     for _ in range(10):
-        row = stack.db.fetch_one(
-            "SELECT count(*) AS n, min(scheduled_for) - now() AS wait FROM send_queue WHERE status = 'pending'"
-        )
-        if not row or not row["n"]:
+        pending, wait = queue.next_pending()
+        if not pending:
             return
-        wait = row["wait"].total_seconds() if row["wait"] else 0
         time.sleep(max(0.0, min(wait, 5.0)) + 0.1)
         stack.spawn(
             "dispatcher", ROOT / "events" / "dispatcher-scheduled.json", log_name="dispatcher-retry"
@@ -169,15 +167,13 @@ def _report(stack: LocalStack, results: list[dict[str, object]], elapsed: float)
         )
     console.print(table)
 
-    statuses = stack.db.fetch_all(
-        "SELECT status::text AS status, count(*) AS n FROM send_queue GROUP BY 1 ORDER BY 1"
+    queue = QueueRepository(stack.db)
+    counts = queue.status_counts()
+    console.print(
+        "queue: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) + f"   ({elapsed:.1f}s)"
     )
-    console.print("queue: " + ", ".join(f"{r['status']}={r['n']}" for r in statuses) + f"   ({elapsed:.1f}s)")
-    for row in stack.db.fetch_all(
-        "SELECT q.status::text AS status, c.address, q.failure_reason FROM send_queue q JOIN contacts c ON c.id = q.contact_id "
-        "WHERE q.status IN ('failed', 'unknown') ORDER BY q.id"
-    ):
-        console.print(f"  [yellow]{row['status']}[/] {row['address']}: {row['failure_reason']}")
+    for row in queue.problem_rows():
+        console.print(f"  [yellow]{row['status']}[/] {row['recipient']}: {row['failure_reason']}")
 
     per_recipient = Counter((m["channel"], m["recipient"]) for m in stack.provider.ledger())
     per_message = Counter((m["channel"], m["recipient"], m["text"]) for m in stack.provider.ledger())

@@ -190,6 +190,17 @@ class QueueRepository:
         rows = self._db.fetch_all(sql.QUEUE_STATUS_COUNTS, {"campaign_id": campaign_id})
         return {row["status"]: int(row["n"]) for row in rows}
 
+    def problem_rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Rows that need a human or reconciliation: failed and unknown."""
+        return [dict(r) for r in self._db.fetch_all(sql.UNSETTLED_ROWS, {"limit": limit})]
+
+    def next_pending(self) -> tuple[int, float]:
+        """How many rows are pending, and seconds until the earliest is due (<= 0: due now)."""
+        row = self._db.fetch_one(sql.NEXT_PENDING)
+        if row is None or not row["pending"]:
+            return 0, 0.0
+        return int(row["pending"]), float(row["seconds_until_due"] or 0.0)
+
     def _settled(self, query: sql.LiteralString, params: dict[str, Any]) -> bool:
         row = self._db.fetch_one(query, params)
         return bool(row and row["settled"])

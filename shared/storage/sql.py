@@ -265,3 +265,19 @@ FOR UPDATE OF q SKIP LOCKED
 MARK_DEAD_LETTERED: LiteralString = """
 UPDATE send_queue SET dead_lettered_at = now() WHERE id = ANY(%(queue_ids)s::bigint[])
 """
+
+# --- operator reads ------------------------------------------------------------------------
+
+UNSETTLED_ROWS: LiteralString = """
+SELECT q.id AS queue_id, q.status::text AS status, c.channel::text AS channel, c.address AS recipient,
+       q.message_type, q.attempts, q.failure_reason, q.updated_at
+FROM send_queue q JOIN contacts c ON c.id = q.contact_id
+WHERE q.status IN ('failed', 'unknown')
+ORDER BY q.id
+LIMIT %(limit)s
+"""
+
+NEXT_PENDING: LiteralString = """
+SELECT count(*) AS pending, EXTRACT(EPOCH FROM min(scheduled_for) - now()) AS seconds_until_due
+FROM send_queue WHERE status = 'pending'
+"""
