@@ -198,10 +198,9 @@ def _report(stack: LocalStack, results: list[dict[str, object]], elapsed: float)
 def _verdict(stack: LocalStack) -> bool:
     per_message = Counter((m["channel"], m["recipient"], m["text"]) for m in stack.provider.ledger())
     duplicates = {k: v for k, v in per_message.items() if v > 1}
-    stuck = stack.db.fetch_one(
-        "SELECT count(*) AS n FROM send_queue WHERE status IN ('pending', 'claimed', 'sending')"
-    )
-    ok = not duplicates and stuck is not None and stuck["n"] == 0
+    counts = QueueRepository(stack.db).status_counts()
+    stuck = {k: v for k, v in counts.items() if k in {"pending", "claimed", "sending"}}
+    ok = not duplicates and not stuck
     if ok:
         console.print(
             "[bold green]verdict: every message reached its recipient at most once; every row is settled[/]"
