@@ -163,3 +163,10 @@ class SendGuard:
             stored = record.response_json_as_dict()
             return RecordLookup(RecordState.COMPLETED, SendOutcome.model_validate(stored) if stored else None)
         return RecordLookup(RecordState.INPROGRESS)
+
+    def forget(self, idempotency_key: str) -> None:
+        """Delete a key's record, so the next attempt may call the provider again. Only an
+        explicit resend decision (an operator, or a channel whose policy is ``resend``) does
+        this: it is the one way to accept the risk of a second delivery."""
+        self._persistence.configure(config=self._config, key_prefix=KEY_PREFIX)
+        self._persistence.delete_record(data={_KEY_FIELD: idempotency_key}, exception=RuntimeError("resend"))

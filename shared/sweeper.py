@@ -23,9 +23,9 @@ DynamoDB write still admits only one provider call per idempotency key.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,8 +34,9 @@ from pydantic import BaseModel
 from shared.config import Settings
 from shared.idempotency import RecordState, SendGuard
 from shared.observability import Metric, emit_values, logger
-from shared.providers.outcome import OutcomeKind
+from shared.providers.outcome import Channel, OutcomeKind
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
+from shared.reconcile import ReadBack, ReconcileDeps, detect_duplicates, reconcile_unknown
 from shared.storage import sql
 
 SQS_BATCH = 10
@@ -47,6 +48,7 @@ class SweepDeps:
     queue: QueueRepository
     guard: SendGuard
     sqs: Any  # boto3 SQS client; None when no failed-messages queue is configured
+    read_back: Mapping[Channel, ReadBack] = field(default_factory=dict)
 
 
 class SweepReport(BaseModel):
@@ -57,6 +59,10 @@ class SweepReport(BaseModel):
     marked_unknown: int = 0
     lookup_errors: int = 0
     dead_lettered: int = 0
+    unknown_resolved_sent: int = 0
+    unknown_held: int = 0
+    unknown_resent: int = 0
+    duplicates_suspected: int = 0
     stale_owned_rows: int = 0
     unknown_rows: int = 0
 
@@ -73,6 +79,14 @@ def sweep(deps: SweepDeps) -> SweepReport:
         report.released_claims = _release_expired_claims(deps)
         _settle_expired_sending(deps, report)
         report.dead_lettered = publish_dead_letters(deps)
+        reconciled = reconcile_unknown(ReconcileDeps(deps.settings, deps.queue, deps.guard, deps.read_back))
+        report.unknown_resolved_sent = reconciled.resolved_sent
+        report.unknown_held = reconciled.held
+        report.unknown_resent = reconciled.resent
+        suspects = detect_duplicates(deps.queue.db)
+        report.duplicates_suspected = len(suspects)
+        if suspects:
+            logger.error("suspected duplicate deliveries", extra={"suspects": suspects[:20]})
         report.unknown_rows = _count(deps, sql.UNKNOWN_ROWS, {})
     _emit(report)
     logger.info("sweep finished", extra={"report": report.model_dump()})
@@ -237,5 +251,6 @@ def _emit(report: SweepReport) -> None:
             Metric.SWEPT_TO_PENDING: report.returned_to_pending,
             Metric.SWEPT_TO_UNKNOWN: report.marked_unknown,
             Metric.DEAD_LETTERED: report.dead_lettered,
+            Metric.DUPLICATE_SUSPECTED: report.duplicates_suspected,
         }
     )

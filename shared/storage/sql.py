@@ -281,3 +281,155 @@ NEXT_PENDING: LiteralString = """
 SELECT count(*) AS pending, EXTRACT(EPOCH FROM min(scheduled_for) - now()) AS seconds_until_due
 FROM send_queue WHERE status = 'pending'
 """
+
+# --- reconciliation, operators, statistics --------------------------------------------------
+
+UNKNOWN_BATCH: LiteralString = """
+SELECT q.id AS queue_id, q.idempotency_key, q.claim_token, q.attempts, q.max_attempts, q.message_type, q.body,
+       q.updated_at AS unknown_since, c.channel, c.address AS recipient, s.id AS sender_account_id,
+       s.provider_account_id AS sender_provider_id
+FROM send_queue q
+JOIN contacts c ON c.id = q.contact_id
+JOIN sender_accounts s ON s.id = q.sender_account_id
+WHERE q.status = 'unknown'
+ORDER BY q.updated_at
+LIMIT %(limit)s
+"""
+
+# Evidence that a message reached the provider: a webhook event carrying its idempotency key
+# (WhatsApp biz_opaque_callback_data, Messenger metadata) with a provider message id.
+EVIDENCE_BY_KEY: LiteralString = """
+SELECT provider_message_id, provider_thread_id, status, event_type, occurred_at
+FROM provider_events
+WHERE channel = %(channel)s AND idempotency_key = %(idempotency_key)s AND provider_message_id IS NOT NULL
+ORDER BY received_at
+LIMIT 1
+"""
+
+# Unipile has no correlation field: a message our account sent to the recipient with the
+# same text, after the row started sending, is the evidence.
+EVIDENCE_BY_TEXT: LiteralString = """
+SELECT e.provider_message_id, e.provider_thread_id, e.status, e.event_type, e.occurred_at
+FROM provider_events e
+WHERE e.channel = %(channel)s AND e.status = 'sent' AND e.recipient = %(recipient)s
+  AND e.payload->>'text' = %(body)s
+  AND e.provider_message_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM message_ledger l
+                  WHERE l.channel = e.channel AND l.provider_message_id = e.provider_message_id)
+ORDER BY e.received_at
+LIMIT 1
+"""
+
+KNOWN_THREAD: LiteralString = """
+SELECT l.provider_thread_id FROM message_ledger l
+JOIN send_queue q ON q.id = l.queue_id
+WHERE l.channel = %(channel)s AND l.recipient = %(recipient)s AND q.sender_account_id = %(sender_account_id)s
+  AND l.provider_thread_id IS NOT NULL
+ORDER BY l.sent_at DESC
+LIMIT 1
+"""
+
+QUEUE_ROW_FOR_DECISION: LiteralString = """
+SELECT q.id AS queue_id, q.idempotency_key, q.claim_token, q.attempts, q.max_attempts, q.message_type, q.body,
+       q.status::text AS status, c.channel, c.address AS recipient, s.id AS sender_account_id,
+       s.provider_account_id AS sender_provider_id,
+       EXISTS (SELECT 1 FROM message_ledger l WHERE l.queue_id = q.id) AS has_ledger_row
+FROM send_queue q
+JOIN contacts c ON c.id = q.contact_id
+JOIN sender_accounts s ON s.id = q.sender_account_id
+WHERE q.id = %(queue_id)s
+"""
+
+# Redrive and operator resends: back to pending with a clean slate, CAS on status and token.
+REQUEUE: LiteralString = """
+UPDATE send_queue
+SET status = 'pending', attempts = 0, scheduled_for = now(), claim_token = NULL, lease_expires_at = NULL,
+    failure_reason = NULL, dead_lettered_at = NULL, last_error = %(last_error)s, updated_at = now()
+WHERE id = %(queue_id)s AND status = %(expected_status)s::queue_status
+  AND claim_token IS NOT DISTINCT FROM %(claim_token)s
+RETURNING id
+"""
+
+FAILED_FOR_REDRIVE: LiteralString = """
+SELECT q.id AS queue_id FROM send_queue q
+WHERE q.status = 'failed'
+  AND (%(campaign_id)s::uuid IS NULL OR q.campaign_id = %(campaign_id)s::uuid)
+  AND (%(reason_like)s::text IS NULL OR q.failure_reason LIKE %(reason_like)s)
+ORDER BY q.id
+LIMIT %(limit)s
+"""
+
+# Statistics are counted from state every time: there is no counter to drift (seed 002).
+CAMPAIGN_STATS: LiteralString = """
+SELECT cp.id AS campaign_id, cp.name,
+       count(q.id) AS total,
+       count(q.id) FILTER (WHERE q.status = 'pending') AS pending,
+       count(q.id) FILTER (WHERE q.status IN ('claimed', 'sending')) AS in_flight,
+       count(q.id) FILTER (WHERE q.status = 'sent') AS sent,
+       count(l.id) FILTER (WHERE l.delivery_status IN ('delivered', 'read')) AS delivered,
+       count(l.id) FILTER (WHERE l.delivery_status = 'read') AS read,
+       count(q.id) FILTER (WHERE q.status = 'failed') AS failed,
+       count(q.id) FILTER (WHERE q.status = 'unknown') AS unknown
+FROM campaigns cp
+LEFT JOIN send_queue q ON q.campaign_id = cp.id
+LEFT JOIN message_ledger l ON l.queue_id = q.id
+WHERE %(campaign_id)s::uuid IS NULL OR cp.id = %(campaign_id)s::uuid
+GROUP BY cp.id, cp.name
+ORDER BY cp.created_at
+"""
+
+AUDIT_QUEUE: LiteralString = """
+SELECT q.id AS queue_id, q.campaign_id, cp.name AS campaign, c.channel::text AS channel, c.address AS recipient,
+       q.message_type, q.status::text AS status, q.attempts, q.idempotency_key, q.provider_message_id,
+       q.created_at, q.claimed_at, q.sending_started_at, q.sent_at, q.failure_reason, q.last_error
+FROM send_queue q
+JOIN contacts c ON c.id = q.contact_id
+JOIN campaigns cp ON cp.id = q.campaign_id
+WHERE (%(campaign_id)s::uuid IS NULL OR q.campaign_id = %(campaign_id)s::uuid)
+  AND (%(address)s::text IS NULL OR c.address = %(address)s)
+ORDER BY q.id
+"""
+
+AUDIT_LEDGER: LiteralString = """
+SELECT l.* FROM message_ledger l WHERE l.queue_id = ANY(%(queue_ids)s::bigint[]) ORDER BY l.sent_at
+"""
+
+AUDIT_ATTEMPTS: LiteralString = """
+SELECT a.* FROM send_attempts a WHERE a.queue_id = ANY(%(queue_ids)s::bigint[]) ORDER BY a.recorded_at
+"""
+
+AUDIT_DECISIONS: LiteralString = """
+SELECT d.* FROM queue_decisions d WHERE d.queue_id = ANY(%(queue_ids)s::bigint[]) ORDER BY d.decided_at
+"""
+
+AUDIT_EVENTS: LiteralString = """
+SELECT e.id, e.channel::text AS channel, e.event_type, e.status, e.provider_message_id, e.idempotency_key,
+       e.recipient, e.occurred_at, e.received_at
+FROM provider_events e
+WHERE e.idempotency_key = ANY(%(keys)s::text[]) OR e.provider_message_id = ANY(%(message_ids)s::text[])
+   OR (%(address)s::text IS NOT NULL AND e.recipient = %(address)s)
+ORDER BY e.received_at
+"""
+
+# Suspected duplicates: one idempotency key seen with two provider message ids in webhooks, or
+# one recipient given the same text twice within an hour (across campaigns, as in seed 000).
+DUPLICATES_BY_KEY: LiteralString = """
+SELECT channel::text AS channel, idempotency_key, count(DISTINCT provider_message_id) AS copies
+FROM provider_events
+WHERE idempotency_key IS NOT NULL AND provider_message_id IS NOT NULL
+GROUP BY channel, idempotency_key
+HAVING count(DISTINCT provider_message_id) > 1
+"""
+
+DUPLICATES_BY_TEXT: LiteralString = """
+SELECT l1.channel::text AS channel, l1.recipient, count(*) AS pairs,
+       array_agg(DISTINCT l1.queue_id) || array_agg(DISTINCT l2.queue_id) AS queue_ids
+FROM message_ledger l1
+JOIN send_queue q1 ON q1.id = l1.queue_id
+JOIN message_ledger l2 ON l2.channel = l1.channel AND l2.recipient = l1.recipient AND l2.id > l1.id
+JOIN send_queue q2 ON q2.id = l2.queue_id
+WHERE q2.body = q1.body
+  AND l2.sent_at >= l1.sent_at AND l2.sent_at - l1.sent_at < interval '1 hour'
+  AND l1.sent_at > now() - make_interval(secs => %(lookback_seconds)s) - interval '1 hour'
+GROUP BY l1.channel, l1.recipient
+"""

@@ -38,3 +38,6 @@ CREATE TABLE queue_decisions (
     decided_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX queue_decisions_by_queue ON queue_decisions (queue_id);
+
+-- The duplicate detector looks up recent ledger rows per recipient.
+CREATE INDEX message_ledger_by_recipient ON message_ledger (channel, recipient, sent_at);

@@ -1,0 +1,341 @@
+"""Resolving ``unknown`` rows, operator decisions, redrive, statistics, audit and the
+duplicate detector.
+
+An ``unknown`` row may or may not have reached its recipient. It is resolved by evidence, or
+by an explicit decision; never by a timer alone unless the channel's policy was set to
+``resend`` by someone who accepted that risk:
+
+* evidence from provider webhooks (WhatsApp ``biz_opaque_callback_data``, Messenger
+  ``metadata``, Unipile's messaging webhook) or a Unipile read-back of the chat -> ``sent``;
+* no evidence after the grace period -> the channel's policy: ``hold`` (default: stays
+  ``unknown``, the UnknownRows alarm fires, an operator decides) or ``resend``.
+
+Every decision is written to ``queue_decisions`` with who took it and why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+from uuid import UUID
+
+import psycopg
+from pydantic import BaseModel
+
+from shared.config import Settings
+from shared.idempotency import RecordState, SendGuard
+from shared.observability import logger
+from shared.providers.outcome import Channel, OutboundMessage, SendOutcome
+from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
+from shared.storage import sql
+from shared.storage.db import Database
+
+
+class ReadBack(Protocol):
+    """Looks a message up at the provider (Unipile: the chat's messages, ``is_sender``)."""
+
+    def find_sent(self, message: OutboundMessage, thread_id: str) -> SendOutcome | None: ...
+
+
+@dataclass
+class ReconcileDeps:
+    settings: Settings
+    queue: QueueRepository
+    guard: SendGuard
+    read_back: Mapping[Channel, ReadBack] = field(default_factory=dict)
+
+
+class ReconcileReport(BaseModel):
+    resolved_sent: int = 0
+    held: int = 0
+    resent: int = 0
+    waiting: int = 0
+    errors: int = 0
+
+
+def record_decision(
+    db: Database,
+    queue_id: int,
+    source: QueueStatus,
+    target: QueueStatus,
+    decided_by: str,
+    reason: str,
+    evidence: dict[str, Any] | None = None,
+) -> None:
+    with db.connection() as conn:
+        conn.execute(
+            sql.RECORD_DECISION,
+            {
+                "queue_id": queue_id,
+                "from_status": source.value,
+                "to_status": target.value,
+                "decided_by": decided_by,
+                "reason": reason,
+                "evidence": json.dumps(evidence, default=str) if evidence is not None else None,
+            },
+        )
+
+
+def reconcile_unknown(deps: ReconcileDeps, now: datetime | None = None) -> ReconcileReport:
+    report = ReconcileReport()
+    now = now or datetime.now(UTC)
+    grace = timedelta(seconds=deps.settings.unknown_grace_seconds)
+    db = deps.queue.db
+    for row in db.fetch_all(sql.UNKNOWN_BATCH, {"limit": deps.settings.sweep_batch_size}):
+        unknown_since: datetime = row.pop("unknown_since")
+        message = ClaimedMessage.model_validate(row)
+        try:
+            evidence, source = _find_evidence(deps, message)
+            if evidence is not None:
+                if deps.queue.settle_sent(
+                    message,
+                    evidence,
+                    expected=QueueStatus.UNKNOWN,
+                    recovered_from=source,
+                    record_attempt=False,
+                ):
+                    report.resolved_sent += 1
+                    record_decision(
+                        db,
+                        message.queue_id,
+                        QueueStatus.UNKNOWN,
+                        QueueStatus.SENT,
+                        "reconciler",
+                        f"evidence from {source}",
+                        {"provider_message_id": evidence.provider_message_id},
+                    )
+                continue
+            if now - unknown_since < grace:
+                report.waiting += 1
+                continue
+            if deps.settings.unknown_policies[message.channel.value] == "resend":
+                if requeue(
+                    deps.queue,
+                    deps.guard,
+                    message,
+                    QueueStatus.UNKNOWN,
+                    "reconciler",
+                    "no evidence within the grace period; channel policy is resend",
+                ):
+                    report.resent += 1
+                continue
+            report.held += 1
+        except (psycopg.Error, OSError):
+            report.errors += 1
+            logger.exception("reconciliation of an unknown row failed", extra={"queue_id": message.queue_id})
+    return report
+
+
+def _find_evidence(deps: ReconcileDeps, message: ClaimedMessage) -> tuple[SendOutcome | None, str]:
+    db = deps.queue.db
+    params = {
+        "channel": message.channel.value,
+        "idempotency_key": message.idempotency_key,
+        "recipient": message.recipient,
+        "body": message.body,
+        "sender_account_id": message.sender_account_id,
+    }
+    event = db.fetch_one(sql.EVIDENCE_BY_KEY, params)
+    if event is None and message.channel is Channel.LINKEDIN:
+        event = db.fetch_one(sql.EVIDENCE_BY_TEXT, params)
+    if event is not None:
+        return SendOutcome.sent(
+            event["provider_message_id"], thread_id=event["provider_thread_id"]
+        ), "webhook"
+    reader = deps.read_back.get(message.channel)
+    thread = db.fetch_one(sql.KNOWN_THREAD, params) if reader else None
+    if reader is not None and thread is not None:
+        found = reader.find_sent(message, thread["provider_thread_id"])
+        if found is not None:
+            return found, "read_back"
+    return None, ""
+
+
+def requeue(
+    queue: QueueRepository,
+    guard: SendGuard,
+    message: ClaimedMessage | None,
+    source: QueueStatus,
+    decided_by: str,
+    reason: str,
+    *,
+    queue_id: int | None = None,
+    claim_token: UUID | None = None,
+    idempotency_key: str | None = None,
+) -> bool:
+    """Back to ``pending`` with a clean slate. For ``unknown`` rows this deliberately accepts
+    the risk of a second delivery, so the idempotency record is forgotten first."""
+    key = message.idempotency_key if message else idempotency_key
+    assert key is not None
+    if source is QueueStatus.UNKNOWN:
+        guard.forget(key)
+    row = queue.db.fetch_one(
+        sql.REQUEUE,
+        {
+            "queue_id": message.queue_id if message else queue_id,
+            "claim_token": message.claim_token if message else claim_token,
+            "expected_status": source.value,
+            "last_error": f"requeued by {decided_by}: {reason}",
+        },
+    )
+    if row is None:
+        return False
+    record_decision(queue.db, int(row["id"]), source, QueueStatus.PENDING, decided_by, reason)
+    return True
+
+
+# --- operators --------------------------------------------------------------------------------
+
+
+class OperatorAction(StrEnum):
+    MARK_SENT = "mark-sent"
+    RESEND = "resend"
+    FAIL = "fail"
+
+
+class DecisionError(ValueError):
+    pass
+
+
+def resolve(
+    deps: ReconcileDeps,
+    queue_id: int,
+    action: OperatorAction,
+    operator: str,
+    reason: str,
+    provider_message_id: str | None = None,
+) -> str:
+    """An operator's decision on an ``unknown`` row. Returns the new status."""
+    row = deps.queue.db.fetch_one(sql.QUEUE_ROW_FOR_DECISION, {"queue_id": queue_id})
+    if row is None:
+        raise DecisionError(f"no queue row {queue_id}")
+    if row["status"] != QueueStatus.UNKNOWN:
+        raise DecisionError(f"row {queue_id} is {row['status']}; only unknown rows take operator decisions")
+    message = ClaimedMessage.model_validate(
+        {k: v for k, v in row.items() if k not in {"status", "has_ledger_row"}}
+    )
+    who = f"operator:{operator}"
+    if action is OperatorAction.MARK_SENT:
+        outcome = SendOutcome.sent(provider_message_id or f"operator-confirmed:{queue_id}")
+        if not deps.queue.settle_sent(
+            message, outcome, expected=QueueStatus.UNKNOWN, recovered_from="operator", record_attempt=False
+        ):
+            raise DecisionError(f"row {queue_id} changed while deciding; look again")
+        record_decision(
+            deps.queue.db,
+            queue_id,
+            QueueStatus.UNKNOWN,
+            QueueStatus.SENT,
+            who,
+            reason,
+            {"provider_message_id": outcome.provider_message_id},
+        )
+        return QueueStatus.SENT.value
+    if action is OperatorAction.FAIL:
+        if not deps.queue.settle_terminal(
+            message,
+            QueueStatus.FAILED,
+            outcome=None,
+            failure_reason=f"operator: {reason}",
+            expected=QueueStatus.UNKNOWN,
+        ):
+            raise DecisionError(f"row {queue_id} changed while deciding; look again")
+        record_decision(deps.queue.db, queue_id, QueueStatus.UNKNOWN, QueueStatus.FAILED, who, reason)
+        return QueueStatus.FAILED.value
+    if not requeue(deps.queue, deps.guard, message, QueueStatus.UNKNOWN, who, reason):
+        raise DecisionError(f"row {queue_id} changed while deciding; look again")
+    return QueueStatus.PENDING.value
+
+
+class RedriveReport(BaseModel):
+    requeued: list[int] = []
+    skipped: dict[int, str] = {}
+
+
+def redrive(
+    deps: ReconcileDeps,
+    *,
+    campaign_id: UUID | None = None,
+    reason_like: str | None = None,
+    limit: int = 1000,
+    operator: str = "redrive",
+) -> RedriveReport:
+    """Re-queue failed messages once their cause is fixed. Idempotent: a requeued row is no
+    longer ``failed``. Never requeues a row with a ledger entry or an idempotency record."""
+    report = RedriveReport()
+    db = deps.queue.db
+    candidates = db.fetch_all(
+        sql.FAILED_FOR_REDRIVE, {"campaign_id": campaign_id, "reason_like": reason_like, "limit": limit}
+    )
+    for candidate in candidates:
+        row = db.fetch_one(sql.QUEUE_ROW_FOR_DECISION, {"queue_id": candidate["queue_id"]})
+        if row is None or row["status"] != QueueStatus.FAILED:
+            continue
+        queue_id = int(row["queue_id"])
+        if row["has_ledger_row"]:
+            report.skipped[queue_id] = "the ledger shows it was sent"
+            continue
+        record = deps.guard.lookup(row["idempotency_key"])
+        if record.state is not RecordState.ABSENT:
+            report.skipped[queue_id] = f"idempotency record is {record.state.value}"
+            continue
+        if requeue(
+            deps.queue,
+            deps.guard,
+            None,
+            QueueStatus.FAILED,
+            f"operator:{operator}",
+            "redrive after the cause was fixed",
+            queue_id=queue_id,
+            claim_token=row["claim_token"],
+            idempotency_key=row["idempotency_key"],
+        ):
+            report.requeued.append(queue_id)
+    return report
+
+
+# --- statistics, audit, duplicates ---------------------------------------------------------------
+
+
+def campaign_stats(db: Database, campaign_id: UUID | None = None) -> list[dict[str, Any]]:
+    return [dict(r) for r in db.fetch_all(sql.CAMPAIGN_STATS, {"campaign_id": campaign_id})]
+
+
+def audit(
+    db: Database, *, campaign_id: UUID | None = None, address: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Everything known about a contact or a campaign, in one call: the seed 000 investigation."""
+    if campaign_id is None and address is None:
+        raise ValueError("audit needs a campaign id or a contact address")
+    rows = [dict(r) for r in db.fetch_all(sql.AUDIT_QUEUE, {"campaign_id": campaign_id, "address": address})]
+    ids = [r["queue_id"] for r in rows]
+    keys = [r["idempotency_key"] for r in rows]
+    ledger = [dict(r) for r in db.fetch_all(sql.AUDIT_LEDGER, {"queue_ids": ids})]
+    message_ids = [r["provider_message_id"] for r in ledger]
+    return {
+        "queue": rows,
+        "ledger": ledger,
+        "attempts": [dict(r) for r in db.fetch_all(sql.AUDIT_ATTEMPTS, {"queue_ids": ids})],
+        "decisions": [dict(r) for r in db.fetch_all(sql.AUDIT_DECISIONS, {"queue_ids": ids})],
+        "provider_events": [
+            dict(r)
+            for r in db.fetch_all(
+                sql.AUDIT_EVENTS, {"keys": keys, "message_ids": message_ids, "address": address}
+            )
+        ],
+    }
+
+
+def detect_duplicates(db: Database, lookback_seconds: int = 24 * 3600) -> list[dict[str, Any]]:
+    """Recipients who appear to have received a message twice: one idempotency key with two
+    provider ids in webhooks, or the same text to the same recipient within an hour."""
+    by_key = [{"kind": "same_key", **dict(r)} for r in db.fetch_all(sql.DUPLICATES_BY_KEY)]
+    by_text = [
+        {"kind": "same_text_within_1h", **dict(r)}
+        for r in db.fetch_all(sql.DUPLICATES_BY_TEXT, {"lookback_seconds": lookback_seconds})
+    ]
+    return by_key + by_text
