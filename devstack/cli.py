@@ -1,0 +1,221 @@
+"""``sendonce``: the operator's command line.
+
+Configured from the environment exactly like the functions (DATABASE_URL or
+SENDONCE_DATABASE_SECRET_ID, SENDONCE_IDEMPOTENCY_TABLE, AWS credentials), so the same
+commands work against the local stack and a deployed one.
+
+    sendonce stats [--campaign ID]
+    sendonce audit (--contact ADDRESS | --campaign ID) [--json]
+    sendonce resolve QUEUE_ID (mark-sent [--provider-message-id ID] | fail | resend --i-accept-duplicate-risk)
+                     --operator NAME --reason TEXT
+    sendonce redrive [--campaign ID] [--reason-like PATTERN] --operator NAME
+    sendonce duplicates [--lookback-hours N]
+    sendonce migrate [--dry-run]
+    sendonce sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+from uuid import UUID
+
+from rich.console import Console
+from rich.table import Table
+
+from shared.reconcile import (
+    DecisionError,
+    OperatorAction,
+    ReconcileDeps,
+    audit,
+    campaign_stats,
+    detect_duplicates,
+    redrive,
+    resolve,
+)
+from shared.runtime import build_guard, database, settings, sweep_deps
+from shared.storage.migrate import migrate
+from shared.sweeper import sweep
+
+console = Console()
+
+
+def _reconcile_deps() -> ReconcileDeps:
+    from shared.queue import QueueRepository
+
+    config = settings()
+    return ReconcileDeps(config, QueueRepository(database()), build_guard(config))
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:
+    table = Table(title=title)
+    columns = columns or (list(rows[0]) if rows else [])
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    return table
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    rows = campaign_stats(database(), args.campaign)
+    console.print(_table("campaigns (counted from queue and ledger state)", rows))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    found = audit(database(), campaign_id=args.campaign, address=args.contact)
+    if args.json:
+        print(json.dumps(found, default=str, indent=2))
+        return 0
+    console.print(
+        _table(
+            "queue rows",
+            found["queue"],
+            [
+                "queue_id",
+                "campaign",
+                "channel",
+                "recipient",
+                "message_type",
+                "status",
+                "attempts",
+                "provider_message_id",
+                "sent_at",
+            ],
+        )
+    )
+    console.print(
+        _table(
+            "ledger",
+            found["ledger"],
+            ["queue_id", "provider_message_id", "delivery_status", "sent_at", "recovered_from"],
+        )
+    )
+    console.print(
+        _table(
+            "provider attempts",
+            found["attempts"],
+            ["queue_id", "attempt", "outcome", "reason", "recorded_at"],
+        )
+    )
+    console.print(
+        _table(
+            "provider events",
+            found["provider_events"],
+            ["channel", "event_type", "status", "provider_message_id", "received_at"],
+        )
+    )
+    console.print(
+        _table(
+            "decisions",
+            found["decisions"],
+            ["queue_id", "from_status", "to_status", "decided_by", "reason", "decided_at"],
+        )
+    )
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    action = OperatorAction(args.action)
+    if action is OperatorAction.RESEND and not args.i_accept_duplicate_risk:
+        console.print("[red]resend may deliver a second copy; pass --i-accept-duplicate-risk to confirm[/]")
+        return 2
+    try:
+        status = resolve(
+            _reconcile_deps(), args.queue_id, action, args.operator, args.reason, args.provider_message_id
+        )
+    except DecisionError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 1
+    console.print(f"row {args.queue_id} is now {status}; decision recorded")
+    return 0
+
+
+def cmd_redrive(args: argparse.Namespace) -> int:
+    report = redrive(
+        _reconcile_deps(), campaign_id=args.campaign, reason_like=args.reason_like, operator=args.operator
+    )
+    console.print(f"requeued {len(report.requeued)}: {report.requeued}")
+    for queue_id, why in report.skipped.items():
+        console.print(f"  skipped {queue_id}: {why}")
+    return 0
+
+
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    suspects = detect_duplicates(database(), args.lookback_hours * 3600)
+    if not suspects:
+        console.print("[green]no suspected duplicates[/]")
+        return 0
+    console.print(_table("suspected duplicates", suspects))
+    return 1
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    report = migrate(database(), dry_run=args.dry_run)
+    console.print(f"applied={report.applied} already applied={report.already_applied} dry_run={args.dry_run}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    console.print(sweep(sweep_deps()).model_dump())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sendonce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stats = sub.add_parser("stats", help="campaign statistics, counted from state")
+    stats.add_argument("--campaign", type=UUID)
+    stats.set_defaults(run=cmd_stats)
+
+    audit_cmd = sub.add_parser(
+        "audit", help="every queue row, attempt, event and decision for a contact or campaign"
+    )
+    target = audit_cmd.add_mutually_exclusive_group(required=True)
+    target.add_argument("--contact", help="the contact's address (phone digits, PSID, Unipile id)")
+    target.add_argument("--campaign", type=UUID)
+    audit_cmd.add_argument("--json", action="store_true")
+    audit_cmd.set_defaults(run=cmd_audit)
+
+    res = sub.add_parser("resolve", help="decide an unknown row by hand")
+    res.add_argument("queue_id", type=int)
+    res.add_argument("action", choices=[a.value for a in OperatorAction])
+    res.add_argument("--operator", required=True)
+    res.add_argument("--reason", required=True)
+    res.add_argument("--provider-message-id")
+    res.add_argument("--i-accept-duplicate-risk", action="store_true")
+    res.set_defaults(run=cmd_resolve)
+
+    red = sub.add_parser("redrive", help="requeue failed messages once the cause is fixed (idempotent)")
+    red.add_argument("--campaign", type=UUID)
+    red.add_argument("--reason-like", help="SQL LIKE pattern on the failure reason, e.g. 'whatsapp:131047%%'")
+    red.add_argument("--operator", required=True)
+    red.set_defaults(run=cmd_redrive)
+
+    dup = sub.add_parser("duplicates", help="suspected duplicate deliveries (exit 1 if any)")
+    dup.add_argument("--lookback-hours", type=int, default=24)
+    dup.set_defaults(run=cmd_duplicates)
+
+    mig = sub.add_parser("migrate", help="apply pending schema migrations")
+    mig.add_argument("--dry-run", action="store_true")
+    mig.set_defaults(run=cmd_migrate)
+
+    swp = sub.add_parser("sweep", help="run one sweep now")
+    swp.set_defaults(run=cmd_sweep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
