@@ -57,7 +57,7 @@ class Tally:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
-        self._seconds: Counter[str] = Counter()
+        self._seconds: dict[str, float] = {}
 
     def add(self, metric: Metric, value: int = 1) -> None:
         with self._lock:
@@ -65,7 +65,7 @@ class Tally:
 
     def add_seconds(self, stage: Stage, seconds: float) -> None:
         with self._lock:
-            self._seconds[stage.value] += seconds
+            self._seconds[stage.value] = self._seconds.get(stage.value, 0.0) + seconds
 
     @contextmanager
     def timed(self, stage: Stage) -> Iterator[None]:

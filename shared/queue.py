@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, LiteralString
 from uuid import UUID
 
 from pydantic import ConfigDict
@@ -82,10 +82,10 @@ class RetryPolicy:
     def delay_seconds(
         self, attempts: int, provider_hint_seconds: float | None = None, rng: random.Random | None = None
     ) -> float:
-        exponential = min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempts - 1))
+        exponential = min(self.cap_seconds, self.base_seconds * 2.0 ** max(0, attempts - 1))
         jittered = exponential / 2 + (rng or random).uniform(0, exponential / 2)
         # A provider's own Retry-After is a floor: sooner would just be throttled again.
-        return min(self.cap_seconds, max(jittered, provider_hint_seconds or 0.0))
+        return float(min(self.cap_seconds, max(jittered, provider_hint_seconds or 0.0)))
 
 
 class QueueRepository:
@@ -201,7 +201,7 @@ class QueueRepository:
             return 0, 0.0
         return int(row["pending"]), float(row["seconds_until_due"] or 0.0)
 
-    def _settled(self, query: sql.LiteralString, params: dict[str, Any]) -> bool:
+    def _settled(self, query: LiteralString, params: dict[str, Any]) -> bool:
         row = self._db.fetch_one(query, params)
         return bool(row and row["settled"])
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, LiteralString
 
 from pydantic import BaseModel
 
@@ -111,7 +111,7 @@ def _single_flight(deps: SweepDeps) -> Iterator[bool]:
                 conn.execute(sql.SWEEPER_UNLOCK)
 
 
-def _count(deps: SweepDeps, query: sql.LiteralString, params: dict[str, Any]) -> int:
+def _count(deps: SweepDeps, query: LiteralString, params: dict[str, Any]) -> int:
     row = deps.queue.db.fetch_one(query, params)
     return int(row["n"]) if row else 0
 
