@@ -17,11 +17,12 @@ from aws_lambda_powertools.utilities import parameters
 from shared.config import Settings, load_settings
 from shared.dispatch import DispatchDeps
 from shared.idempotency import SendGuard
-from shared.providers.registry import build_adapters, make_http_client
+from shared.providers.registry import build_adapters, build_read_backs, make_http_client
 from shared.providers.secrets import TokenSource
 from shared.queue import QueueRepository
 from shared.storage.db import Database
 from shared.sweeper import SweepDeps
+from shared.webhooks import ProviderEventStore, SecretsManagerWebhookSecrets, WebhookDeps
 
 T = TypeVar("T")
 _lock = threading.Lock()
@@ -92,6 +93,7 @@ def build_sweep_deps(config: Settings, db: Database) -> SweepDeps:
         queue=QueueRepository(db),
         guard=build_guard(config),
         sqs=boto3.client("sqs") if config.failed_messages_queue_url else None,
+        read_back=build_read_backs(config, make_http_client(config), TokenSource(config)),
     )
 
 
@@ -101,3 +103,12 @@ def sweep_deps() -> SweepDeps:
 
 def dispatch_deps() -> DispatchDeps:
     return cached("dispatch", lambda: build_dispatch_deps(settings(), database()))
+
+
+def build_webhook_deps(config: Settings, db: Database) -> WebhookDeps:
+    secrets = parameters.SecretsProvider(boto3_client=boto3.client("secretsmanager"))
+    return WebhookDeps(store=ProviderEventStore(db), secrets=SecretsManagerWebhookSecrets(config, secrets))
+
+
+def webhook_deps() -> WebhookDeps:
+    return cached("webhook", lambda: build_webhook_deps(settings(), database()))

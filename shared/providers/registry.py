@@ -1,0 +1,91 @@
+"""Builds the one HTTP client and the adapter per channel that a container reuses.
+
+One ``httpx.Client`` is shared by every adapter and every send thread: it is thread-safe, and
+its pool is sized so a dispatcher's ``send_concurrency`` threads never wait for a connection.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import httpx
+
+from shared.config import Settings
+from shared.providers.http import USER_AGENT, PausePolicy, build_timeout
+from shared.providers.messenger import MessengerSendAdapter
+from shared.providers.outcome import Channel, ProviderAdapter
+from shared.providers.secrets import TokenProvider
+from shared.providers.unipile import UnipileLinkedInAdapter, UnipileReadBack
+from shared.providers.whatsapp import WhatsAppCloudAdapter
+
+# Below every provider's and load balancer's idle timeout, so a pooled connection is never
+# reused just as the server closes it (that race surfaces as an ambiguous disconnect). A
+# Lambda container thawed after minutes finds its connections expired and dials anew.
+KEEPALIVE_EXPIRY_SECONDS = 5.0
+
+
+def provider_timeout(settings: Settings) -> httpx.Timeout:
+    """connect and pool bounded by the connect timeout, write and read by the read timeout:
+    together exactly ``Settings.provider_call_budget_seconds``."""
+    return build_timeout(settings.provider_connect_timeout_seconds, settings.provider_read_timeout_seconds)
+
+
+def make_http_client(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    # Headroom over send_concurrency: a pool wait would spend the call budget for nothing.
+    connections = settings.send_concurrency * 2
+    return httpx.Client(
+        timeout=provider_timeout(settings),
+        limits=httpx.Limits(
+            max_connections=connections,
+            max_keepalive_connections=connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+        ),
+        # A redirected POST would be resent elsewhere: never follow one.
+        follow_redirects=False,
+        headers={"User-Agent": USER_AGENT},
+        transport=transport,
+    )
+
+
+def build_adapters(
+    settings: Settings,
+    client: httpx.Client,
+    tokens: TokenProvider,
+    *,
+    pauses: PausePolicy | None = None,
+) -> dict[Channel, ProviderAdapter]:
+    """One adapter per channel. ``tokens`` is a ``TokenSource`` (Secrets Manager) or a
+    ``StaticTokenSource``; it is asked on every send, so rotation needs no restart."""
+    return {
+        Channel.WHATSAPP: WhatsAppCloudAdapter(
+            client,
+            settings.graph_api_base_url,
+            partial(tokens.token_for, Channel.WHATSAPP),
+            settings.graph_api_version,
+            pauses=pauses,
+        ),
+        Channel.MESSENGER: MessengerSendAdapter(
+            client,
+            settings.graph_api_base_url,
+            partial(tokens.token_for, Channel.MESSENGER),
+            settings.graph_api_version,
+            pauses=pauses,
+        ),
+        Channel.LINKEDIN: UnipileLinkedInAdapter(
+            client,
+            settings.unipile_base_url,
+            partial(tokens.token_for, Channel.LINKEDIN),
+            pauses=pauses,
+        ),
+    }
+
+
+def build_read_backs(
+    settings: Settings, client: httpx.Client, tokens: TokenProvider
+) -> dict[Channel, UnipileReadBack]:
+    """Readers for ``SweepDeps.read_back``: only Unipile can be asked what was sent."""
+    return {
+        Channel.LINKEDIN: UnipileReadBack(
+            client, settings.unipile_base_url, partial(tokens.token_for, Channel.LINKEDIN)
+        )
+    }

@@ -1,0 +1,294 @@
+"""The dispatcher on real Postgres, moto DynamoDB and the fake provider over HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from devstack.aws import aws_client
+from devstack.lambda_context import LocalLambdaContext
+from devstack.testing import expire_leases
+from shared.dispatch import DispatchDeps, dispatch
+from shared.enqueue import enqueue_campaign
+from shared.events import DispatchRequest, EnqueueRequest
+from shared.idempotency import RecordState, SendGuard
+from shared.queue import QueueRepository
+from shared.storage.db import Database, DatabaseUnavailableError
+from shared.sweeper import SweepDeps, sweep
+
+pytestmark = pytest.mark.integration
+MANUAL = DispatchRequest(source="sendonce.manual")
+
+
+class Remaining:
+    """A Lambda context whose remaining time is scripted."""
+
+    def __init__(self, millis: int) -> None:
+        self.millis = millis
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.millis
+
+
+PLENTY = Remaining(10 * 60 * 1000)
+
+
+def enqueue(
+    database: Database, channel: str, addresses: list[str], *, sender: str = "sender-1", body: str = "hello"
+) -> None:
+    enqueue_campaign(
+        database,
+        EnqueueRequest.model_validate(
+            {
+                "source": "sendonce.manual",
+                "campaign_id": str(uuid.uuid4()),
+                "campaign_name": "dispatch",
+                "channel": channel,
+                "sender_provider_id": sender,
+                "contacts": [{"address": a} for a in addresses],
+                "steps": [{"message_type": "intro", "body": body}],
+            }
+        ),
+    )
+
+
+def rows(database: Database) -> list[dict[str, Any]]:
+    return [dict(r) for r in database.fetch_all("SELECT * FROM send_queue ORDER BY id")]
+
+
+def accepted(fake: Any) -> Counter[tuple[str, str]]:
+    return Counter((m["channel"], m["recipient"]) for m in fake.ledger())
+
+
+def test_every_channel_is_sent_once_and_recorded(
+    database: Database, deps: DispatchDeps, fake_provider: Any
+) -> None:
+    enqueue(database, "whatsapp", [f"1555000{i:04d}" for i in range(20)])
+    enqueue(database, "messenger", [f"psid-{i}" for i in range(20)])
+    enqueue(database, "linkedin", [f"ACoAA{i:04d}" for i in range(20)])
+    report = dispatch(deps, MANUAL, PLENTY)
+    assert report.counts["Sent"] == 60
+    assert set(accepted(fake_provider).values()) == {1}
+    assert {r["status"] for r in rows(database)} == {"sent"}
+    ids = {
+        r["provider_message_id"] for r in database.fetch_all("SELECT provider_message_id FROM message_ledger")
+    }
+    assert ids == {m["provider_message_id"] for m in fake_provider.ledger()}
+    assert report.stage_seconds["postgres"] > 0
+    assert report.stage_seconds["dynamodb"] > 0
+    assert report.stage_seconds["provider"] > 0
+
+
+def test_idempotency_key_travels_to_the_provider(
+    database: Database, deps: DispatchDeps, fake_provider: Any
+) -> None:
+    enqueue(database, "whatsapp", ["15550001234"])
+    enqueue(database, "messenger", ["psid-1"])
+    dispatch(deps, MANUAL, PLENTY)
+    keys = {r["idempotency_key"] for r in rows(database)}
+    carried = {m.get("biz_opaque_callback_data") or m.get("metadata") for m in fake_provider.ledger()}
+    assert carried == keys
+
+
+def test_permanent_rejection_fails_the_row_with_the_reason(
+    database: Database, deps: DispatchDeps, fake_provider: Any
+) -> None:
+    enqueue(database, "whatsapp", ["15550000001", "15550000002"])
+    fake_provider.set_faults([{"action": "permanent", "match": {"recipient": "15550000001"}}])
+    report = dispatch(deps, MANUAL, PLENTY)
+    by_recipient = {r["id"]: r for r in rows(database)}
+    failed = [r for r in by_recipient.values() if r["status"] == "failed"]
+    assert report.counts["Failed"] == 1
+    assert len(failed) == 1
+    assert failed[0]["failure_reason"] == "whatsapp:131026"
+
+
+def test_throttled_row_is_retried_with_backoff_then_sent(
+    database: Database, deps: DispatchDeps, fake_provider: Any
+) -> None:
+    enqueue(database, "whatsapp", ["15550000001"])
+    fake_provider.set_faults([{"action": "rate_limit", "times": 1}])
+    first = dispatch(deps, MANUAL, PLENTY)
+    [row] = rows(database)
+    assert first.counts["Retried"] == 1
+    assert row["status"] == "pending"
+    assert row["attempts"] == 1
+    assert row["scheduled_for"] > row["updated_at"], "backoff pushed the row into the future"
+    with database.connection() as conn:
+        conn.execute("UPDATE send_queue SET scheduled_for = now()")
+    second = dispatch(deps, MANUAL, PLENTY)
+    [row] = rows(database)
+    assert second.counts["Sent"] == 1
+    assert (row["status"], row["attempts"]) == ("sent", 2)
+    attempts = database.fetch_all("SELECT outcome FROM send_attempts ORDER BY id")
+    assert [a["outcome"] for a in attempts] == ["retry_later", "sent"]
+
+
+def test_attempts_exhausted_fail_the_row(database: Database, deps: DispatchDeps, fake_provider: Any) -> None:
+    enqueue(database, "linkedin", ["ACoAA0001"])
+    fake_provider.set_faults([{"action": "rate_limit"}])
+    with database.connection() as conn:
+        conn.execute("UPDATE send_queue SET max_attempts = 2")
+    for _ in range(2):
+        dispatch(deps, MANUAL, PLENTY)
+        with database.connection() as conn:
+            conn.execute("UPDATE send_queue SET scheduled_for = now() WHERE status = 'pending'")
+    [row] = rows(database)
+    assert row["status"] == "failed"
+    assert row["failure_reason"].startswith("max attempts (2) reached")
+    assert accepted(fake_provider) == Counter()
+
+
+def test_blocked_sender_is_paused_and_its_rows_wait(
+    database: Database, deps: DispatchDeps, fake_provider: Any
+) -> None:
+    """Seed 001's LinkedIn warning: the sender is paused, its rows stay pending and are not
+    claimed again until the pause ends; nothing is left in `processing`."""
+    enqueue(database, "linkedin", ["ACoAA0001", "ACoAA0002", "ACoAA0003"], sender="warned-account")
+    fake_provider.set_faults([{"action": "sender_blocked", "times": 1}])
+    report = dispatch(deps, MANUAL, PLENTY)
+    assert report.counts["SenderPaused"] == 1
+    sender = database.fetch_one("SELECT paused_until, pause_reason FROM sender_accounts")
+    assert sender is not None and sender["paused_until"] is not None
+    assert {r["status"] for r in rows(database)} == {"pending"}
+    assert {r["attempts"] for r in rows(database)} == {0}, "a refused sender does not use up attempts"
+    assert dispatch(deps, MANUAL, PLENTY).counts["Claimed"] == 0, "paused: not claimed, no busy loop"
+    with database.connection() as conn:
+        conn.execute("UPDATE sender_accounts SET paused_until = now() - interval '1 second'")
+        conn.execute("UPDATE send_queue SET scheduled_for = now()")
+    assert dispatch(deps, MANUAL, PLENTY).counts["Sent"] == 3
+
+
+@pytest.mark.parametrize("action", ["accept_then_timeout", "accept_then_drop", "accept_then_5xx"])
+def test_accepted_but_unanswered_sends_become_unknown_and_are_never_resent(
+    database: Database, deps: DispatchDeps, fake_provider: Any, action: str
+) -> None:
+    enqueue(database, "whatsapp", ["15550000009"])
+    fake_provider.set_faults([{"action": action, "hold_ms": 8000}])
+    report = dispatch(deps, MANUAL, PLENTY)
+    assert report.counts["Ambiguous"] == 1
+    assert [r["status"] for r in rows(database)] == ["unknown"]
+    fake_provider.set_faults([])
+    with database.connection() as conn:
+        conn.execute("UPDATE send_queue SET status = 'pending', claim_token = NULL WHERE status = 'unknown'")
+    again = dispatch(deps, MANUAL, PLENTY)
+    assert again.counts["DuplicatePrevented"] == 1, "the stored ambiguous outcome blocks the resend"
+    assert sum(accepted(fake_provider).values()) == 1
+
+
+def test_server_error_is_ambiguous_even_when_nothing_was_recorded(
+    database: Database, deps: DispatchDeps, fake_provider: Any
+) -> None:
+    enqueue(database, "messenger", ["psid-9"])
+    fake_provider.set_faults([{"action": "server_error"}])
+    dispatch(deps, MANUAL, PLENTY)
+    assert [r["status"] for r in rows(database)] == ["unknown"]
+
+
+def test_a_row_reset_by_hand_is_not_sent_twice(
+    database: Database, deps: DispatchDeps, fake_provider: Any
+) -> None:
+    """A River- or seed-002-style rescuer that resets a sent row to pending: the DynamoDB
+    record replays the first outcome instead of calling the provider."""
+    enqueue(database, "whatsapp", ["15550000001"])
+    dispatch(deps, MANUAL, PLENTY)
+    with database.connection() as conn:
+        conn.execute("DELETE FROM message_ledger")
+        conn.execute(
+            "UPDATE send_queue SET status = 'pending', provider_message_id = NULL, sent_at = NULL, claim_token = NULL"
+        )
+    report = dispatch(deps, MANUAL, PLENTY)
+    assert report.counts["DuplicatePrevented"] == 1
+    assert report.counts["RecoveredSent"] == 1
+    assert sum(accepted(fake_provider).values()) == 1
+    ledger = database.fetch_one("SELECT recovered_from FROM message_ledger")
+    assert ledger is not None and ledger["recovered_from"] == "idempotency_record"
+
+
+def test_idempotency_store_down_sends_nothing(
+    database: Database, deps: DispatchDeps, fake_provider: Any, moto_server: Any
+) -> None:
+    enqueue(database, "whatsapp", ["15550000001", "15550000002"])
+    deps.guard = SendGuard.for_table(
+        "missing-table", 3600, boto3_client=aws_client("dynamodb", moto_server.endpoint)
+    )
+    report = dispatch(deps, MANUAL, PLENTY)
+    assert report.stopped_because == "idempotency store unavailable"
+    assert report.counts["IdempotencyStoreUnavailable"] >= 1
+    assert accepted(fake_provider) == Counter()
+    assert {(r["status"], r["attempts"]) for r in rows(database)} <= {("pending", 0), ("claimed", 1)}
+
+
+def test_database_down_fails_fast(deps: DispatchDeps) -> None:
+    dead = Database("postgresql://nobody@127.0.0.1:1/none", max_size=1, connect_timeout_seconds=1)
+    deps.queue = QueueRepository(dead)
+    try:
+        with pytest.raises(DatabaseUnavailableError, match="unreachable"):
+            dispatch(deps, MANUAL, PLENTY)
+    finally:
+        dead.close()
+
+
+def test_no_claim_when_the_invocation_is_nearly_out_of_time(database: Database, deps: DispatchDeps) -> None:
+    enqueue(database, "whatsapp", ["15550000001"])
+    report = dispatch(deps, MANUAL, Remaining(deps.settings.stop_claiming_margin_ms - 1))
+    assert report.stopped_because == "time budget spent"
+    assert [r["status"] for r in rows(database)] == ["pending"]
+
+
+def test_claimed_rows_are_released_unsent_when_time_runs_out_mid_batch(
+    database: Database, deps: DispatchDeps
+) -> None:
+    enqueue(database, "whatsapp", [f"1555000000{i}" for i in range(3)])
+
+    class RunsOut:
+        calls = 0
+
+        def get_remaining_time_in_millis(self) -> int:
+            self.calls += 1
+            return 10 * 60 * 1000 if self.calls <= 2 else 0
+
+    report = dispatch(deps, DispatchRequest(source="sendonce.manual", max_batches=1), RunsOut())
+    assert report.counts["ReleasedUnsent"] == 3
+    assert {(r["status"], r["attempts"]) for r in rows(database)} == {("pending", 0)}
+
+
+def test_max_batches_bounds_an_invocation(database: Database, deps: DispatchDeps) -> None:
+    enqueue(database, "whatsapp", [f"155500{i:05d}" for i in range(30)])
+    report = dispatch(deps, DispatchRequest(source="sendonce.manual", max_batches=1, batch_size=10), PLENTY)
+    assert (report.batches, report.counts["Sent"], report.stopped_because) == (1, 10, "max_batches reached")
+
+
+def test_send_that_outlives_its_deadline_is_not_rerun_by_a_second_invocation(
+    database: Database, deps: DispatchDeps, fake_provider: Any, queue: QueueRepository, guard: SendGuard
+) -> None:
+    """Invocation A's Lambda deadline passes while its provider call is in flight. A
+    rescuer then hands the row to invocation B. B finds the INPROGRESS record and does not
+    call; A finishes; the sweeper settles the row from A's COMPLETED record."""
+    enqueue(database, "whatsapp", ["15550000042"])
+    fake_provider.set_faults([{"action": "latency", "ms": 2500}])
+    short_lived = LocalLambdaContext(timeout_seconds=60)
+    first = threading.Thread(target=dispatch, args=(deps, MANUAL, short_lived))
+    first.start()
+    deadline = time.monotonic() + 30
+    while not any(r["status"] == "sending" for r in rows(database)):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.5)  # the call is in flight at the provider
+    with database.connection() as conn:  # the rescuer every seed incident had
+        conn.execute("UPDATE send_queue SET status = 'pending', claim_token = NULL, lease_expires_at = NULL")
+    second = dispatch(deps, MANUAL, PLENTY)
+    first.join()
+    assert second.counts["DuplicatePrevented"] == 1
+    assert second.counts["Sent"] == 0
+    assert sum(accepted(fake_provider).values()) == 1
+    assert guard.lookup(rows(database)[0]["idempotency_key"]).state is RecordState.COMPLETED
+    expire_leases(database)
+    settled = sweep(SweepDeps(deps.settings, queue, guard, sqs=None))
+    assert settled.recovered_sent == 1
+    assert [r["status"] for r in rows(database)] == ["sent"]
