@@ -13,6 +13,7 @@ Per message, in this order:
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+from uuid import UUID
 
 from pydantic import BaseModel
 
@@ -60,6 +62,23 @@ class _StoreUnavailable(Exception):
     pass
 
 
+class _PausedSenders:
+    """Senders a provider refused during this invocation: their remaining claimed rows are
+    released unsent instead of being offered to a provider that will refuse them too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._until: dict[UUID, datetime] = {}
+
+    def pause(self, sender: UUID, until: datetime) -> None:
+        with self._lock:
+            self._until[sender] = max(until, self._until.get(sender, until))
+
+    def until(self, sender: UUID) -> datetime | None:
+        with self._lock:
+            return self._until.get(sender)
+
+
 def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingTime) -> DispatchReport:
     settings = deps.settings
     claim_token = uuid.uuid4()
@@ -69,6 +88,7 @@ def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingT
     log.append_keys(claim_token=str(claim_token))
     batches = 0
     stopped_because = "queue drained"
+    paused = _PausedSenders()
     with tally.timed(Stage.POSTGRES):
         deps.queue.db.ping()
 
@@ -87,7 +107,7 @@ def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingT
             batches += 1
             tally.add(Metric.CLAIMED, len(claimed))
             log.debug("claimed batch", extra={"batch": batches, "rows": len(claimed)})
-            results = list(pool.map(lambda m: _deliver_safely(deps, m, remaining, tally), claimed))
+            results = list(pool.map(lambda m: _deliver_safely(deps, m, remaining, tally, paused), claimed))
             if any(isinstance(r, _StoreUnavailable) for r in results):
                 stopped_because = "idempotency store unavailable"
                 break
@@ -106,10 +126,14 @@ def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingT
 
 
 def _deliver_safely(
-    deps: DispatchDeps, message: ClaimedMessage, remaining: RemainingTime, tally: Tally
+    deps: DispatchDeps,
+    message: ClaimedMessage,
+    remaining: RemainingTime,
+    tally: Tally,
+    paused: _PausedSenders,
 ) -> object:
     try:
-        return _deliver(deps, message, remaining, tally)
+        return _deliver(deps, message, remaining, tally, paused)
     except _StoreUnavailable as exc:
         return exc
     except DatabaseUnavailableError:
@@ -119,9 +143,28 @@ def _deliver_safely(
         return None
 
 
-def _deliver(deps: DispatchDeps, message: ClaimedMessage, remaining: RemainingTime, tally: Tally) -> object:
+def _deliver(
+    deps: DispatchDeps,
+    message: ClaimedMessage,
+    remaining: RemainingTime,
+    tally: Tally,
+    paused: _PausedSenders,
+) -> object:
     settings = deps.settings
     queue = deps.queue
+    paused_until = paused.until(message.sender_account_id)
+    if paused_until is not None:
+        with tally.timed(Stage.POSTGRES):
+            queue.settle_pending(
+                message,
+                delay_seconds=max(0.0, (paused_until - datetime.now(UTC)).total_seconds()),
+                outcome=None,
+                expected=QueueStatus.CLAIMED,
+                refund_attempt=True,
+                last_error="released unsent: sender paused earlier in this invocation",
+            )
+        tally.add(Metric.RELEASED_UNSENT)
+        return None
     if remaining.get_remaining_time_in_millis() < settings.stop_claiming_margin_ms:
         with tally.timed(Stage.POSTGRES):
             queue.settle_pending(
@@ -194,6 +237,8 @@ def _deliver(deps: DispatchDeps, message: ClaimedMessage, remaining: RemainingTi
         logger.warning("completed idempotency record found: provider not called again", extra=_keys(message))
     with tally.timed(Stage.POSTGRES):
         _settle(deps, message, result, tally)
+    if result.outcome.kind is OutcomeKind.SENDER_BLOCKED:
+        paused.pause(message.sender_account_id, _pause_end(result.outcome))
     return None
 
 
@@ -238,7 +283,7 @@ def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, ta
         return
 
     if outcome.kind is OutcomeKind.SENDER_BLOCKED:
-        until = outcome.blocked_until or datetime.now(UTC) + timedelta(hours=1)
+        until = _pause_end(outcome)
         queue.pause_sender(message.sender_account_id, until, outcome.reason)
         tally.add(Metric.SENDER_PAUSED)
         delay = max(0.0, (until - datetime.now(UTC)).total_seconds())
@@ -263,6 +308,10 @@ def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, ta
     tally.add(Metric.RETRIED)
     queue.settle_pending(message, delay_seconds=delay, outcome=outcome)
     logger.info("retry later", extra={**keys, "delay_seconds": round(delay, 1)})
+
+
+def _pause_end(outcome: SendOutcome) -> datetime:
+    return outcome.blocked_until or datetime.now(UTC) + timedelta(hours=1)
 
 
 def _keys(message: ClaimedMessage) -> dict[str, object]:

@@ -552,7 +552,9 @@ class ProviderEventStore:
                         },
                     ).fetchall()
                 )
-        return StoreReport(stored=len(inserted), duplicates=len(events) - len(inserted), ledger_updates=updated)
+        return StoreReport(
+            stored=len(inserted), duplicates=len(events) - len(inserted), ledger_updates=updated
+        )
 
     def backfill_delivery_status(self, lookback_seconds: int) -> int:
         """Apply stored statuses to recent ledger rows created after their webhooks arrived
@@ -587,7 +589,9 @@ class WebhookResult:
 def _rejected(channel: Channel, status_code: int, reason: str) -> WebhookResult:
     metrics.add_metric(name="WebhookRejected", unit=MetricUnit.Count, value=1)
     # The reason only: never the body or a header value, which may carry a secret.
-    logger.warning("webhook rejected", extra={"channel": channel.value, "status_code": status_code, "reason": reason})
+    logger.warning(
+        "webhook rejected", extra={"channel": channel.value, "status_code": status_code, "reason": reason}
+    )
     return WebhookResult.of_json(status_code, {"error": reason})
 
 

@@ -1,0 +1,1130 @@
+"""A fake of WhatsApp Cloud API, the Messenger Send API and Unipile on 127.0.0.1.
+
+It speaks the real wire formats at the real paths, so the adapters are exercised exactly as in
+production, and it keeps its own ledger of every message it *accepted*: the ground truth a
+test compares against to count lost and duplicated messages.
+
+Provider endpoints:
+
+* ``POST /{version}/{id}/messages``: WhatsApp when the JSON body has ``messaging_product``,
+  Messenger otherwise. ``Authorization: Bearer <token>``.
+* ``POST /api/v1/chats``: Unipile, multipart/form-data (``account_id``, ``text``,
+  ``attendees_ids``), ``X-API-KEY``. One chat per (account, attendee), as on LinkedIn.
+* ``GET /api/v1/chats/{chat_id}/messages``: Unipile read-back (``is_sender``), newest first.
+
+Control API (JSON): ``GET /_fake/ledger``, ``GET /_fake/stats``, ``GET|POST /_fake/faults``
+(POST replaces the whole fault configuration), ``POST /_fake/reset``, ``GET /_fake/health``.
+
+Fault configuration (``FaultConfig``)::
+
+    {"latency_ms": 0, "seed": null, "rules": [
+        {"action": "latency" | "rate_limit" | "server_error" | "accept_then_timeout"
+                   | "accept_then_drop" | "accept_then_5xx" | "permanent" | "sender_blocked",
+         "match": {"channel": "whatsapp" | "messenger" | "linkedin",
+                   "recipient": "..." | ["...", ...], "sender": "..." | ["...", ...]},
+         "times": null, "probability": 1.0,
+         "ms": 0,                      # latency
+         "hold_ms": 30000,             # accept_then_timeout
+         "status": 500,                # server_error (500/502/503/504), accept_then_5xx
+         "per_sender_per_second": null, "burst": null,  # rate_limit as a real token bucket
+         "retry_after_seconds": 1.0}   # rate_limit: Retry-After on Unipile's HTTP 429
+    ]}
+
+Rules are evaluated in order against each provider request that passed authentication and
+validation. ``latency`` rules add up and evaluation continues; the first other rule that
+fires decides the answer. A rule fires when its ``match`` matches (every given field), it
+has not yet fired ``times`` times, the seeded RNG draws below ``probability`` and, for a
+``rate_limit`` with ``per_sender_per_second``, the sender's token bucket is empty. A request
+no rule decides is accepted. Latency is applied before anything is recorded.
+
+Run standalone: ``python -m devstack.fake_provider --port 0 --ready-file PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import ipaddress
+import json
+import random
+import re
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_WHATSAPP_TOKEN = "test-whatsapp-token"
+DEFAULT_MESSENGER_TOKEN = "test-messenger-token"
+DEFAULT_UNIPILE_KEY = "test-unipile-key"
+
+WHATSAPP = "whatsapp"
+MESSENGER = "messenger"
+LINKEDIN = "linkedin"
+ChannelName = Literal["whatsapp", "messenger", "linkedin"]
+
+_GRAPH_SEND = re.compile(r"^/(v\d+(?:\.\d+)?)/([^/]+)/messages/?$")
+_UNIPILE_CHAT_MESSAGES = re.compile(r"^/api/v1/chats/([^/]+)/messages/?$")
+_MAX_BODY = 1 << 20
+
+
+class FaultAction(StrEnum):
+    LATENCY = "latency"
+    RATE_LIMIT = "rate_limit"
+    SERVER_ERROR = "server_error"
+    ACCEPT_THEN_TIMEOUT = "accept_then_timeout"
+    ACCEPT_THEN_DROP = "accept_then_drop"
+    ACCEPT_THEN_5XX = "accept_then_5xx"
+    PERMANENT = "permanent"
+    SENDER_BLOCKED = "sender_blocked"
+
+
+class FaultMatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: ChannelName | None = None
+    recipient: str | list[str] | None = None
+    sender: str | list[str] | None = None
+
+    @field_validator("channel", mode="before")
+    @classmethod
+    def _unipile_is_linkedin(cls, value: object) -> object:
+        return LINKEDIN if value == "unipile" else value
+
+    def matches(self, channel: str, sender: str, recipient: str) -> bool:
+        return (
+            (self.channel is None or self.channel == channel)
+            and _field_matches(self.recipient, recipient)
+            and _field_matches(self.sender, sender)
+        )
+
+
+def _field_matches(expected: str | list[str] | None, actual: str) -> bool:
+    if expected is None:
+        return True
+    return actual == expected if isinstance(expected, str) else actual in expected
+
+
+class FaultRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    action: FaultAction
+    match: FaultMatch = Field(default_factory=FaultMatch)
+    times: int | None = Field(default=None, ge=0)
+    probability: float = Field(default=1.0, ge=0.0, le=1.0)
+    ms: float = Field(default=0.0, ge=0.0, validation_alias=AliasChoices("ms", "latency_ms"))
+    hold_ms: float = Field(default=30_000.0, ge=0.0)
+    status: Literal[500, 502, 503, 504] = 500
+    per_sender_per_second: float | None = Field(default=None, gt=0.0)
+    burst: int | None = Field(default=None, ge=1)
+    retry_after_seconds: float | None = Field(default=1.0, ge=0.0)
+
+
+class FaultConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    latency_ms: float = Field(default=0.0, ge=0.0, description="Added to every provider request.")
+    seed: int | None = Field(default=None, description="Reseeds the probability RNG when set.")
+    rules: list[FaultRule] = Field(default_factory=list)
+
+
+FaultsInput = FaultConfig | Mapping[str, Any] | Sequence[Mapping[str, Any]]
+
+
+def parse_faults(faults: FaultsInput) -> FaultConfig:
+    """A ``FaultConfig``, its JSON form, or just a list of rules."""
+    if isinstance(faults, FaultConfig):
+        return faults
+    if isinstance(faults, Mapping):
+        return FaultConfig.model_validate(dict(faults))
+    return FaultConfig.model_validate({"rules": list(faults)})
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+@dataclass
+class _Decision:
+    latency_seconds: float = 0.0
+    rule: FaultRule | None = None
+
+
+@dataclass
+class _Chat:
+    chat_id: str
+    account_id: str
+    attendee_id: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _token(nbytes: int) -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(nbytes)).decode().rstrip("=")
+
+
+class _State:
+    """Everything the handler threads share, behind one lock."""
+
+    def __init__(self, *, tokens: Mapping[str, str], latency_ms: float, seed: int) -> None:
+        self.lock = threading.Lock()
+        self.tokens = dict(tokens)
+        self._default_config = FaultConfig(latency_ms=latency_ms)
+        self._seed = seed
+        self.stopping = threading.Event()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.ledger: list[dict[str, Any]] = []
+            self.chats: dict[str, _Chat] = {}
+            self.chat_by_pair: dict[tuple[str, str], str] = {}
+            self.requests = Counter[str]()
+            self.faults_fired = Counter[str]()
+            self._apply(self._default_config)
+
+    def _apply(self, config: FaultConfig) -> None:
+        self.config = config
+        self.fired = [0] * len(config.rules)
+        self.buckets: dict[tuple[int, str, str], _Bucket] = {}
+        if config.seed is not None:
+            self._seed = config.seed
+        self.rng = random.Random(self._seed)
+
+    def set_faults(self, config: FaultConfig) -> None:
+        with self.lock:
+            self._apply(config)
+
+    def decide(self, channel: str, sender: str, recipient: str) -> _Decision:
+        with self.lock:
+            decision = _Decision(latency_seconds=self.config.latency_ms / 1000)
+            for index, rule in enumerate(self.config.rules):
+                if not rule.match.matches(channel, sender, recipient):
+                    continue
+                if rule.times is not None and self.fired[index] >= rule.times:
+                    continue
+                if rule.probability < 1.0 and self.rng.random() >= rule.probability:
+                    continue
+                # A rate limiter fires only once the sender's bucket is empty.
+                if (
+                    rule.action is FaultAction.RATE_LIMIT
+                    and rule.per_sender_per_second is not None
+                    and self._take_token(index, rule, channel, sender)
+                ):
+                    continue
+                self.fired[index] += 1
+                self.faults_fired[rule.action.value] += 1
+                if rule.action is FaultAction.LATENCY:
+                    decision.latency_seconds += rule.ms / 1000
+                    continue
+                decision.rule = rule
+                break
+            return decision
+
+    def _take_token(self, index: int, rule: FaultRule, channel: str, sender: str) -> bool:
+        assert rule.per_sender_per_second is not None
+        rate = rule.per_sender_per_second
+        capacity = float(rule.burst if rule.burst is not None else max(1, round(rate)))
+        now = time.monotonic()
+        bucket = self.buckets.setdefault((index, channel, sender), _Bucket(capacity, now))
+        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate)
+        bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return True
+        return False
+
+    def count(self, key: str) -> None:
+        with self.lock:
+            self.requests[key] += 1
+
+    def record(
+        self,
+        *,
+        channel: str,
+        sender_id: str,
+        recipient: str,
+        text: str,
+        correlation: str | None,
+        fault: str | None,
+    ) -> dict[str, Any]:
+        with self.lock:
+            thread_id: str | None = None
+            if channel == WHATSAPP:
+                message_id = "wamid." + base64.b64encode(secrets.token_bytes(30)).decode()
+            elif channel == MESSENGER:
+                message_id = "m_" + _token(48)
+            else:
+                message_id = _token(16)
+                pair = (sender_id, recipient)
+                thread_id = self.chat_by_pair.get(pair)
+                if thread_id is None:
+                    thread_id = _token(16)
+                    self.chat_by_pair[pair] = thread_id
+                    self.chats[thread_id] = _Chat(thread_id, sender_id, recipient)
+            entry: dict[str, Any] = {
+                "seq": len(self.ledger) + 1,
+                "channel": channel,
+                "sender_id": sender_id,
+                "recipient": recipient,
+                "text": text,
+                "provider_message_id": message_id,
+                "thread_id": thread_id,
+                "correlation": correlation,
+                "fault": fault,
+                "timestamp": _now_iso(),
+            }
+            self.ledger.append(entry)
+            self.requests["accepted"] += 1
+            if thread_id is not None:
+                self.chats[thread_id].messages.append(entry)
+            return dict(entry)
+
+    def ledger_copy(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(entry) for entry in self.ledger]
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            per_message = Counter((e["channel"], e["recipient"], e["text"]) for e in self.ledger)
+            per_recipient = Counter((e["channel"], e["recipient"]) for e in self.ledger)
+            return {
+                "accepted_total": len(self.ledger),
+                "duplicates": sum(n - 1 for n in per_message.values() if n > 1),
+                "requests_total": self.requests["send"],
+                "requests_accepted": self.requests["accepted"],
+                "requests_rejected": self.requests["rejected"],
+                "requests_unauthorized": self.requests["unauthorized"],
+                "requests_invalid": self.requests["invalid"],
+                "read_requests": self.requests["read"],
+                "faults_fired": dict(self.faults_fired),
+                "per_message": [
+                    {"channel": c, "recipient": r, "text": t, "count": n}
+                    for (c, r, t), n in sorted(per_message.items())
+                ],
+                "per_recipient": [
+                    {"channel": c, "recipient": r, "count": n} for (c, r), n in sorted(per_recipient.items())
+                ],
+            }
+
+    def chat_messages(self, chat_id: str) -> list[dict[str, Any]] | None:
+        with self.lock:
+            chat = self.chats.get(chat_id)
+            if chat is None:
+                return None
+            return [
+                {
+                    "object": "Message",
+                    "id": e["provider_message_id"],
+                    "chat_id": chat_id,
+                    "provider_id": e["provider_message_id"],
+                    "sender_id": chat.account_id,
+                    "text": e["text"],
+                    "timestamp": e["timestamp"],
+                    "is_sender": 1,
+                    "attachments": [],
+                    "hidden": 0,
+                    "deleted": 0,
+                    "seen": 0,
+                }
+                for e in reversed(chat.messages)
+            ]
+
+
+# --- Provider dialects: the real success and error bodies ------------------------------------
+
+Answer = tuple[int, dict[str, Any], dict[str, str]]
+
+
+def _graph_error(
+    status: int, code: int, message: str, *, subcode: int | None = None, details: str | None = None
+) -> Answer:
+    error: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code}
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    if details is not None:
+        error["error_data"] = {"messaging_product": "whatsapp", "details": details}
+    error["fbtrace_id"] = _token(12)
+    return status, {"error": error}, {}
+
+
+def _unipile_error(
+    status: int, kind: str, title: str, detail: str, headers: dict[str, str] | None = None
+) -> Answer:
+    body = {
+        "status": status,
+        "type": f"errors/{kind}",
+        "title": title,
+        "detail": detail,
+        "instance": "/api/v1/chats",
+    }
+    return status, body, headers or {}
+
+
+class _Dialect:
+    channel: str
+
+    def unauthorized(self) -> Answer:
+        raise NotImplementedError
+
+    def invalid(self, why: str) -> Answer:
+        raise NotImplementedError
+
+    def accepted(self, entry: Mapping[str, Any]) -> Answer:
+        raise NotImplementedError
+
+    def rate_limited(self, rule: FaultRule) -> Answer:
+        raise NotImplementedError
+
+    def server_error(self, status: int) -> Answer:
+        raise NotImplementedError
+
+    def permanent(self) -> Answer:
+        raise NotImplementedError
+
+    def sender_blocked(self) -> Answer:
+        raise NotImplementedError
+
+
+class _WhatsApp(_Dialect):
+    channel = WHATSAPP
+
+    def unauthorized(self) -> Answer:
+        return _graph_error(401, 190, "Invalid OAuth access token - Cannot parse access token")
+
+    def invalid(self, why: str) -> Answer:
+        return _graph_error(400, 100, "(#100) Invalid parameter", details=why)
+
+    def accepted(self, entry: Mapping[str, Any]) -> Answer:
+        body = {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": entry["recipient"], "wa_id": entry["recipient"].lstrip("+")}],
+            "messages": [{"id": entry["provider_message_id"], "message_status": "accepted"}],
+        }
+        return 200, body, {}
+
+    def rate_limited(self, rule: FaultRule) -> Answer:
+        # Throughput errors come back as HTTP 400, not 429.
+        return _graph_error(
+            400,
+            130429,
+            "(#130429) Rate limit hit",
+            details="Cloud API message throughput has been reached.",
+        )
+
+    def server_error(self, status: int) -> Answer:
+        if status == 503:
+            return _graph_error(
+                503, 131016, "(#131016) Service unavailable", details="A service is temporarily unavailable."
+            )
+        return _graph_error(
+            status,
+            131000,
+            "(#131000) Something went wrong",
+            details="Message failed to send because of an unknown error.",
+        )
+
+    def permanent(self) -> Answer:
+        return _graph_error(
+            400,
+            131026,
+            "(#131026) Message Undeliverable",
+            details=(
+                "Unable to deliver message. Reasons can include: the recipient phone number is not "
+                "a WhatsApp phone number."
+            ),
+        )
+
+    def sender_blocked(self) -> Answer:
+        return _graph_error(
+            400,
+            131048,
+            "(#131048) Spam rate limit hit",
+            details=(
+                "Message failed to send because there are restrictions on how many messages can be "
+                "sent from this phone number."
+            ),
+        )
+
+
+class _Messenger(_Dialect):
+    channel = MESSENGER
+
+    def unauthorized(self) -> Answer:
+        return _graph_error(400, 190, "Invalid OAuth access token - Cannot parse access token")
+
+    def invalid(self, why: str) -> Answer:
+        return _graph_error(400, 100, f"(#100) {why}")
+
+    def accepted(self, entry: Mapping[str, Any]) -> Answer:
+        return 200, {"recipient_id": entry["recipient"], "message_id": entry["provider_message_id"]}, {}
+
+    def rate_limited(self, rule: FaultRule) -> Answer:
+        return _graph_error(400, 613, "(#613) Calls to this api have exceeded the rate limit.")
+
+    def server_error(self, status: int) -> Answer:
+        status_, body, headers = _graph_error(
+            status, 2, "An unexpected error has occurred. Please retry your request later."
+        )
+        body["error"]["is_transient"] = True
+        return status_, body, headers
+
+    def permanent(self) -> Answer:
+        return _graph_error(400, 551, "(#551) This person isn't available right now.", subcode=1545041)
+
+    def sender_blocked(self) -> Answer:
+        return _graph_error(
+            400,
+            190,
+            "Error validating access token: The session has been invalidated because the user "
+            "changed their password.",
+            subcode=460,
+        )
+
+
+class _Unipile(_Dialect):
+    channel = LINKEDIN
+
+    def unauthorized(self) -> Answer:
+        return _unipile_error(
+            401, "missing_credentials", "Missing credentials", "The API key is missing or invalid."
+        )
+
+    def invalid(self, why: str) -> Answer:
+        return _unipile_error(400, "invalid_parameters", "Invalid parameters", why)
+
+    def accepted(self, entry: Mapping[str, Any]) -> Answer:
+        body = {
+            "object": "ChatStarted",
+            "chat_id": entry["thread_id"],
+            "message_id": entry["provider_message_id"],
+        }
+        return 201, body, {}
+
+    def rate_limited(self, rule: FaultRule) -> Answer:
+        headers = {} if rule.retry_after_seconds is None else {"Retry-After": f"{rule.retry_after_seconds:g}"}
+        return _unipile_error(429, "too_many_requests", "Too many requests", "Please retry later.", headers)
+
+    def server_error(self, status: int) -> Answer:
+        if status == 503:
+            return _unipile_error(
+                503, "service_unavailable", "Service unavailable", "Please try again later."
+            )
+        if status == 504:
+            return _unipile_error(
+                504, "request_timeout", "Request timeout", "The provider did not answer in time."
+            )
+        return _unipile_error(status, "unexpected_error", "Unexpected error", "An unexpected error occurred.")
+
+    def permanent(self) -> Answer:
+        return _unipile_error(
+            422,
+            "no_connection_with_recipient",
+            "No connection with recipient",
+            "You are not connected with this user.",
+        )
+
+    def sender_blocked(self) -> Answer:
+        return _unipile_error(
+            403, "account_restricted", "Account restricted", "The LinkedIn account is restricted."
+        )
+
+
+_DIALECTS: dict[str, _Dialect] = {WHATSAPP: _WhatsApp(), MESSENGER: _Messenger(), LINKEDIN: _Unipile()}
+
+
+@dataclass(frozen=True)
+class _SendRequest:
+    channel: str
+    sender_id: str
+    recipient: str
+    text: str
+    correlation: str | None
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _parse_graph(channel: str, sender_id: str, data: Mapping[str, Any]) -> _SendRequest:
+    if channel == WHATSAPP:
+        if data.get("messaging_product") != "whatsapp":
+            raise _Invalid("messaging_product must be whatsapp")
+        if data.get("recipient_type", "individual") != "individual":
+            raise _Invalid("recipient_type must be individual")
+        if data.get("type", "text") != "text":
+            raise _Invalid("only text messages are supported by the fake")
+        to = data.get("to")
+        text = data.get("text")
+        body = text.get("body") if isinstance(text, Mapping) else None
+        callback = data.get("biz_opaque_callback_data")
+        if not isinstance(to, str) or not to:
+            raise _Invalid("to is required")
+        if not isinstance(body, str) or not body or len(body) > 4096:
+            raise _Invalid("text.body must be 1-4096 characters")
+        if callback is not None and (not isinstance(callback, str) or len(callback) > 512):
+            raise _Invalid("biz_opaque_callback_data must be a string of at most 512 characters")
+        return _SendRequest(WHATSAPP, sender_id, to, body, callback)
+    recipient = data.get("recipient")
+    psid = recipient.get("id") if isinstance(recipient, Mapping) else None
+    message = data.get("message")
+    text = message.get("text") if isinstance(message, Mapping) else None
+    metadata = message.get("metadata") if isinstance(message, Mapping) else None
+    if data.get("messaging_type") not in ("RESPONSE", "UPDATE", "MESSAGE_TAG"):
+        raise _Invalid("messaging_type must be RESPONSE, UPDATE or MESSAGE_TAG")
+    if not isinstance(psid, str) or not psid:
+        raise _Invalid("recipient.id is required")
+    if not isinstance(text, str) or not text or len(text) > 2000:
+        raise _Invalid("message.text must be 1-2000 characters")
+    if metadata is not None and (not isinstance(metadata, str) or len(metadata) > 1000):
+        raise _Invalid("message.metadata must be a string of at most 1000 characters")
+    return _SendRequest(MESSENGER, sender_id, psid, text, metadata)
+
+
+def parse_multipart(content_type: str, body: bytes) -> dict[str, list[str]]:
+    """Form fields of a multipart/form-data body (files are read as text, too)."""
+    found = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not content_type.lower().startswith("multipart/form-data") or found is None:
+        raise _Invalid("body must be multipart/form-data")
+    delimiter = b"--" + found.group(1).encode()
+    fields: dict[str, list[str]] = {}
+    for part in body.split(delimiter)[1:]:
+        if part.startswith(b"--"):
+            break
+        part = part.removeprefix(b"\r\n").removesuffix(b"\r\n")
+        head, sep, content = part.partition(b"\r\n\r\n")
+        if not sep:
+            raise _Invalid("malformed multipart part")
+        name = re.search(rb'(?im)^content-disposition:.*?\bname="([^"]*)"', head)
+        if name is None:
+            raise _Invalid("multipart part without a name")
+        fields.setdefault(name.group(1).decode(), []).append(content.decode("utf-8"))
+    return fields
+
+
+def _parse_unipile(content_type: str, body: bytes) -> _SendRequest:
+    fields = parse_multipart(content_type, body)
+    account = fields.get("account_id", [""])[0]
+    text = fields.get("text", [""])[0]
+    attendees = fields.get("attendees_ids", [])
+    if not account:
+        raise _Invalid("account_id is required")
+    if not text:
+        raise _Invalid("text is required")
+    if len(attendees) != 1 or not attendees[0]:
+        raise _Invalid("the fake supports exactly one attendees_ids")
+    return _SendRequest(LINKEDIN, account, attendees[0], text, None)
+
+
+# --- HTTP server --------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # 8 dispatcher processes x 8 threads connect at once; the default backlog of 5 would make
+    # some of them see connection timeouts for nothing.
+    request_queue_size = 1024
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], state: _State) -> None:
+        self.state = state
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Wake every handler blocked on an idle keep-alive connection so its thread ends."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that gave up (timeouts, drops) are part of the job, not errors.
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle's algorithm against the client's
+    # delayed ACK every response would stall for ~40 ms.
+    disable_nagle_algorithm = True
+    server_version = "sendonce-fake-provider/1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Thousands of requests per test: the ledger and stats are the record, not stderr.
+        return
+
+    @property
+    def state(self) -> _State:
+        return self.server.state
+
+    # --- plumbing ---
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > _MAX_BODY:
+            raise _Invalid("body too large")
+        return self.rfile.read(length) if length else b""
+
+    def _reply(self, status: int, body: object, headers: Mapping[str, str] | None = None) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _answer(self, answer: Answer) -> None:
+        status, body, headers = answer
+        self._reply(status, body, headers)
+
+    def _drop(self) -> None:
+        """Close the connection without a response: the client cannot tell what happened."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _guarded(self, handler: Any) -> None:
+        try:
+            handler()
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+
+    def do_GET(self) -> None:
+        self._guarded(self._get)
+
+    def do_POST(self) -> None:
+        self._guarded(self._post)
+
+    # --- routing ---
+
+    def _get(self) -> None:
+        url = urlsplit(self.path)
+        path = url.path
+        if path == "/_fake/health":
+            self._reply(200, {"ok": True})
+        elif path == "/_fake/ledger":
+            self._reply(200, {"messages": self.state.ledger_copy()})
+        elif path == "/_fake/stats":
+            self._reply(200, self.state.stats())
+        elif path == "/_fake/faults":
+            self._reply(200, self.state.config.model_dump(mode="json"))
+        elif (found := _UNIPILE_CHAT_MESSAGES.match(path)) is not None:
+            self._unipile_read_back(found.group(1), parse_qs(url.query))
+        else:
+            self._reply(404, {"error": "not found", "path": path})
+
+    def _post(self) -> None:
+        path = urlsplit(self.path).path
+        try:
+            body = self._read_body()
+        except (_Invalid, ValueError):
+            self.close_connection = True
+            self._reply(400, {"error": "unreadable body"})
+            return
+        if path == "/_fake/reset":
+            self.state.reset()
+            self._reply(200, {"ok": True})
+        elif path == "/_fake/faults":
+            try:
+                config = parse_faults(json.loads(body or b"{}"))
+            except (ValueError, ValidationError) as exc:
+                self._reply(400, {"error": "invalid fault configuration", "detail": str(exc)})
+                return
+            self.state.set_faults(config)
+            self._reply(200, config.model_dump(mode="json"))
+        elif (found := _GRAPH_SEND.match(path)) is not None:
+            self._graph_send(found.group(2), body)
+        elif path.rstrip("/") == "/api/v1/chats":
+            self._unipile_send(body)
+        else:
+            self._reply(404, {"error": "not found", "path": path})
+
+    # --- providers ---
+
+    def _bearer_ok(self, channel: str) -> bool:
+        header = self.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and secrets.compare_digest(
+            token.strip(), self.state.tokens[channel]
+        )
+
+    def _graph_send(self, sender_id: str, raw: bytes) -> None:
+        self.state.count("send")
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        channel = WHATSAPP if isinstance(data, Mapping) and "messaging_product" in data else MESSENGER
+        dialect = _DIALECTS[channel]
+        if not self._bearer_ok(channel):
+            self.state.count("unauthorized")
+            self.state.count("rejected")
+            self._answer(dialect.unauthorized())
+            return
+        try:
+            if not isinstance(data, Mapping):
+                raise _Invalid("body must be a JSON object")
+            request = _parse_graph(channel, sender_id, data)
+        except _Invalid as exc:
+            self.state.count("invalid")
+            self.state.count("rejected")
+            self._answer(dialect.invalid(str(exc)))
+            return
+        self._serve(request, dialect)
+
+    def _unipile_send(self, raw: bytes) -> None:
+        self.state.count("send")
+        dialect = _DIALECTS[LINKEDIN]
+        key = self.headers.get("X-API-KEY", "")
+        if not secrets.compare_digest(key, self.state.tokens[LINKEDIN]):
+            self.state.count("unauthorized")
+            self.state.count("rejected")
+            self._answer(dialect.unauthorized())
+            return
+        try:
+            request = _parse_unipile(self.headers.get("Content-Type", ""), raw)
+        except (_Invalid, UnicodeDecodeError) as exc:
+            self.state.count("invalid")
+            self.state.count("rejected")
+            self._answer(dialect.invalid(str(exc)))
+            return
+        self._serve(request, dialect)
+
+    def _unipile_read_back(self, chat_id: str, query: Mapping[str, list[str]]) -> None:
+        self.state.count("read")
+        dialect = _DIALECTS[LINKEDIN]
+        key = self.headers.get("X-API-KEY", "")
+        if not secrets.compare_digest(key, self.state.tokens[LINKEDIN]):
+            self._answer(dialect.unauthorized())
+            return
+        items = self.state.chat_messages(chat_id)
+        if items is None:
+            self._answer(_unipile_error(404, "resource_not_found", "Resource not found", f"chat {chat_id}"))
+            return
+        limit = int(query.get("limit", ["100"])[0] or 100)
+        self._reply(200, {"object": "MessageList", "items": items[:limit], "cursor": None})
+
+    def _serve(self, request: _SendRequest, dialect: _Dialect) -> None:
+        state = self.state
+        decision = state.decide(request.channel, request.sender_id, request.recipient)
+        if decision.latency_seconds > 0 and state.stopping.wait(decision.latency_seconds):
+            self._drop()
+            return
+        rule = decision.rule
+        action = rule.action if rule is not None else None
+
+        if rule is None or action in (
+            FaultAction.ACCEPT_THEN_TIMEOUT,
+            FaultAction.ACCEPT_THEN_DROP,
+            FaultAction.ACCEPT_THEN_5XX,
+        ):
+            entry = state.record(
+                channel=request.channel,
+                sender_id=request.sender_id,
+                recipient=request.recipient,
+                text=request.text,
+                correlation=request.correlation,
+                fault=action.value if action is not None else None,
+            )
+            if action is FaultAction.ACCEPT_THEN_DROP:
+                self._drop()
+                return
+            if action is FaultAction.ACCEPT_THEN_5XX:
+                assert rule is not None
+                self._answer(dialect.server_error(rule.status))
+                return
+            if action is FaultAction.ACCEPT_THEN_TIMEOUT:
+                assert rule is not None
+                if state.stopping.wait(rule.hold_ms / 1000):
+                    self._drop()
+                    return
+            self._answer(dialect.accepted(entry))
+            return
+
+        assert rule is not None
+        state.count("rejected")
+        if action is FaultAction.RATE_LIMIT:
+            self._answer(dialect.rate_limited(rule))
+        elif action is FaultAction.SERVER_ERROR:
+            self._answer(dialect.server_error(rule.status))
+        elif action is FaultAction.PERMANENT:
+            self._answer(dialect.permanent())
+        else:
+            self._answer(dialect.sender_blocked())
+
+
+def _check_loopback(host: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"the fake provider binds loopback only, not {host!r}")
+
+
+class FakeProvider:
+    """The fake, in this process: ``start()`` returns its base URL, ``stop()`` ends it."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        whatsapp_token: str = DEFAULT_WHATSAPP_TOKEN,
+        messenger_token: str = DEFAULT_MESSENGER_TOKEN,
+        unipile_api_key: str = DEFAULT_UNIPILE_KEY,
+        latency_ms: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        _check_loopback(host)
+        self._host = host
+        self._port = port
+        tokens = {WHATSAPP: whatsapp_token, MESSENGER: messenger_token, LINKEDIN: unipile_api_key}
+        self._state = _State(tokens=tokens, latency_ms=latency_ms, seed=seed)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._url: str | None = None
+
+    def __repr__(self) -> str:
+        return f"FakeProvider(url={self._url!r})"
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            raise RuntimeError("the fake provider is not running: call start() first")
+        return self._url
+
+    def start(self) -> str:
+        if self._server is not None:
+            return self.url
+        server = _Server((self._host, self._port), self._state)
+        self._server = server
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._url = f"http://{host}:{server.server_port}"
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="fake-provider", daemon=True
+        )
+        self._thread.start()
+        return self._url
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        # Wake held and delayed requests first; they close their connections unanswered.
+        self._state.stopping.set()
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> FakeProvider:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def ledger(self) -> list[dict[str, Any]]:
+        return self._state.ledger_copy()
+
+    def stats(self) -> dict[str, Any]:
+        return self._state.stats()
+
+    def counts_per_recipient(self) -> dict[tuple[str, str], int]:
+        return dict(Counter((m["channel"], m["recipient"]) for m in self.ledger()))
+
+    def counts_per_message(self) -> dict[tuple[str, str, str], int]:
+        return dict(Counter((m["channel"], m["recipient"], m["text"]) for m in self.ledger()))
+
+    def faults(self) -> FaultConfig:
+        return self._state.config
+
+    def set_faults(self, faults: FaultsInput) -> FaultConfig:
+        """Replace the whole fault configuration (rule counters and rate buckets restart)."""
+        config = parse_faults(faults)
+        self._state.set_faults(config)
+        return config
+
+    def reset(self) -> None:
+        """Forget the ledger, the chats, the counters and every fault."""
+        self._state.reset()
+
+
+class FakeProviderClient:
+    """The control API over HTTP, for a fake running in another process. Each call uses its
+    own short-lived connection, so a client never needs closing."""
+
+    def __init__(self, base_url: str, *, timeout_seconds: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = httpx.Timeout(timeout_seconds)
+
+    def __repr__(self) -> str:
+        return f"FakeProviderClient({self.base_url!r})"
+
+    def _call(self, method: str, path: str, body: object | None = None) -> Any:
+        with httpx.Client(base_url=self.base_url, timeout=self._timeout, trust_env=False) as client:
+            response = client.request(method, path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def health(self) -> bool:
+        try:
+            return bool(self._call("GET", "/_fake/health").get("ok"))
+        except httpx.HTTPError:
+            return False
+
+    def ledger(self) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = self._call("GET", "/_fake/ledger")["messages"]
+        return messages
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self._call("GET", "/_fake/stats")
+        return stats
+
+    def counts_per_recipient(self) -> dict[tuple[str, str], int]:
+        return dict(Counter((m["channel"], m["recipient"]) for m in self.ledger()))
+
+    def counts_per_message(self) -> dict[tuple[str, str, str], int]:
+        return dict(Counter((m["channel"], m["recipient"], m["text"]) for m in self.ledger()))
+
+    def faults(self) -> FaultConfig:
+        return FaultConfig.model_validate(self._call("GET", "/_fake/faults"))
+
+    def set_faults(self, faults: FaultsInput) -> FaultConfig:
+        """Replace the whole fault configuration; validated here first, so a typo fails in the
+        caller rather than as a 400."""
+        config = parse_faults(faults)
+        return FaultConfig.model_validate(self._call("POST", "/_fake/faults", config.model_dump(mode="json")))
+
+    def reset(self) -> None:
+        self._call("POST", "/_fake/reset", {})
+
+    def wait_for_ledger(self, count: int, timeout_seconds: float = 30.0) -> list[dict[str, Any]]:
+        """Poll until the fake has accepted at least ``count`` messages."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            ledger = self.ledger()
+            if len(ledger) >= count:
+                return ledger
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fake provider accepted {len(ledger)} of {count} messages")
+            time.sleep(0.05)
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+
+def _load_faults(value: str) -> FaultConfig:
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    return parse_faults(json.loads(text))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack.fake_provider",
+        description="Fake WhatsApp Cloud API, Messenger Send API and Unipile on loopback.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--token-whatsapp", default=DEFAULT_WHATSAPP_TOKEN)
+    parser.add_argument("--token-messenger", default=DEFAULT_MESSENGER_TOKEN)
+    parser.add_argument("--token-unipile", default=DEFAULT_UNIPILE_KEY)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="default latency of every send")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault probability RNG")
+    parser.add_argument("--faults", help="initial fault configuration: JSON, or @file.json")
+    parser.add_argument("--ready-file", type=Path, help="written with the base URL once serving")
+    args = parser.parse_args(argv)
+
+    try:
+        fake = FakeProvider(
+            host=args.host,
+            port=args.port,
+            whatsapp_token=args.token_whatsapp,
+            messenger_token=args.token_messenger,
+            unipile_api_key=args.token_unipile,
+            latency_ms=args.latency_ms,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    url = fake.start()
+    try:
+        if args.faults:
+            fake.set_faults(_load_faults(args.faults))
+        if args.ready_file is not None:
+            # Written whole, then renamed: a watcher never reads half a URL.
+            partial = args.ready_file.with_name(args.ready_file.name + ".partial")
+            partial.write_text(url + "\n")
+            partial.replace(args.ready_file)
+        print(url, flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
