@@ -53,6 +53,7 @@ class LocalStack:
         self.aws: LocalAwsResources | None = None
         self.settings: Settings | None = None
         self.database: Database | None = None
+        self._invocations: list[Invocation] = []
 
     def start(self) -> LocalStack:
         try:
@@ -85,6 +86,8 @@ class LocalStack:
         return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
 
     def stop(self) -> None:
+        for invocation in self._invocations:
+            invocation.kill()
         self._stack.close()
 
     def __enter__(self) -> LocalStack:
@@ -135,7 +138,9 @@ class LocalStack:
                 stderr=stderr,
                 text=True,
             )
-        return Invocation(process, Path(f"{log}.out"), Path(f"{log}.err"))
+        invocation = Invocation(process, Path(f"{log}.out"), Path(f"{log}.err"))
+        self._invocations.append(invocation)
+        return invocation
 
 
 @dataclass
@@ -150,9 +155,18 @@ class Invocation:
     def pid(self) -> int:
         return self.process.pid
 
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
     def finish(self, timeout: float = 300) -> dict[str, Any]:
         """Wait, then return the handler's result; raise with its stderr if it failed."""
-        self.process.wait(timeout=timeout)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
         if self.process.returncode != 0:
             err = self.stderr_path.read_text(errors="replace").strip()[-800:]
             raise RuntimeError(f"invocation failed with exit code {self.process.returncode}: {err}")

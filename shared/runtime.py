@@ -25,7 +25,7 @@ from shared.sweeper import SweepDeps
 from shared.webhooks import ProviderEventStore, SecretsManagerWebhookSecrets, WebhookDeps
 
 T = TypeVar("T")
-_lock = threading.Lock()
+_lock = threading.RLock()  # builders call cached() for shared pieces (the database)
 
 
 class ConfigurationError(RuntimeError):
@@ -111,4 +111,6 @@ def build_webhook_deps(config: Settings, db: Database) -> WebhookDeps:
 
 
 def webhook_deps() -> WebhookDeps:
-    return cached("webhook", lambda: build_webhook_deps(settings(), database()))
+    # database() takes the non-reentrant cache lock itself, so it must not run inside a build.
+    db = database()
+    return cached("webhook", lambda: build_webhook_deps(settings(), db))

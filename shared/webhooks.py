@@ -34,7 +34,7 @@ from shared.config import Settings
 from shared.observability import logger, metrics
 from shared.providers.outcome import Channel
 from shared.storage import sql
-from shared.storage.db import Database
+from shared.storage.db import Database, DatabaseUnavailableError
 
 META_SIGNATURE_HEADER = "x-hub-signature-256"
 META_SIGNATURE_PREFIX = "sha256="
@@ -433,10 +433,8 @@ def parse_unipile(document: Any) -> list[ProviderEvent]:
     else:
         ours = account_user is not None and sender == account_user
 
-    if event == "message_read":
-        status = "read" if ours else "received"
-    else:
-        status = "sent" if ours else "received"
+    # message_read on our message: the contact read it.
+    status = ("read" if event == "message_read" else "sent") if ours else "received"
 
     if ours:
         others = [
@@ -605,7 +603,14 @@ def handle_webhook(
     except MalformedBodyError:
         return _rejected(channel, 400, "body is not JSON")
     events = parse_events(channel, document)
-    report = deps.store.save(channel, events)
+    try:
+        report = deps.store.save(channel, events)
+    except DatabaseUnavailableError as exc:
+        # Nothing was stored; a 5xx makes the provider deliver it again later.
+        logger.error(
+            "webhook not stored: database unavailable", extra={"channel": channel.value, "error": str(exc)}
+        )
+        return WebhookResult.of_json(503, {"error": "temporarily unavailable"})
     metrics.add_metric(name="WebhookStored", unit=MetricUnit.Count, value=report.stored)
     metrics.add_metric(name="WebhookDuplicate", unit=MetricUnit.Count, value=report.duplicates)
     logger.info(

@@ -11,7 +11,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from shared.observability import logger, metrics, tracer
 from shared.providers.outcome import Channel
 from shared.runtime import settings, webhook_deps
-from shared.storage.db import DatabaseUnavailableError
 from shared.webhooks import WebhookResult, handle_request, verify_subscription
 
 settings()  # validate configuration at cold start
@@ -49,13 +48,6 @@ def unipile() -> Response[str]:
 @app.get("/webhooks/messenger")
 def subscribe() -> Response[str]:
     return _response(verify_subscription(webhook_deps().secrets, app.current_event.query_string_parameters))
-
-
-@app.exception_handler(DatabaseUnavailableError)
-def database_unavailable(exc: DatabaseUnavailableError) -> Response[str]:
-    # Nothing was stored; a 5xx makes the provider deliver again later.
-    logger.error("webhook not stored: database unavailable", extra={"error": str(exc)})
-    return Response(status_code=503, content_type="application/json", body='{"error":"unavailable"}')
 
 
 @logger.inject_lambda_context(clear_state=True)

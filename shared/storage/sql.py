@@ -433,3 +433,88 @@ WHERE q2.body = q1.body
   AND l1.sent_at > now() - make_interval(secs => %(lookback_seconds)s) - interval '1 hour'
 GROUP BY l1.channel, l1.recipient
 """
+
+# --- webhooks ------------------------------------------------------------------------------
+
+# One statement stores every row of a delivery. A retried or replayed delivery conflicts on
+# (channel, dedupe_key) and changes nothing; RETURNING names only the rows actually stored.
+INSERT_PROVIDER_EVENTS: LiteralString = """
+INSERT INTO provider_events (channel, event_type, dedupe_key, idempotency_key, provider_message_id,
+                             provider_thread_id, recipient, status, occurred_at, payload)
+SELECT %(channel)s::channel, e.event_type, e.dedupe_key, e.idempotency_key, e.provider_message_id,
+       e.provider_thread_id, e.recipient, e.status, e.occurred_at, e.payload
+FROM unnest(%(event_types)s::text[], %(dedupe_keys)s::text[], %(idempotency_keys)s::text[],
+            %(provider_message_ids)s::text[], %(provider_thread_ids)s::text[], %(recipients)s::text[],
+            %(statuses)s::text[], %(occurred_ats)s::timestamptz[], %(payloads)s::jsonb[])
+     AS e(event_type, dedupe_key, idempotency_key, provider_message_id, provider_thread_id, recipient,
+          status, occurred_at, payload)
+ON CONFLICT (channel, dedupe_key) DO NOTHING
+RETURNING dedupe_key
+"""
+
+# Delivery status only moves forward: accepted < delivered < read. `failed` replaces only
+# `accepted`; a later delivered/read is proof the message arrived and wins over `failed`.
+# Webhooks arrive out of order and concurrently: the rank comparison sits in the WHERE clause,
+# so a concurrent update is re-checked against the row it waited for and never regresses it.
+# Several statuses for one message in one delivery are reduced to the highest first, because
+# UPDATE ... FROM applies only one source row per target row.
+APPLY_DELIVERY_STATUS: LiteralString = """
+WITH incoming AS (
+    SELECT DISTINCT ON (s.provider_message_id) s.provider_message_id, s.status, s.occurred_at
+    FROM unnest(%(provider_message_ids)s::text[], %(statuses)s::text[], %(occurred_ats)s::timestamptz[])
+         AS s(provider_message_id, status, occurred_at)
+    WHERE s.status IN ('delivered', 'read', 'failed')
+    ORDER BY s.provider_message_id, CASE s.status WHEN 'read' THEN 2 WHEN 'delivered' THEN 1 ELSE 0 END DESC
+)
+UPDATE message_ledger l
+SET delivery_status = i.status, delivery_updated_at = COALESCE(i.occurred_at, now())
+FROM incoming i
+WHERE l.channel = %(channel)s::channel AND l.provider_message_id = i.provider_message_id
+  AND CASE WHEN i.status = 'failed' THEN l.delivery_status = 'accepted'
+           ELSE CASE l.delivery_status WHEN 'read' THEN 2 WHEN 'delivered' THEN 1 ELSE 0 END
+              < CASE i.status WHEN 'read' THEN 2 ELSE 1 END
+      END
+RETURNING l.id
+"""
+
+# Messenger reads (and deliveries without mids) name no message, only a watermark: everything
+# sent to that recipient at or before it. The ledger's sent_at is taken after the Send API
+# answered, so it is later than Meta's own timestamp; the echo event (Meta's clock) catches
+# messages whose sent_at landed just after the watermark.
+APPLY_WATERMARK_STATUS: LiteralString = """
+UPDATE message_ledger l
+SET delivery_status = %(status)s::text, delivery_updated_at = COALESCE(%(occurred_at)s::timestamptz, now())
+WHERE l.channel = %(channel)s::channel AND l.recipient = %(recipient)s::text
+  AND CASE l.delivery_status WHEN 'read' THEN 2 WHEN 'delivered' THEN 1 ELSE 0 END
+      < CASE %(status)s::text WHEN 'read' THEN 2 ELSE 1 END
+  AND (l.sent_at <= %(watermark)s::timestamptz
+       OR EXISTS (SELECT 1 FROM provider_events e
+                  WHERE e.channel = l.channel AND e.provider_message_id = l.provider_message_id
+                    AND e.event_type = 'message_echo' AND e.occurred_at <= %(watermark)s::timestamptz))
+RETURNING l.id
+"""
+
+# A status webhook can beat its ledger row: the provider reports `delivered` before the
+# dispatcher commits `sent`, or reconciliation settles an `unknown` row days after the
+# webhooks arrived. This applies the best stored status to recent ledger rows that lag it,
+# with the same ranking as APPLY_DELIVERY_STATUS.
+BACKFILL_DELIVERY_STATUS: LiteralString = """
+WITH best AS (
+    SELECT DISTINCT ON (l.id) l.id, e.status, e.occurred_at
+    FROM message_ledger l
+    JOIN provider_events e ON e.channel = l.channel AND e.provider_message_id = l.provider_message_id
+    WHERE l.sent_at > now() - make_interval(secs => %(lookback_seconds)s)
+      AND l.delivery_status <> 'read'
+      AND e.status IN ('delivered', 'read', 'failed')
+    ORDER BY l.id, CASE e.status WHEN 'read' THEN 2 WHEN 'delivered' THEN 1 ELSE 0 END DESC
+)
+UPDATE message_ledger l
+SET delivery_status = b.status, delivery_updated_at = COALESCE(b.occurred_at, now())
+FROM best b
+WHERE l.id = b.id
+  AND CASE WHEN b.status = 'failed' THEN l.delivery_status = 'accepted'
+           ELSE CASE l.delivery_status WHEN 'read' THEN 2 WHEN 'delivered' THEN 1 ELSE 0 END
+              < CASE b.status WHEN 'read' THEN 2 ELSE 1 END
+      END
+RETURNING l.id
+"""

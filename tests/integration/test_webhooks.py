@@ -244,7 +244,7 @@ def test_several_statuses_of_one_message_in_one_delivery(
     result = deliver(
         deps,
         Channel.WHATSAPP,
-        wa(("wamid.X", "read"), ("wamid.X", "delivered"), ("wamid.X", "failed"), ("wamid.Y", "delivered")),
+        wa(("wamid.X", "failed"), ("wamid.X", "delivered"), ("wamid.X", "read"), ("wamid.Y", "delivered")),
     )
     assert result.json() == {"stored": 4, "duplicates": 0}
     assert ledger_status(database, "wamid.X") == "read"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from shared.providers.outcome import Channel
+from shared.storage.db import DatabaseUnavailableError
 from shared.webhooks import (
     MalformedBodyError,
     ProviderEvent,
@@ -241,6 +242,17 @@ def test_signed_unknown_shape_is_200_and_stored_as_unrecognised(
     assert event.status is None and event.provider_message_id is None
 
 
+class UnavailableStore:
+    def save(self, channel: Channel, events: Sequence[ProviderEvent]) -> StoreReport:
+        raise DatabaseUnavailableError("Postgres at test is unreachable")
+
+
+def test_database_unavailable_is_503_so_the_provider_retries() -> None:
+    deps = WebhookDeps(store=UnavailableStore(), secrets=SECRETS)
+    result = handle_webhook(deps, Channel.WHATSAPP, {"x-hub-signature-256": sign(BODY)}, BODY)
+    assert result.status_code == 503
+
+
 def test_unipile_with_the_right_secret_is_stored(deps: WebhookDeps, store: RecordingStore) -> None:
     body = json.dumps(unipile_event()).encode()
     result = handle_webhook(deps, Channel.LINKEDIN, {"Unipile-Auth": UNIPILE_SECRET}, body)
@@ -311,6 +323,14 @@ def test_whatsapp_inbound_message_is_kept_as_unrecognised() -> None:
     [event] = parse_events(Channel.WHATSAPP, doc)
     assert event.event_type == "unrecognised"
     assert event.payload["value"]["messages"][0]["id"] == "wamid.IN"
+
+
+def test_whatsapp_value_with_statuses_and_messages_keeps_both() -> None:
+    doc = whatsapp_body(wa_status("wamid.A", "read"))
+    doc["entry"][0]["changes"][0]["value"]["messages"] = [{"from": "1555", "id": "wamid.IN", "type": "text"}]
+    events = parse_events(Channel.WHATSAPP, doc)
+    assert [e.event_type for e in events] == ["status", "unrecognised"]
+    assert events[1].payload["value"]["messages"][0]["id"] == "wamid.IN"
 
 
 def test_whatsapp_status_without_id_is_unrecognised_but_others_parse() -> None:
