@@ -57,9 +57,12 @@ class Database:
             with self._pool.connection(timeout=self._acquire_timeout) as conn:
                 yield conn
         except PoolTimeout as exc:
+            stats = self._pool.get_stats()
             raise DatabaseUnavailableError(
                 f"Postgres at {self._where} is unreachable (no connection within "
-                f"{self._acquire_timeout:g}s); no row was changed"
+                f"{self._acquire_timeout:g}s; pool size={stats.get('pool_size')} "
+                f"available={stats.get('pool_available')} errors={stats.get('connections_errors', 0)}); "
+                "no row was changed"
             ) from exc
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailableError(f"Postgres at {self._where} failed: {exc}") from exc

@@ -188,4 +188,6 @@ def test_a_worker_paused_past_its_lease_cannot_send_what_another_took_over(
     assert len(stack.provider.ledger()) == 1
     resumed = json.loads(out.strip().splitlines()[-1])
     assert resumed["counts"]["Sent"] == 0
-    assert resumed["counts"]["LeaseLostBeforeSend"] + resumed["counts"]["DuplicatePrevented"] == 1
+    assert resumed["counts"]["LeaseLostBeforeSend"] + resumed["counts"]["DuplicatePrevented"] == 1, resumed[
+        "counts"
+    ]

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,10 @@ from shared.runtime import build_dispatch_deps, database, settings
 def _stop_self(sig: signal.Signals) -> None:
     sys.stdout.flush()
     os.kill(os.getpid(), sig)
+    # A signal sent to one's own process takes effect asynchronously: park here so the stop
+    # lands now, not in the middle of the next step (where a deadline would run out while
+    # stopped).
+    time.sleep(0.5)
 
 
 class KillAfterSend(QueueRepository):
