@@ -35,7 +35,7 @@ demo: $(STAMP)  ## Run the local stack end to end: Postgres, moto, fake provider
 test: $(STAMP) $(SAM)  ## Run every suite: lint, types, unit, integration, chaos, infra
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shared functions devstack
+	$(PY) -m mypy shared devstack functions/*/app.py tests
 	$(PY) -m pytest tests/unit
 	$(PY) -m pytest tests/integration
 	$(PY) -m pytest tests/chaos
@@ -54,7 +54,7 @@ test-infra: $(STAMP) $(SAM)  ## cfn-lint, sam validate --lint, sam build, templa
 	PATH="$(CURDIR)/$(TOOLS_VENV)/bin:$$PATH" $(PY) -m pytest tests/infra
 
 lint: $(STAMP)  ## ruff and mypy
-	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy shared functions devstack
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy shared devstack functions/*/app.py tests
 
 bench: $(STAMP)  ## Throughput and per-stage time of overlapping dispatchers against the fake provider
 	$(PY) -m devstack.bench $(BENCH_ARGS)

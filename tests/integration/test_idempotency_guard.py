@@ -107,13 +107,14 @@ def _stock_powertools_send(
     config.register_lambda_context(context)  # type: ignore[arg-type]
     persistence = DynamoDBPersistenceLayer(table_name=table, boto3_client=client)
 
-    @idempotent_function(
-        data_keyword_argument="record", config=config, persistence_store=persistence, key_prefix=KEY_PREFIX
-    )
     def run(record: dict[str, str]) -> dict[str, Any]:
         return send().model_dump(mode="json")
 
-    return run(record={"idempotency_key": KEY})
+    guarded = idempotent_function(
+        data_keyword_argument="record", config=config, persistence_store=persistence, key_prefix=KEY_PREFIX
+    )(run)
+    result: dict[str, Any] | None = guarded(record={"idempotency_key": KEY})
+    return result
 
 
 def test_control_stock_powertools_reruns_a_send_that_outlived_its_deadline(
