@@ -38,8 +38,10 @@ from shared.providers.outcome import Channel, OutcomeKind
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
 from shared.reconcile import ReadBack, ReconcileDeps, detect_duplicates, reconcile_unknown
 from shared.storage import sql
+from shared.webhooks import ProviderEventStore
 
 SQS_BATCH = 10
+BACKFILL_LOOKBACK_SECONDS = 24 * 3600
 
 
 @dataclass
@@ -63,6 +65,7 @@ class SweepReport(BaseModel):
     unknown_held: int = 0
     unknown_resent: int = 0
     duplicates_suspected: int = 0
+    delivery_statuses_backfilled: int = 0
     stale_owned_rows: int = 0
     unknown_rows: int = 0
 
@@ -83,6 +86,10 @@ def sweep(deps: SweepDeps) -> SweepReport:
         report.unknown_resolved_sent = reconciled.resolved_sent
         report.unknown_held = reconciled.held
         report.unknown_resent = reconciled.resent
+        # Webhooks that arrived before their ledger row existed (reconciled rows, fast statuses).
+        report.delivery_statuses_backfilled = ProviderEventStore(deps.queue.db).backfill_delivery_status(
+            BACKFILL_LOOKBACK_SECONDS
+        )
         suspects = detect_duplicates(deps.queue.db)
         report.duplicates_suspected = len(suspects)
         if suspects:

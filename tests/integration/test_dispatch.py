@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -129,7 +130,14 @@ def test_throttled_row_is_retried_with_backoff_then_sent(
     assert [a["outcome"] for a in attempts] == ["retry_later", "sent"]
 
 
-def test_attempts_exhausted_fail_the_row(database: Database, deps: DispatchDeps, fake_provider: Any) -> None:
+def test_attempts_exhausted_fail_the_row_and_reach_the_dead_letter_queue(
+    database: Database,
+    deps: DispatchDeps,
+    fake_provider: Any,
+    queue: QueueRepository,
+    guard: SendGuard,
+    moto_server: Any,
+) -> None:
     enqueue(database, "linkedin", ["ACoAA0001"])
     fake_provider.set_faults([{"action": "rate_limit"}])
     with database.connection() as conn:
@@ -142,6 +150,17 @@ def test_attempts_exhausted_fail_the_row(database: Database, deps: DispatchDeps,
     assert row["status"] == "failed"
     assert row["failure_reason"].startswith("max attempts (2) reached")
     assert accepted(fake_provider) == Counter()
+
+    sqs = aws_client("sqs", moto_server.endpoint)
+    assert sweep(SweepDeps(deps.settings, queue, guard, sqs=sqs)).dead_lettered == 1
+    queue_url = deps.settings.failed_messages_queue_url
+    [message] = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+    record = json.loads(message["Body"])
+    assert record["type"] == "sendonce.message_failed"
+    assert (record["queue_id"], record["attempts"], record["channel"]) == (row["id"], 2, "linkedin")
+    assert record["idempotency_key"] == row["idempotency_key"]
+    assert record["reason"] == "max attempts (2) reached; last: unipile:too_many_requests"
+    assert "retry_later" in record["last_error"]
 
 
 def test_blocked_sender_is_paused_and_its_rows_wait(

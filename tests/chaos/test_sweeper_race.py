@@ -1,0 +1,168 @@
+"""Sweepers racing dispatchers over 5,000 rows, with provider faults and dispatchers killed
+mid-run, until every row is settled. Afterwards the provider's own ledger, the queue, the
+dead-letter queue and the campaign statistics must agree.
+
+The timing is scaled down (30 s dispatcher timeout, 35 s lease) but keeps the production
+arithmetic: each dispatcher process is given the same simulated Lambda timeout its lease was
+derived from, so a live dispatcher is never swept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from devstack.aws import aws_client
+from devstack.stack import ROOT, Invocation, LocalStack
+from shared.enqueue import enqueue_campaign
+from shared.events import EnqueueRequest
+from shared.queue import QueueRepository
+from shared.reconcile import campaign_stats
+
+pytestmark = pytest.mark.chaos
+DISPATCH = ROOT / "events" / "dispatcher-scheduled.json"
+SWEEP = ROOT / "events" / "sweeper-scheduled.json"
+TIMEOUT = 30
+PERMANENT = [f"1555{i:07d}" for i in range(0, 2000, 100)]  # 20 recipients the provider refuses
+DROPPED = [f"psid-{i}" for i in range(5, 1500, 150)]  # 10 accepted, then the connection drops
+
+
+@pytest.fixture
+def stack(pg_server: Any) -> Iterator[LocalStack]:
+    overrides = {
+        "dispatcher_timeout_seconds": TIMEOUT,
+        "lease_margin_seconds": 5,
+        "provider_connect_timeout_seconds": 2.0,
+        "provider_read_timeout_seconds": 2.0,
+        "sweeper_timeout_seconds": 10,
+        "retry_base_seconds": 0.5,
+        "retry_cap_seconds": 2.0,
+        "send_concurrency": 6,
+    }
+    with LocalStack(database_url=pg_server.admin_url, settings_overrides=overrides) as running:
+        yield running
+
+
+def enqueue(stack: LocalStack, channel: str, addresses: list[str]) -> uuid.UUID:
+    campaign = uuid.uuid4()
+    enqueue_campaign(
+        stack.db,
+        EnqueueRequest.model_validate(
+            {
+                "source": "sendonce.manual",
+                "campaign_id": str(campaign),
+                "campaign_name": f"race {channel}",
+                "channel": channel,
+                "sender_provider_id": f"{channel}-sender",
+                "contacts": [{"address": a} for a in addresses],
+                "steps": [{"message_type": "intro", "body": f"hello from {channel}"}],
+            }
+        ),
+    )
+    return campaign
+
+
+def unsettled(stack: LocalStack) -> int:
+    counts = QueueRepository(stack.db).status_counts()
+    return sum(counts.get(s, 0) for s in ("pending", "claimed", "sending"))
+
+
+def test_sweepers_racing_dispatchers_over_5000_rows_leave_no_duplicate_and_no_row_behind(
+    stack: LocalStack,
+) -> None:
+    campaigns = [
+        enqueue(stack, "whatsapp", [f"1555{i:07d}" for i in range(2500)]),
+        enqueue(stack, "messenger", [f"psid-{i}" for i in range(1500)]),
+        enqueue(stack, "linkedin", [f"ACoAA{i:06d}" for i in range(1000)]),
+    ]
+    stack.provider.set_faults(
+        {
+            "seed": 7,
+            "latency_ms": 1,
+            "rules": [
+                {"action": "permanent", "match": {"recipient": PERMANENT}},
+                {"action": "accept_then_drop", "match": {"recipient": DROPPED}},
+                {"action": "rate_limit", "probability": 0.05, "retry_after_seconds": None},
+                {"action": "server_error", "probability": 0.002},
+            ],
+        }
+    )
+
+    running: list[Invocation] = []
+    killed = 0
+    started = time.monotonic()
+    tick = 0
+    while unsettled(stack) and time.monotonic() - started < 420:
+        running = [inv for inv in running if inv.process.poll() is None]
+        dispatchers = [inv for inv in running if "dispatch" in inv.stdout_path.name]
+        if len(dispatchers) < 4:
+            running.append(stack.spawn("dispatcher", DISPATCH, timeout_seconds=TIMEOUT, log_name="dispatch"))
+        if tick % 4 == 0:
+            running.append(stack.spawn("sweeper", SWEEP, timeout_seconds=10, log_name="sweep"))
+        if tick in (6, 14) and dispatchers:  # a crashed invocation, twice: SIGKILL mid-batch
+            os.kill(dispatchers[0].pid, signal.SIGKILL)
+            killed += 1
+        tick += 1
+        time.sleep(1.0)
+    for inv in running:
+        inv.process.wait(timeout=120)
+    stack.spawn("sweeper", SWEEP, timeout_seconds=10).finish()  # publish the last dead letters
+    assert killed == 2
+    assert unsettled(stack) == 0, QueueRepository(stack.db).status_counts()
+
+    # 1. No duplicate reached the provider.
+    ledger = stack.provider.ledger()
+    copies = Counter((m["channel"], m["recipient"], m["text"]) for m in ledger)
+    assert max(copies.values()) == 1
+
+    # 2. Every row ended truthfully: sent rows are exactly what the provider holds for them,
+    #    and whatever else the provider accepted is an `unknown` row, never failed or lost.
+    rows = stack.db.fetch_all(
+        "SELECT q.status::text AS status, q.provider_message_id, c.address FROM send_queue q "
+        "JOIN contacts c ON c.id = q.contact_id"
+    )
+    statuses = Counter(r["status"] for r in rows)
+    assert set(statuses) <= {"sent", "failed", "unknown"}
+    assert sum(statuses.values()) == 5000
+    accepted_ids = {m["provider_message_id"] for m in ledger}
+    sent_ids = {r["provider_message_id"] for r in rows if r["status"] == "sent"}
+    assert sent_ids <= accepted_ids
+    accepted_recipients = {m["recipient"] for m in ledger}
+    unaccounted = {m["recipient"] for m in ledger if m["provider_message_id"] not in sent_ids}
+    unknown_recipients = {r["address"] for r in rows if r["status"] == "unknown"}
+    assert unaccounted <= unknown_recipients
+    failed_recipients = {r["address"] for r in rows if r["status"] == "failed"}
+    assert not failed_recipients & accepted_recipients, "a failed row was in fact delivered"
+    assert set(PERMANENT) <= failed_recipients
+    assert set(DROPPED) <= unknown_recipients
+
+    # 3. Every failed row produced exactly one dead-letter record.
+    sqs = aws_client("sqs", stack.moto.endpoint)
+    assert stack.aws is not None
+    records: list[dict[str, Any]] = []
+    while batch := sqs.receive_message(
+        QueueUrl=stack.aws.failed_messages_queue_url, MaxNumberOfMessages=10
+    ).get("Messages"):
+        records += [json.loads(m["Body"]) for m in batch]
+        sqs.delete_message_batch(
+            QueueUrl=stack.aws.failed_messages_queue_url,
+            Entries=[{"Id": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"]} for m in batch],
+        )
+    assert sorted(r["recipient"] for r in records) == sorted(failed_recipients)
+
+    # 4. Statistics equal a recount of raw rows and of the provider's own ledger.
+    stats = {s["campaign_id"]: s for s in campaign_stats(stack.db)}
+    assert set(stats) == set(campaigns)
+    assert sum(s["total"] for s in stats.values()) == 5000
+    assert sum(s["sent"] for s in stats.values()) == statuses["sent"] == len(sent_ids)
+    assert sum(s["failed"] for s in stats.values()) == statuses["failed"]
+    assert sum(s["unknown"] for s in stats.values()) == statuses["unknown"]
+    assert sum(s["pending"] + s["in_flight"] for s in stats.values()) == 0
