@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with console.status("starting Postgres, moto and the fake provider on 127.0.0.1") as status:
-        stack = LocalStack(durable_postgres=True, workdir=args.keep).start()
+        stack = LocalStack(durable_postgres=True, workdir=args.keep, migrate=False).start()
     try:
         console.print(f"[bold]local stack[/] postgres={stack.db_url}")
         console.print(f"moto={stack.moto.endpoint}  fake provider={stack.fake.url}")
@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             racing = [stack.spawn("enqueue", campaign, log_name="enqueue") for _ in range(2)]
             reports = [r.finish() for r in racing]
             console.print(
-                f"enqueue {campaign['campaign_name']!s:<16} received={reports[0]['contacts_received']:>4} "
-                f"duplicates dropped={reports[0]['duplicate_contacts_dropped']:>3} "
-                f"rows created={sum(r['rows_enqueued'] for r in reports):>4} (by 2 racing enqueues)"
+                f"enqueue {campaign['channel']!s:<9} contacts={reports[0]['contacts_received']:>3} "
+                f"duplicates={reports[0]['duplicate_contacts_dropped']:>3} "
+                f"rows={sum(r['rows_enqueued'] for r in reports):>4} (2 racing enqueues)"
             )
 
         # One recipient the provider refuses, one whose request is accepted but never answered.
@@ -173,7 +173,10 @@ def _report(stack: LocalStack, results: list[dict[str, object]], elapsed: float)
         "queue: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) + f"   ({elapsed:.1f}s)"
     )
     for row in queue.problem_rows():
-        console.print(f"  [yellow]{row['status']}[/] {row['recipient']}: {row['failure_reason']}")
+        console.print(
+            f"  [yellow]{row['status']}[/] {row['channel']} {row['recipient']} {row['message_type']}: "
+            f"{row['failure_reason']}"
+        )
 
     per_recipient = Counter((m["channel"], m["recipient"]) for m in stack.provider.ledger())
     per_message = Counter((m["channel"], m["recipient"], m["text"]) for m in stack.provider.ledger())

@@ -39,12 +39,14 @@ class LocalStack:
         durable_postgres: bool = False,
         workdir: Path | None = None,
         settings_overrides: dict[str, Any] | None = None,
+        migrate: bool = True,
     ) -> None:
         self._external_db = database_url or os.environ.get("DATABASE_URL")
         self._durable = durable_postgres
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="sendonce-stack-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._overrides = settings_overrides or {}
+        self._migrate = migrate
         self._stack = ExitStack()
         self.postgres: EmbeddedPostgres | None = None
         self.moto = MotoServer(log_path=self.workdir / "moto.log")
@@ -69,7 +71,8 @@ class LocalStack:
             self.settings = make_settings(self.db_url, self.aws, self.fake.url, **self._overrides)
             self.database = Database(self.db_url, max_size=4)
             self._stack.callback(self.database.close)
-            migrate(self.database)
+            if self._migrate:
+                migrate(self.database)
         except BaseException:
             self._stack.close()
             raise
