@@ -154,28 +154,11 @@ def _deliver(
     queue = deps.queue
     paused_until = paused.until(message.sender_account_id)
     if paused_until is not None:
-        with tally.timed(Stage.POSTGRES):
-            queue.settle_pending(
-                message,
-                delay_seconds=max(0.0, (paused_until - datetime.now(UTC)).total_seconds()),
-                outcome=None,
-                expected=QueueStatus.CLAIMED,
-                refund_attempt=True,
-                last_error="released unsent: sender paused earlier in this invocation",
-            )
-        tally.add(Metric.RELEASED_UNSENT)
+        delay = max(0.0, (paused_until - datetime.now(UTC)).total_seconds())
+        _release_unsent(queue, message, tally, delay, "sender paused earlier in this invocation")
         return None
     if remaining.get_remaining_time_in_millis() < settings.stop_claiming_margin_ms:
-        with tally.timed(Stage.POSTGRES):
-            queue.settle_pending(
-                message,
-                delay_seconds=0,
-                outcome=None,
-                expected=QueueStatus.CLAIMED,
-                refund_attempt=True,
-                last_error="released unsent: invocation out of time",
-            )
-        tally.add(Metric.RELEASED_UNSENT)
+        _release_unsent(queue, message, tally, 0.0, "invocation out of time")
         return None
 
     with tally.timed(Stage.POSTGRES):
@@ -240,6 +223,22 @@ def _deliver(
     if result.outcome.kind is OutcomeKind.SENDER_BLOCKED:
         paused.pause(message.sender_account_id, _pause_end(result.outcome))
     return None
+
+
+def _release_unsent(
+    queue: QueueRepository, message: ClaimedMessage, tally: Tally, delay: float, why: str
+) -> None:
+    """A claimed row this invocation will not offer to a provider goes straight back."""
+    with tally.timed(Stage.POSTGRES):
+        queue.settle_pending(
+            message,
+            delay_seconds=delay,
+            outcome=None,
+            expected=QueueStatus.CLAIMED,
+            refund_attempt=True,
+            last_error=f"released unsent: {why}",
+        )
+    tally.add(Metric.RELEASED_UNSENT)
 
 
 def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, tally: Tally) -> None:

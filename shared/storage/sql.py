@@ -68,6 +68,16 @@ RETURNING q.id AS queue_id, q.idempotency_key, q.attempts, q.max_attempts, q.mes
 
 # --- transitions owned by the claimant -------------------------------------------------------
 
+# Closes a statement whose open first CTE is `settled`: every provider call is recorded, even
+# when the CAS finds the row taken over, because the call happened.
+_RECORD_ATTEMPT: LiteralString = """), attempt AS (
+    INSERT INTO send_attempts (queue_id, attempt, claim_token, outcome, reason, detail, http_status)
+    SELECT %(queue_id)s, %(attempt)s, %(claim_token)s, %(outcome)s, %(reason)s, %(detail)s, %(http_status)s
+    WHERE %(record_attempt)s
+)
+SELECT count(*) AS settled FROM settled
+"""
+
 # The recovery point: committed before the idempotency record is written and before any
 # provider call, so the sweeper knows a `claimed` row was never offered to a provider.
 MARK_SENDING: LiteralString = """
@@ -103,7 +113,8 @@ SELECT count(*) AS settled FROM ledger
 """
 
 # Back to pending: only for outcomes that prove the provider did not send.
-SETTLE_PENDING: LiteralString = """
+SETTLE_PENDING: LiteralString = (
+    """
 WITH settled AS (
     UPDATE send_queue
     SET status = 'pending', scheduled_for = now() + make_interval(secs => %(delay_seconds)s),
@@ -112,15 +123,12 @@ WITH settled AS (
     WHERE id = %(queue_id)s AND status = %(expected_status)s::queue_status
       AND claim_token = %(claim_token)s
     RETURNING id
-), attempt AS (
-    INSERT INTO send_attempts (queue_id, attempt, claim_token, outcome, reason, detail, http_status)
-    SELECT %(queue_id)s, %(attempt)s, %(claim_token)s, %(outcome)s, %(reason)s, %(detail)s, %(http_status)s
-    WHERE %(record_attempt)s
-)
-SELECT count(*) AS settled FROM settled
 """
+    + _RECORD_ATTEMPT
+)
 
-SETTLE_TERMINAL: LiteralString = """
+SETTLE_TERMINAL: LiteralString = (
+    """
 WITH settled AS (
     UPDATE send_queue
     SET status = %(new_status)s::queue_status, failure_reason = %(failure_reason)s,
@@ -128,13 +136,9 @@ WITH settled AS (
     WHERE id = %(queue_id)s AND status = %(expected_status)s::queue_status
       AND claim_token = %(claim_token)s
     RETURNING id
-), attempt AS (
-    INSERT INTO send_attempts (queue_id, attempt, claim_token, outcome, reason, detail, http_status)
-    SELECT %(queue_id)s, %(attempt)s, %(claim_token)s, %(outcome)s, %(reason)s, %(detail)s, %(http_status)s
-    WHERE %(record_attempt)s
-)
-SELECT count(*) AS settled FROM settled
 """
+    + _RECORD_ATTEMPT
+)
 
 PAUSE_SENDER: LiteralString = """
 UPDATE sender_accounts
