@@ -163,6 +163,15 @@ class Invocation:
             self.process.kill()
             self.process.wait(timeout=30)
 
+    def error(self) -> dict[str, Any]:
+        """The failed invocation's error record (errorType, errorMessage), as the Lambda
+        runtime would report it. Background threads may log after it, so search for it."""
+        for line in reversed(self.stderr_path.read_text(errors="replace").splitlines()):
+            if line.startswith("{") and '"errorType"' in line:
+                record: dict[str, Any] = json.loads(line)
+                return record
+        raise LookupError(f"no error record in {self.stderr_path}")
+
     def finish(self, timeout: float = 300) -> dict[str, Any]:
         """Wait, then return the handler's result; raise with its stderr if it failed."""
         try:

@@ -6,7 +6,6 @@ Webhook samples are covered the same way in test_webhooks.py.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,7 +79,7 @@ def test_malformed_events_fail_clearly_and_change_nothing(stack: LocalStack, eve
     invocation = stack.spawn(event.stem.split("-")[0], event)
     with pytest.raises(RuntimeError) as failed:
         invocation.finish()
-    error = json.loads(invocation.stderr_path.read_text().strip().splitlines()[-1])
+    error = invocation.error()
     assert error["errorType"] == "InvalidEventError"
     assert error["errorMessage"].startswith("invalid ")
     assert "problems)" in error["errorMessage"]
@@ -95,7 +94,7 @@ def test_handler_with_the_database_down_fails_fast_and_clearly(stack: LocalStack
     invocation = stack.spawn("dispatcher", EVENTS / "dispatcher-scheduled.json", env=env)
     with pytest.raises(RuntimeError):
         invocation.finish(timeout=60)
-    error = json.loads(invocation.stderr_path.read_text().strip().splitlines()[-1])
+    error = invocation.error()
     assert error["errorType"] == "DatabaseUnavailableError"
     assert "127.0.0.1:1/nowhere is unreachable" in error["errorMessage"]
 
