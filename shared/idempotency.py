@@ -103,6 +103,10 @@ class SendGuard:
             raise_on_no_idempotency_key=True,
             use_local_cache=False,
         )
+        # Configure once, before any thread uses the layer. Powertools' configure() marks the
+        # layer configured before it copies the settings, so threads racing a first call could
+        # save records with default expiry or key expression.
+        self._persistence.configure(config=self._config, key_prefix=KEY_PREFIX)
 
     @classmethod
     def for_table(cls, table_name: str, dedupe_window_seconds: int, boto3_client: Any = None) -> SendGuard:
@@ -117,9 +121,11 @@ class SendGuard:
 
         def run(record: dict[str, str]) -> dict[str, Any]:
             try:
-                outcome: SendOutcome = send()
+                # Validated here: anything but a SendOutcome (an adapter bug) must not raise
+                # below, where Powertools would delete the record of a call that happened.
+                outcome = SendOutcome.model_validate(send())
             except Exception as exc:  # an adapter bug after the request may have gone out
-                outcome = SendOutcome.ambiguous("adapter:unexpected_error", repr(exc))
+                outcome = SendOutcome.ambiguous("adapter:unexpected_error", repr(exc)[:500])
             called.append(outcome)
             if outcome.provably_not_sent:
                 raise _ProvablyNotSentError(outcome)
@@ -148,9 +154,6 @@ class SendGuard:
     def lookup(self, idempotency_key: str) -> RecordLookup:
         """Read the record for a key (the sweeper's view). Raises on store errors, so a
         sweeper that cannot read never concludes 'absent'."""
-        # configure() is idempotent and sets the same prefix every time, so concurrent calls
-        # from the dispatcher's threads cannot disagree about the key.
-        self._persistence.configure(config=self._config, key_prefix=KEY_PREFIX)
         try:
             record: DataRecord | None = self._persistence.get_record(data={_KEY_FIELD: idempotency_key})
         except IdempotencyItemNotFoundError:
@@ -168,5 +171,4 @@ class SendGuard:
         """Delete a key's record, so the next attempt may call the provider again. Only an
         explicit resend decision (an operator, or a channel whose policy is ``resend``) does
         this: it is the one way to accept the risk of a second delivery."""
-        self._persistence.configure(config=self._config, key_prefix=KEY_PREFIX)
         self._persistence.delete_record(data={_KEY_FIELD: idempotency_key}, exception=RuntimeError("resend"))

@@ -363,8 +363,8 @@ class GraphAdapter(HttpAdapter):
     5. 4xx with an unknown code: permanent, reason ``<provider>:<code>``. A Graph 4xx means
        the request was rejected, not processed, so it is provably not sent; the code is
        recorded so an operator can redrive once the table learns it.
-    6. 4xx without a Graph error: 401/403 pause the sender (credentials), 408 retries (the
-       server timed out reading the request), anything else is permanent.
+    6. 4xx without a Graph error: 401/403 pause the sender (credentials), 429 retries, 408 is
+       ambiguous (the server gave up mid-request), anything else is permanent.
     """
 
     error_rules: ClassVar[Mapping[int, Rule]]
@@ -432,7 +432,11 @@ class GraphAdapter(HttpAdapter):
             return Verdict(rule, reason, error.detail, status, wait)
         detail = error.detail if error is not None else truncate(response.text)
         reason = f"{self.provider}:http_{status}"
-        if status == 429 or status == 408:
+        if status == 408:
+            # The server gave up on a request it may have partly read or even acted on: no
+            # proof of non-delivery, the same call Unipile's 408 gets.
+            return Verdict(AMBIGUOUS, reason, detail, status)
+        if status == 429:
             return Verdict(RETRY, reason, detail, status, wait)
         if status in (401, 403):
             return Verdict(blocked("credentials"), reason, detail, status)

@@ -204,7 +204,7 @@ def test_retry_after_wins_over_the_default_hint() -> None:
 
 @pytest.mark.parametrize(
     ("status", "kind"),
-    [(400, P), (404, P), (401, B), (403, B), (408, R), (429, R)],
+    [(400, P), (404, P), (401, B), (403, B), (408, A), (429, R)],
 )
 def test_graph_4xx_without_an_error_body(status: int, kind: OutcomeKind) -> None:
     outcome = send_with(Channel.WHATSAPP, status, "not json")
