@@ -38,6 +38,14 @@ class Settings(BaseSettings):
 
     # --- DynamoDB idempotency store ----------------------------------------------------------
     idempotency_table: str = Field(default="sendonce-idempotency", min_length=3)
+    dynamodb_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=10)
+    dynamodb_read_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+    dynamodb_max_attempts: int = Field(default=3, ge=1, le=10, description="botocore standard-mode attempts")
+    powertools_idempotency_disabled: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("POWERTOOLS_IDEMPOTENCY_DISABLED"),
+        description="Powertools' own switch that bypasses the gate; refused, never honoured.",
+    )
     dedupe_window_seconds: int = Field(
         default=7 * 24 * 3600,
         ge=3600,
@@ -85,12 +93,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_timing(self) -> Settings:
+        if self.powertools_idempotency_disabled:
+            raise ValueError(
+                "POWERTOOLS_IDEMPOTENCY_DISABLED is set: it would bypass the gate that prevents "
+                "duplicate sends; unset it"
+            )
         if self.retry_cap_seconds < self.retry_base_seconds:
             raise ValueError("retry_cap_seconds must be >= retry_base_seconds")
-        if self.provider_call_budget_seconds * 2 >= self.dispatcher_timeout_seconds:
+        if self.stop_claiming_margin_ms * 2 >= self.dispatcher_timeout_seconds * 1000:
             raise ValueError(
-                "dispatcher_timeout_seconds must be more than twice the provider call budget "
-                f"({self.provider_call_budget_seconds:.1f}s), or invocations cannot finish a send"
+                "dispatcher_timeout_seconds must be more than twice the stop-claiming margin "
+                f"({self.stop_claiming_margin_ms / 1000:.1f}s: provider call budget plus two DynamoDB "
+                "call budgets plus 5s), or invocations cannot finish a send"
             )
         return self
 
@@ -100,6 +114,13 @@ class Settings(BaseSettings):
         return self.provider_connect_timeout_seconds * 2 + self.provider_read_timeout_seconds * 2
 
     @property
+    def dynamodb_call_budget_seconds(self) -> float:
+        """Worst case of one DynamoDB call with its retries."""
+        return (
+            self.dynamodb_connect_timeout_seconds + self.dynamodb_read_timeout_seconds
+        ) * self.dynamodb_max_attempts
+
+    @property
     def lease_seconds(self) -> int:
         """A claim outlives the invocation that made it: Lambda kills the invocation at its
         timeout, so once the lease has expired the claimant is provably dead."""
@@ -107,9 +128,11 @@ class Settings(BaseSettings):
 
     @property
     def stop_claiming_margin_ms(self) -> int:
-        """An invocation stops claiming when less than this is left, so every send it starts
-        finishes (or times out at the provider) before Lambda's deadline."""
-        return int((self.provider_call_budget_seconds + 5) * 1000)
+        """An invocation stops claiming (and releases claimed rows unsent) when less than this is
+        left, so every send it starts, with both of its DynamoDB writes, finishes or times out
+        before Lambda's deadline."""
+        # The provider call sits between two DynamoDB calls (INPROGRESS, then COMPLETED).
+        return int((self.provider_call_budget_seconds + 2 * self.dynamodb_call_budget_seconds + 5) * 1000)
 
     @property
     def unknown_policies(self) -> dict[str, UnknownPolicy]:

@@ -31,7 +31,6 @@ from shared.idempotency import GuardResult, GuardVerdict, SendGuard
 from shared.observability import Metric, Stage, Tally, logger
 from shared.providers.outcome import Channel, OutcomeKind, ProviderAdapter, SendOutcome
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus, RetryPolicy
-from shared.storage.db import DatabaseUnavailableError
 
 
 class RemainingTime(Protocol):
@@ -136,10 +135,12 @@ def _deliver_safely(
         return _deliver(deps, message, remaining, tally, paused)
     except _StoreUnavailable as exc:
         return exc
-    except DatabaseUnavailableError:
-        # The row keeps its state; the sweeper settles it from the lease and DynamoDB record.
+    except Exception:
+        # Postgres down, a provider id already in the ledger, a corrupt idempotency record:
+        # the row keeps its state and the sweeper settles it from its lease and record. One
+        # bad row never takes the rest of the batch down with it.
         tally.add(Metric.SETTLE_ERRORS)
-        logger.exception("postgres failed mid-delivery", extra=_keys(message))
+        logger.exception("delivery not settled; left to the sweeper", extra=_keys(message))
         return None
 
 

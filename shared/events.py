@@ -73,6 +73,15 @@ class EnqueueRequest(_Strict):
     contacts: list[EnqueueContact] = Field(min_length=1, max_length=50_000)
     steps: list[EnqueueStep] = Field(min_length=1, max_length=20)
 
+    @field_validator("steps")
+    @classmethod
+    def _unique_steps(cls, steps: list[EnqueueStep]) -> list[EnqueueStep]:
+        types = [s.message_type for s in steps]
+        repeated = sorted({t for t in types if types.count(t) > 1})
+        if repeated:
+            raise ValueError(f"message_type must be unique per request; repeated: {', '.join(repeated)}")
+        return steps
+
 
 class InvalidEventError(ValueError):
     """The event does not match its model. Raised before any I/O, so nothing changed."""

@@ -84,8 +84,9 @@ class RetryPolicy:
     ) -> float:
         exponential = min(self.cap_seconds, self.base_seconds * 2.0 ** max(0, attempts - 1))
         jittered = exponential / 2 + (rng or random).uniform(0, exponential / 2)
-        # A provider's own Retry-After is a floor: sooner would just be throttled again.
-        return float(min(self.cap_seconds, max(jittered, provider_hint_seconds or 0.0)))
+        # A provider's own Retry-After is a floor, even above our cap: sooner would just be
+        # throttled again.
+        return float(max(min(self.cap_seconds, jittered), provider_hint_seconds or 0.0))
 
 
 class QueueRepository:

@@ -23,13 +23,12 @@ from enum import StrEnum
 from typing import Any, Protocol
 from uuid import UUID
 
-import psycopg
 from pydantic import BaseModel
 
 from shared.config import Settings
 from shared.idempotency import RecordState, SendGuard
 from shared.observability import logger
-from shared.providers.outcome import Channel, OutboundMessage, SendOutcome
+from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind, SendOutcome
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
 from shared.storage import sql
 from shared.storage.db import Database
@@ -87,52 +86,81 @@ def reconcile_unknown(deps: ReconcileDeps, now: datetime | None = None) -> Recon
     db = deps.queue.db
     for row in db.fetch_all(sql.UNKNOWN_BATCH, {"limit": deps.settings.sweep_batch_size}):
         unknown_since: datetime = row.pop("unknown_since")
+        started: datetime | None = row.pop("sending_started_at")
         message = ClaimedMessage.model_validate(row)
         try:
-            evidence, source = _find_evidence(deps, message)
-            if evidence is not None:
-                if deps.queue.settle_sent(
-                    message,
-                    evidence,
-                    expected=QueueStatus.UNKNOWN,
-                    recovered_from=source,
-                    record_attempt=False,
-                ):
-                    report.resolved_sent += 1
-                    record_decision(
-                        db,
-                        message.queue_id,
-                        QueueStatus.UNKNOWN,
-                        QueueStatus.SENT,
-                        "reconciler",
-                        f"evidence from {source}",
-                        {"provider_message_id": evidence.provider_message_id},
-                    )
-                continue
-            if now - unknown_since < grace:
-                report.waiting += 1
-                continue
-            if deps.settings.unknown_policies[message.channel.value] == "resend":
-                if requeue(
-                    deps.queue,
-                    deps.guard,
-                    message,
-                    QueueStatus.UNKNOWN,
-                    "reconciler",
-                    "no evidence within the grace period; channel policy is resend",
-                ):
-                    report.resent += 1
-                continue
-            report.held += 1
-        except (psycopg.Error, OSError):
+            _reconcile_one(deps, message, unknown_since, started or unknown_since, now, grace, report)
+        except Exception:
+            # One bad row (a corrupt record, a provider id claimed by another row) must not
+            # stop the rest of the sweep.
             report.errors += 1
             logger.exception("reconciliation of an unknown row failed", extra={"queue_id": message.queue_id})
+        finally:
+            with db.connection() as conn:
+                conn.execute(sql.MARK_RECONCILED, {"queue_id": message.queue_id})
     return report
 
 
-def _find_evidence(deps: ReconcileDeps, message: ClaimedMessage) -> tuple[SendOutcome | None, str]:
+def _reconcile_one(
+    deps: ReconcileDeps,
+    message: ClaimedMessage,
+    unknown_since: datetime,
+    sending_started_at: datetime,
+    now: datetime,
+    grace: timedelta,
+    report: ReconcileReport,
+) -> None:
+    db = deps.queue.db
+    evidence, source = _find_evidence(deps, message, sending_started_at)
+    if evidence is not None:
+        if deps.queue.settle_sent(
+            message, evidence, expected=QueueStatus.UNKNOWN, recovered_from=source, record_attempt=False
+        ):
+            report.resolved_sent += 1
+            record_decision(
+                db,
+                message.queue_id,
+                QueueStatus.UNKNOWN,
+                QueueStatus.SENT,
+                "reconciler",
+                f"evidence from {source}",
+                {"provider_message_id": evidence.provider_message_id},
+            )
+        return
+    if now - unknown_since < grace:
+        report.waiting += 1
+        return
+    resend = deps.settings.unknown_policies[message.channel.value] == "resend"
+    # Resends count as attempts: max_attempts bounds how many copies a policy may risk.
+    if (
+        resend
+        and message.attempts < message.max_attempts
+        and requeue(
+            deps.queue,
+            deps.guard,
+            message.queue_id,
+            message.claim_token,
+            message.idempotency_key,
+            QueueStatus.UNKNOWN,
+            "reconciler",
+            "no evidence within the grace period; channel policy is resend",
+        )
+    ):
+        report.resent += 1
+        return
+    report.held += 1
+
+
+def _find_evidence(
+    deps: ReconcileDeps, message: ClaimedMessage, sending_started_at: datetime
+) -> tuple[SendOutcome | None, str]:
+    # The call outlived the row's lease and completed later: the record has the proof.
+    record = deps.guard.lookup(message.idempotency_key)
+    if record.state is RecordState.COMPLETED and record.outcome and record.outcome.kind is OutcomeKind.SENT:
+        return record.outcome, "idempotency_record"
     db = deps.queue.db
     params = {
+        "sending_started_at": sending_started_at,
         "channel": message.channel.value,
         "idempotency_key": message.idempotency_key,
         "recipient": message.recipient,
@@ -158,33 +186,53 @@ def _find_evidence(deps: ReconcileDeps, message: ClaimedMessage) -> tuple[SendOu
 def requeue(
     queue: QueueRepository,
     guard: SendGuard,
-    message: ClaimedMessage | None,
+    queue_id: int,
+    claim_token: UUID | None,
+    idempotency_key: str,
     source: QueueStatus,
     decided_by: str,
     reason: str,
-    *,
-    queue_id: int | None = None,
-    claim_token: UUID | None = None,
-    idempotency_key: str | None = None,
 ) -> bool:
-    """Back to ``pending`` with a clean slate. For ``unknown`` rows this deliberately accepts
-    the risk of a second delivery, so the idempotency record is forgotten first."""
-    key = message.idempotency_key if message else idempotency_key
-    assert key is not None
-    if source is QueueStatus.UNKNOWN:
-        guard.forget(key)
-    row = queue.db.fetch_one(
-        sql.REQUEUE,
-        {
-            "queue_id": message.queue_id if message else queue_id,
-            "claim_token": message.claim_token if message else claim_token,
-            "expected_status": source.value,
-            "last_error": f"requeued by {decided_by}: {reason}",
-        },
-    )
-    if row is None:
-        return False
-    record_decision(queue.db, int(row["id"]), source, QueueStatus.PENDING, decided_by, reason)
+    """Back to ``pending``, inside one transaction that holds the row: nothing can claim or
+    change it between the check, the forgetting of its record and the update.
+
+    For an ``unknown`` row this deliberately accepts the risk of a second delivery, so its
+    idempotency record is forgotten, unless that record proves the message was sent.
+    """
+    params = {"queue_id": queue_id, "claim_token": claim_token, "expected_status": source.value}
+    with queue.db.connection() as conn, conn.transaction():
+        if conn.execute(sql.LOCK_FOR_DECISION, params).fetchone() is None:
+            return False
+        if source is QueueStatus.UNKNOWN:
+            record = guard.lookup(idempotency_key)
+            if (
+                record.state is RecordState.COMPLETED
+                and record.outcome
+                and record.outcome.kind is OutcomeKind.SENT
+            ):
+                raise DecisionError(
+                    f"row {queue_id} has an idempotency record proving it was sent; not requeued"
+                )
+            guard.forget(idempotency_key)
+        conn.execute(
+            sql.REQUEUE,
+            {
+                **params,
+                "reset_attempts": source is QueueStatus.FAILED,
+                "last_error": f"requeued by {decided_by}: {reason}",
+            },
+        )
+        conn.execute(
+            sql.RECORD_DECISION,
+            {
+                "queue_id": queue_id,
+                "from_status": source.value,
+                "to_status": QueueStatus.PENDING.value,
+                "decided_by": decided_by,
+                "reason": reason,
+                "evidence": None,
+            },
+        )
     return True
 
 
@@ -246,7 +294,16 @@ def resolve(
             raise DecisionError(f"row {queue_id} changed while deciding; look again")
         record_decision(deps.queue.db, queue_id, QueueStatus.UNKNOWN, QueueStatus.FAILED, who, reason)
         return QueueStatus.FAILED.value
-    if not requeue(deps.queue, deps.guard, message, QueueStatus.UNKNOWN, who, reason):
+    if not requeue(
+        deps.queue,
+        deps.guard,
+        queue_id,
+        message.claim_token,
+        message.idempotency_key,
+        QueueStatus.UNKNOWN,
+        who,
+        reason,
+    ):
         raise DecisionError(f"row {queue_id} changed while deciding; look again")
     return QueueStatus.PENDING.value
 
@@ -279,6 +336,9 @@ def redrive(
         if row["has_ledger_row"]:
             report.skipped[queue_id] = "the ledger shows it was sent"
             continue
+        if row["maybe_delivered"]:
+            report.skipped[queue_id] = "it may have been delivered (an ambiguous attempt or a past unknown)"
+            continue
         record = deps.guard.lookup(row["idempotency_key"])
         if record.state is not RecordState.ABSENT:
             report.skipped[queue_id] = f"idempotency record is {record.state.value}"
@@ -286,13 +346,12 @@ def redrive(
         if requeue(
             deps.queue,
             deps.guard,
-            None,
+            queue_id,
+            row["claim_token"],
+            row["idempotency_key"],
             QueueStatus.FAILED,
             f"operator:{operator}",
             "redrive after the cause was fixed",
-            queue_id=queue_id,
-            claim_token=row["claim_token"],
-            idempotency_key=row["idempotency_key"],
         ):
             report.requeued.append(queue_id)
     return report
@@ -333,7 +392,10 @@ def audit(
 def detect_duplicates(db: Database, lookback_seconds: int = 24 * 3600) -> list[dict[str, Any]]:
     """Recipients who appear to have received a message twice: one idempotency key with two
     provider ids in webhooks, or the same text to the same recipient within an hour."""
-    by_key = [{"kind": "same_key", **dict(r)} for r in db.fetch_all(sql.DUPLICATES_BY_KEY)]
+    by_key = [
+        {"kind": "same_key", **dict(r)}
+        for r in db.fetch_all(sql.DUPLICATES_BY_KEY, {"lookback_seconds": lookback_seconds})
+    ]
     by_text = [
         {"kind": "same_text_within_1h", **dict(r)}
         for r in db.fetch_all(sql.DUPLICATES_BY_TEXT, {"lookback_seconds": lookback_seconds})

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import boto3
 from aws_lambda_powertools.utilities import parameters
+from botocore.config import Config as BotoConfig
 
 from shared.config import Settings, load_settings
 from shared.dispatch import DispatchDeps
@@ -57,9 +58,17 @@ def build_database(config: Settings) -> Database:
 
 
 def build_guard(config: Settings) -> SendGuard:
-    return SendGuard.for_table(
-        config.idempotency_table, config.dedupe_window_seconds, boto3_client=boto3.client("dynamodb")
+    # Explicit, short timeouts with bounded standard-mode retries: the defaults (60 s reads,
+    # legacy retries) could spend a whole invocation on one write; the total is in the budget.
+    client = boto3.client(
+        "dynamodb",
+        config=BotoConfig(
+            connect_timeout=config.dynamodb_connect_timeout_seconds,
+            read_timeout=config.dynamodb_read_timeout_seconds,
+            retries={"mode": "standard", "max_attempts": config.dynamodb_max_attempts},
+        ),
     )
+    return SendGuard.for_table(config.idempotency_table, config.dedupe_window_seconds, boto3_client=client)
 
 
 def build_dispatch_deps(config: Settings, db: Database) -> DispatchDeps:

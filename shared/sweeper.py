@@ -36,7 +36,7 @@ from shared.idempotency import RecordState, SendGuard
 from shared.observability import Metric, emit_values, logger
 from shared.providers.outcome import Channel, OutcomeKind
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
-from shared.reconcile import ReadBack, ReconcileDeps, detect_duplicates, reconcile_unknown
+from shared.reconcile import ReadBack, ReconcileDeps, detect_duplicates, reconcile_unknown, record_decision
 from shared.storage import sql
 from shared.webhooks import ProviderEventStore
 
@@ -135,71 +135,62 @@ def _settle_expired_sending(deps: SweepDeps, report: SweepReport) -> None:
         started: datetime | None = row.pop("sending_started_at")
         message = ClaimedMessage.model_validate(row)
         try:
-            record = deps.guard.lookup(message.idempotency_key)
+            _settle_expired_send(deps, message, started, window, report)
         except Exception:
-            # No reading, no conclusion: the row waits for the next sweep.
+            # No reading, no conclusion; and one bad row must not stop the sweep. The row
+            # waits for the next run.
             report.lookup_errors += 1
-            logger.exception(
-                "idempotency lookup failed; row left as is", extra={"queue_id": message.queue_id}
-            )
-            continue
-        outcome = record.outcome
-        if record.state is RecordState.COMPLETED and outcome and outcome.kind is OutcomeKind.SENT:
-            if deps.queue.settle_sent(
-                message, outcome, recovered_from="idempotency_record", record_attempt=True
-            ):
-                report.recovered_sent += 1
-                _decide(
-                    deps,
-                    message,
-                    QueueStatus.SENT,
-                    "idempotency record COMPLETED with a provider id",
-                    {"provider_message_id": outcome.provider_message_id},
-                )
-            continue
-        window_passed = started is not None and datetime.now(UTC) - started > window
-        if record.state is RecordState.ABSENT and not window_passed:
-            if deps.queue.settle_pending(
-                message,
-                delay_seconds=0,
-                outcome=None,
-                refund_attempt=True,
-                last_error="sending lease expired with no idempotency record: provider never called",
-            ):
-                report.returned_to_pending += 1
-                _decide(
-                    deps, message, QueueStatus.PENDING, "no idempotency record: provider never called", None
-                )
-            continue
-        reason = {
-            RecordState.INPROGRESS: "provider call started, never finished (record INPROGRESS)",
-            RecordState.COMPLETED: f"provider outcome was {outcome.kind if outcome else 'unrecorded'}",
-            RecordState.EXPIRED: "idempotency record expired: no proof either way",
-            RecordState.ABSENT: "record absent but older than the dedupe window: no proof either way",
-        }[record.state]
-        if deps.queue.settle_terminal(message, QueueStatus.UNKNOWN, outcome=None, failure_reason=reason):
-            report.marked_unknown += 1
-            _decide(deps, message, QueueStatus.UNKNOWN, reason, {"record_state": record.state.value})
+            logger.exception("expired send not settled; row left as is", extra={"queue_id": message.queue_id})
 
 
-def _decide(
-    deps: SweepDeps,
-    message: ClaimedMessage,
-    target: QueueStatus,
-    reason: str,
-    evidence: dict[str, Any] | None,
+def _settle_expired_send(
+    deps: SweepDeps, message: ClaimedMessage, started: datetime | None, window: timedelta, report: SweepReport
 ) -> None:
-    with deps.queue.db.connection() as conn:
-        conn.execute(
-            sql.RECORD_DECISION,
-            {
-                "queue_id": message.queue_id,
-                "from_status": QueueStatus.SENDING.value,
-                "to_status": target.value,
-                "decided_by": "sweeper",
-                "reason": reason,
-                "evidence": json.dumps(evidence) if evidence is not None else None,
-            },
+    db = deps.queue.db
+    record = deps.guard.lookup(message.idempotency_key)
+    outcome = record.outcome
+    if record.state is RecordState.COMPLETED and outcome and outcome.kind is OutcomeKind.SENT:
+        if deps.queue.settle_sent(message, outcome, recovered_from="idempotency_record", record_attempt=True):
+            report.recovered_sent += 1
+            record_decision(
+                db,
+                message.queue_id,
+                QueueStatus.SENDING,
+                QueueStatus.SENT,
+                "sweeper",
+                "idempotency record COMPLETED with a provider id",
+                {"provider_message_id": outcome.provider_message_id},
+            )
+        return
+    window_passed = started is not None and datetime.now(UTC) - started > window
+    if record.state is RecordState.ABSENT and not window_passed:
+        reason = "no idempotency record: provider never called"
+        if deps.queue.settle_pending(
+            message,
+            delay_seconds=0,
+            outcome=None,
+            refund_attempt=True,
+            last_error=f"sending lease expired; {reason}",
+        ):
+            report.returned_to_pending += 1
+            record_decision(db, message.queue_id, QueueStatus.SENDING, QueueStatus.PENDING, "sweeper", reason)
+        return
+    reason = {
+        RecordState.INPROGRESS: "provider call started, never finished (record INPROGRESS)",
+        RecordState.COMPLETED: f"provider outcome was {outcome.kind if outcome else 'unrecorded'}",
+        RecordState.EXPIRED: "idempotency record expired: no proof either way",
+        RecordState.ABSENT: "record absent but older than the dedupe window: no proof either way",
+    }[record.state]
+    if deps.queue.settle_terminal(message, QueueStatus.UNKNOWN, outcome=None, failure_reason=reason):
+        report.marked_unknown += 1
+        record_decision(
+            db,
+            message.queue_id,
+            QueueStatus.SENDING,
+            QueueStatus.UNKNOWN,
+            "sweeper",
+            reason,
+            {"record_state": record.state.value},
         )
 
 

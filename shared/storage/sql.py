@@ -290,14 +290,18 @@ FROM send_queue WHERE status = 'pending'
 
 UNKNOWN_BATCH: LiteralString = """
 SELECT q.id AS queue_id, q.idempotency_key, q.claim_token, q.attempts, q.max_attempts, q.message_type, q.body,
-       q.updated_at AS unknown_since, c.channel, c.address AS recipient, s.id AS sender_account_id,
-       s.provider_account_id AS sender_provider_id
+       q.updated_at AS unknown_since, q.sending_started_at, c.channel, c.address AS recipient,
+       s.id AS sender_account_id, s.provider_account_id AS sender_provider_id
 FROM send_queue q
 JOIN contacts c ON c.id = q.contact_id
 JOIN sender_accounts s ON s.id = q.sender_account_id
 WHERE q.status = 'unknown'
-ORDER BY q.updated_at
+ORDER BY q.reconciled_at NULLS FIRST, q.updated_at
 LIMIT %(limit)s
+"""
+
+MARK_RECONCILED: LiteralString = """
+UPDATE send_queue SET reconciled_at = now() WHERE id = %(queue_id)s AND status = 'unknown'
 """
 
 # Evidence that a message reached the provider: a webhook event carrying its idempotency key
@@ -318,6 +322,8 @@ FROM provider_events e
 WHERE e.channel = %(channel)s AND e.status = 'sent' AND e.recipient = %(recipient)s
   AND e.payload->>'text' = %(body)s
   AND e.provider_message_id IS NOT NULL
+  -- Only a message sent after this row started sending (minus clock skew) can be it.
+  AND COALESCE(e.occurred_at, e.received_at) >= %(sending_started_at)s - interval '5 minutes'
   AND NOT EXISTS (SELECT 1 FROM message_ledger l
                   WHERE l.channel = e.channel AND l.provider_message_id = e.provider_message_id)
 ORDER BY e.received_at
@@ -337,17 +343,32 @@ QUEUE_ROW_FOR_DECISION: LiteralString = """
 SELECT q.id AS queue_id, q.idempotency_key, q.claim_token, q.attempts, q.max_attempts, q.message_type, q.body,
        q.status::text AS status, c.channel, c.address AS recipient, s.id AS sender_account_id,
        s.provider_account_id AS sender_provider_id,
-       EXISTS (SELECT 1 FROM message_ledger l WHERE l.queue_id = q.id) AS has_ledger_row
+       EXISTS (SELECT 1 FROM message_ledger l WHERE l.queue_id = q.id) AS has_ledger_row,
+       -- An ambiguous call, or a past `unknown`, means it may have been delivered.
+       (EXISTS (SELECT 1 FROM send_attempts a WHERE a.queue_id = q.id AND a.outcome IN ('sent', 'ambiguous'))
+        OR EXISTS (SELECT 1 FROM queue_decisions d WHERE d.queue_id = q.id AND d.from_status = 'unknown'))
+           AS maybe_delivered
 FROM send_queue q
 JOIN contacts c ON c.id = q.contact_id
 JOIN sender_accounts s ON s.id = q.sender_account_id
 WHERE q.id = %(queue_id)s
 """
 
-# Redrive and operator resends: back to pending with a clean slate, CAS on status and token.
+# Holds the row while a decision forgets its idempotency record and requeues it, so nothing
+# can claim or change it in between.
+LOCK_FOR_DECISION: LiteralString = """
+SELECT id FROM send_queue
+WHERE id = %(queue_id)s AND status = %(expected_status)s::queue_status
+  AND claim_token IS NOT DISTINCT FROM %(claim_token)s
+FOR UPDATE
+"""
+
+# Redrive and operator resends, CAS on status and token. A redriven failed row starts its
+# attempts afresh; a resent unknown row keeps them, so max_attempts still bounds resends.
 REQUEUE: LiteralString = """
 UPDATE send_queue
-SET status = 'pending', attempts = 0, scheduled_for = now(), claim_token = NULL, lease_expires_at = NULL,
+SET status = 'pending', attempts = CASE WHEN %(reset_attempts)s THEN 0 ELSE attempts END,
+    scheduled_for = now(), claim_token = NULL, lease_expires_at = NULL, reconciled_at = NULL,
     failure_reason = NULL, dead_lettered_at = NULL, last_error = %(last_error)s, updated_at = now()
 WHERE id = %(queue_id)s AND status = %(expected_status)s::queue_status
   AND claim_token IS NOT DISTINCT FROM %(claim_token)s
@@ -421,6 +442,7 @@ DUPLICATES_BY_KEY: LiteralString = """
 SELECT channel::text AS channel, idempotency_key, count(DISTINCT provider_message_id) AS copies
 FROM provider_events
 WHERE idempotency_key IS NOT NULL AND provider_message_id IS NOT NULL
+  AND received_at > now() - make_interval(secs => %(lookback_seconds)s)
 GROUP BY channel, idempotency_key
 HAVING count(DISTINCT provider_message_id) > 1
 """

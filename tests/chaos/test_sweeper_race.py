@@ -2,7 +2,7 @@
 mid-run, until every row is settled. Afterwards the provider's own ledger, the queue, the
 dead-letter queue and the campaign statistics must agree.
 
-The timing is scaled down (30 s dispatcher timeout, 35 s lease) but keeps the production
+The timing is scaled down (45 s dispatcher timeout, 50 s lease) but keeps the production
 arithmetic: each dispatcher process is given the same simulated Lambda timeout its lease was
 derived from, so a live dispatcher is never swept.
 """
@@ -30,7 +30,7 @@ from shared.reconcile import campaign_stats
 pytestmark = pytest.mark.chaos
 DISPATCH = ROOT / "events" / "dispatcher-scheduled.json"
 SWEEP = ROOT / "events" / "sweeper-scheduled.json"
-TIMEOUT = 30
+TIMEOUT = 45
 PERMANENT = [f"1555{i:07d}" for i in range(0, 2000, 100)]  # 20 recipients the provider refuses
 DROPPED = [f"psid-{i}" for i in range(5, 1500, 150)]  # 10 accepted, then the connection drops
 
@@ -40,8 +40,11 @@ def stack(pg_server: Any) -> Iterator[LocalStack]:
     overrides = {
         "dispatcher_timeout_seconds": TIMEOUT,
         "lease_margin_seconds": 5,
-        "provider_connect_timeout_seconds": 2.0,
-        "provider_read_timeout_seconds": 2.0,
+        "provider_connect_timeout_seconds": 1.0,
+        "provider_read_timeout_seconds": 1.0,
+        "dynamodb_connect_timeout_seconds": 1.0,
+        "dynamodb_read_timeout_seconds": 1.0,
+        "dynamodb_max_attempts": 2,
         "sweeper_timeout_seconds": 10,
         "retry_base_seconds": 0.5,
         "retry_cap_seconds": 2.0,

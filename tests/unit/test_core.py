@@ -65,10 +65,11 @@ def test_backoff_grows_with_jitter_and_respects_the_cap(attempts: int) -> None:
     assert len({round(d, 3) for d in delays}) > 100, "jittered, not constant"
 
 
-def test_provider_retry_after_is_a_floor_but_the_cap_still_holds() -> None:
+def test_provider_retry_after_is_a_floor_even_above_the_cap() -> None:
     policy = RetryPolicy(base_seconds=1, cap_seconds=60)
     assert policy.delay_seconds(1, provider_hint_seconds=45) == 45
-    assert policy.delay_seconds(1, provider_hint_seconds=600) == 60
+    assert policy.delay_seconds(1, provider_hint_seconds=600) == 600
+    assert policy.delay_seconds(30) <= 60
 
 
 # --- settings ------------------------------------------------------------------------------
@@ -85,8 +86,27 @@ def test_stop_margin_covers_a_whole_provider_call() -> None:
 
 
 def test_a_timeout_too_short_for_a_provider_call_is_rejected_at_cold_start() -> None:
-    with pytest.raises(ValidationError, match="more than twice the provider call budget"):
-        Settings(dispatcher_timeout_seconds=20, provider_read_timeout_seconds=10)
+    with pytest.raises(ValidationError, match="more than twice the stop-claiming margin"):
+        Settings(dispatcher_timeout_seconds=60, provider_read_timeout_seconds=10)
+
+
+def test_stop_margin_includes_both_dynamodb_writes() -> None:
+    settings = Settings()
+    expected = settings.provider_call_budget_seconds + 2 * settings.dynamodb_call_budget_seconds + 5
+    assert settings.stop_claiming_margin_ms == int(expected * 1000)
+
+
+def test_powertools_kill_switch_is_refused_at_cold_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POWERTOOLS_IDEMPOTENCY_DISABLED", "true")
+    with pytest.raises(ValidationError, match="POWERTOOLS_IDEMPOTENCY_DISABLED"):
+        Settings()
+
+
+def test_repeated_step_in_one_enqueue_is_an_error_not_a_silent_drop() -> None:
+    event = json.loads((EVENTS / "enqueue-campaign.json").read_text())
+    event["steps"] = [event["steps"][0], event["steps"][0]]
+    with pytest.raises(InvalidEventError, match="repeated: intro"):
+        parse_event(EnqueueRequest, event)
 
 
 def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,13 +11,17 @@ ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
 
+def _env_name(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    choices = getattr(alias, "choices", None)
+    return str(choices[0]) if choices else f"SENDONCE_{field.upper()}"
+
+
 def test_readme_documents_every_setting() -> None:
-    documented = set(re.findall(r"`((?:SENDONCE_|DATABASE_URL)[A-Z0-9_]*)`", README))
+    documented = set(re.findall(r"`((?:SENDONCE_|DATABASE_URL|POWERTOOLS_IDEMPOTENCY)[A-Z0-9_]*)`", README))
     # The three unknown-policy variables share one row: `_MESSENGER` / `_LINKEDIN` suffixes.
     documented |= {f"SENDONCE_UNKNOWN_POLICY_{c}" for c in ("MESSENGER", "LINKEDIN")}
-    expected = {
-        "DATABASE_URL" if n == "database_url" else f"SENDONCE_{n.upper()}" for n in Settings.model_fields
-    }
+    expected = {_env_name(name) for name in Settings.model_fields}
     assert expected - documented == set()
 
 
