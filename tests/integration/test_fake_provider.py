@@ -69,6 +69,7 @@ def settings_for(url: str, **overrides: Any) -> Settings:
         "unipile_base_url": url,
         "provider_connect_timeout_seconds": 2.0,
         "provider_read_timeout_seconds": 5.0,
+        "dispatcher_timeout_seconds": 900,  # room for the long read timeouts some tests use
         **overrides,
     }
     return Settings.model_validate(values)

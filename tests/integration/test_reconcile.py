@@ -340,3 +340,95 @@ def test_duplicate_detector_flags_two_ids_for_one_key_and_same_text_within_an_ho
     assert first and second
     kinds = sorted(d["kind"] for d in detect_duplicates(database))
     assert kinds == ["same_key", "same_text_within_1h"]
+
+
+# --- review fixes: every path that could resend what was sent -------------------------------
+
+
+def test_unknown_row_whose_record_proves_sending_is_recovered_from_the_record(
+    database: Database, queue: QueueRepository, guard: SendGuard, deps: ReconcileDeps
+) -> None:
+    """The call outlived its lease and completed after the sweeper marked the row unknown."""
+    enqueue(database)
+    [_m] = to_status(queue, guard, QueueStatus.UNKNOWN, SendOutcome.sent("wamid.late"))
+    assert reconcile_unknown(deps).resolved_sent == 1
+    ledger = database.fetch_one("SELECT provider_message_id, recovered_from FROM message_ledger")
+    assert ledger is not None
+    assert (ledger["provider_message_id"], ledger["recovered_from"]) == ("wamid.late", "idempotency_record")
+
+
+def test_resend_never_forgets_a_record_that_proves_sending(
+    database: Database, queue: QueueRepository, guard: SendGuard, deps: ReconcileDeps
+) -> None:
+    enqueue(database)
+    [m] = to_status(queue, guard, QueueStatus.UNKNOWN, SendOutcome.sent("wamid.proof"))
+    with pytest.raises(DecisionError, match="proving it was sent"):
+        resolve(deps, m.queue_id, OperatorAction.RESEND, "alice", "resend it")
+    assert status_of(database, m.queue_id) == "unknown"
+    assert guard.lookup(m.idempotency_key).state is RecordState.COMPLETED
+
+
+def test_resend_policy_is_bounded_by_max_attempts(
+    db_url: str, aws: LocalAwsResources, database: Database, queue: QueueRepository, guard: SendGuard
+) -> None:
+    deps = make_deps(db_url, aws, queue, guard, unknown_policy_whatsapp="resend", unknown_grace_seconds=0)
+    enqueue(database)
+    [m] = to_status(queue, guard, QueueStatus.UNKNOWN, SendOutcome.ambiguous("network:read_timeout"))
+    with database.connection() as conn:
+        conn.execute("UPDATE send_queue SET max_attempts = 1")
+    report = reconcile_unknown(deps, now=datetime.now(UTC) + timedelta(hours=1))
+    assert (report.resent, report.held) == (0, 1)
+    assert status_of(database, m.queue_id) == "unknown"
+
+
+def test_resent_unknown_row_keeps_its_attempts(
+    db_url: str, aws: LocalAwsResources, database: Database, queue: QueueRepository, guard: SendGuard
+) -> None:
+    deps = make_deps(db_url, aws, queue, guard, unknown_policy_whatsapp="resend", unknown_grace_seconds=0)
+    enqueue(database)
+    [_m] = to_status(queue, guard, QueueStatus.UNKNOWN, SendOutcome.ambiguous("network:read_timeout"))
+    assert reconcile_unknown(deps, now=datetime.now(UTC) + timedelta(hours=1)).resent == 1
+    row = database.fetch_one("SELECT status::text AS s, attempts FROM send_queue")
+    assert row is not None and (row["s"], row["attempts"]) == ("pending", 1)
+
+
+def test_redrive_refuses_a_failed_row_that_may_have_been_delivered(
+    database: Database, queue: QueueRepository, guard: SendGuard, deps: ReconcileDeps
+) -> None:
+    enqueue(database)
+    [m] = to_status(queue, guard, QueueStatus.UNKNOWN, SendOutcome.ambiguous("network:read_timeout"))
+    resolve(deps, m.queue_id, OperatorAction.FAIL, "alice", "gave up")
+    guard.forget(m.idempotency_key)  # as if DynamoDB's TTL had removed the record
+    report = redrive(deps, campaign_id=CAMPAIGN)
+    assert report.requeued == []
+    assert "may have been delivered" in report.skipped[m.queue_id]
+
+
+def test_every_unknown_row_is_examined_even_when_held_rows_fill_a_batch(
+    db_url: str, aws: LocalAwsResources, database: Database, queue: QueueRepository, guard: SendGuard
+) -> None:
+    deps = make_deps(db_url, aws, queue, guard, sweep_batch_size=1)
+    enqueue(database, contacts=3)
+    to_status(queue, guard, QueueStatus.UNKNOWN, SendOutcome.ambiguous("x"))
+    later = datetime.now(UTC) + timedelta(days=1)
+    for _ in range(3):
+        assert reconcile_unknown(deps, now=later).held == 1
+    examined = database.fetch_one("SELECT count(*) AS n FROM send_queue WHERE reconciled_at IS NOT NULL")
+    assert examined is not None and examined["n"] == 3
+
+
+def test_text_evidence_from_before_the_send_is_ignored(
+    database: Database, queue: QueueRepository, guard: SendGuard, deps: ReconcileDeps
+) -> None:
+    enqueue(database, channel="linkedin", body="Great to connect")
+    to_status(queue, guard, QueueStatus.UNKNOWN, SendOutcome.ambiguous("unipile:request_timeout"))
+    add_event(
+        database,
+        channel="linkedin",
+        recipient="linkedin-0",
+        provider_message_id="msg-old",
+        payload=json.dumps({"text": "Great to connect"}),
+    )
+    with database.connection() as conn:
+        conn.execute("UPDATE provider_events SET occurred_at = now() - interval '2 days'")
+    assert reconcile_unknown(deps).resolved_sent == 0

@@ -491,6 +491,7 @@ def test_sample_event_through_the_handler(path: Path, database: Database) -> Non
         found = database.fetch_one(
             sql.EVIDENCE_BY_TEXT,
             {
+                "sending_started_at": datetime(2000, 1, 1, tzinfo=UTC),
                 "channel": channel,
                 "recipient": body["attendees"][0]["attendee_provider_id"],
                 "body": body["message"],
