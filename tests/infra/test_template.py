@@ -407,6 +407,20 @@ def test_dispatcher_timeout_exceeds_schedule_period(template: dict[str, Any]) ->
     assert param["MaxValue"] <= 900
 
 
+def test_dispatcher_timeout_bounds_agree_with_the_config_arithmetic(template: dict[str, Any]) -> None:
+    """The template's lowest allowed timeout must start; one second less must not."""
+    from pydantic import ValidationError
+
+    from shared.config import Settings
+
+    props = template["Resources"]["DispatcherFunction"]["Properties"]
+    param = template["Parameters"][ref_name(props["Timeout"])]
+    Settings(dispatcher_timeout_seconds=param["MinValue"])
+    Settings(dispatcher_timeout_seconds=param["Default"])
+    with pytest.raises(ValidationError):
+        Settings(dispatcher_timeout_seconds=param["MinValue"] - 1)
+
+
 def test_dispatcher_concurrency_covers_overlapping_ticks(template: dict[str, Any]) -> None:
     props = template["Resources"]["DispatcherFunction"]["Properties"]
     (event,) = props["Events"].values()
