@@ -21,7 +21,6 @@ import argparse
 import json
 import resource
 import time
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from devstack.stack import ROOT, LocalStack
-from shared.enqueue import enqueue_campaign
-from shared.events import EnqueueRequest
+from devstack.testing import enqueue_contacts
 from shared.queue import QueueRepository
 
 console = Console()
@@ -56,20 +54,8 @@ class BenchResult:
 def run_one(messages: int, dispatchers: int, latency_ms: int, concurrency: int) -> BenchResult:
     overrides = {"send_concurrency": concurrency, "batch_size": max(25, concurrency * 2)}
     with LocalStack(durable_postgres=True, settings_overrides=overrides) as stack:
-        enqueue_campaign(
-            stack.db,
-            EnqueueRequest.model_validate(
-                {
-                    "source": "sendonce.manual",
-                    "campaign_id": str(uuid.uuid4()),
-                    "campaign_name": "bench",
-                    "channel": "whatsapp",
-                    "sender_provider_id": "bench-sender",
-                    "contacts": [{"address": f"1555{i:07d}"} for i in range(messages)],
-                    "steps": [{"message_type": "intro", "body": "benchmark message"}],
-                }
-            ),
-        )
+        addresses = [f"1555{i:07d}" for i in range(messages)]
+        enqueue_contacts(stack.db, "whatsapp", addresses, sender="bench-sender", body="benchmark message")
         stack.provider.set_faults({"latency_ms": latency_ms})
         event = ROOT / "events" / "dispatcher-scheduled.json"
         started = time.perf_counter()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from devstack.aws import FAKE_CREDENTIALS, LocalAwsResources, MotoServer
 from shared.config import Settings
+from shared.enqueue import enqueue_campaign
+from shared.events import EnqueueRequest
 from shared.storage.db import Database
 
 TEST_TOKENS = {
@@ -58,3 +61,33 @@ def expire_leases(db: Database) -> None:
             "UPDATE send_queue SET lease_expires_at = now() - interval '1 second' "
             "WHERE lease_expires_at IS NOT NULL"
         )
+
+
+def enqueue_contacts(
+    db: Database,
+    channel: str,
+    addresses: list[str],
+    *,
+    sender: str = "sender-1",
+    body: str = "hello",
+    steps: list[str] | None = None,
+    campaign_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    """Enqueue one campaign through the real enqueue path; returns its id. ``steps`` names
+    the message types (one per step), all with ``body``."""
+    campaign = campaign_id or uuid.uuid4()
+    enqueue_campaign(
+        db,
+        EnqueueRequest.model_validate(
+            {
+                "source": "sendonce.manual",
+                "campaign_id": str(campaign),
+                "campaign_name": f"{channel} test",
+                "channel": channel,
+                "sender_provider_id": sender,
+                "contacts": [{"address": a} for a in addresses],
+                "steps": [{"message_type": t, "body": body} for t in (steps or ["intro"])],
+            }
+        ),
+    )
+    return campaign

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +21,7 @@ from typing import Any
 import pytest
 
 from devstack.stack import LocalStack
-from devstack.testing import expire_leases
-from shared.enqueue import enqueue_campaign
-from shared.events import EnqueueRequest
+from devstack.testing import enqueue_contacts, expire_leases
 
 pytestmark = pytest.mark.chaos
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,23 +35,8 @@ def stack(pg_server: Any) -> Iterator[LocalStack]:
         yield running
 
 
-def enqueue(
-    stack: LocalStack, channel: str, contacts: list[str], steps: int = 1, sender: str = "sender-1"
-) -> None:
-    enqueue_campaign(
-        stack.db,
-        EnqueueRequest.model_validate(
-            {
-                "source": "sendonce.manual",
-                "campaign_id": str(uuid.uuid4()),
-                "campaign_name": f"chaos {channel}",
-                "channel": channel,
-                "sender_provider_id": sender,
-                "contacts": [{"address": a} for a in contacts],
-                "steps": [{"message_type": f"step_{i}", "body": f"{channel} step {i}"} for i in range(steps)],
-            }
-        ),
-    )
+def enqueue(stack: LocalStack, channel: str, contacts: list[str], sender: str = "sender-1") -> None:
+    enqueue_contacts(stack.db, channel, contacts, sender=sender, body=f"hello from {channel}")
 
 
 def queue_counts(stack: LocalStack) -> dict[str, int]:

@@ -22,8 +22,7 @@ import pytest
 
 from devstack.aws import aws_client
 from devstack.stack import ROOT, Invocation, LocalStack
-from shared.enqueue import enqueue_campaign
-from shared.events import EnqueueRequest
+from devstack.testing import enqueue_contacts
 from shared.queue import QueueRepository
 from shared.reconcile import campaign_stats
 
@@ -55,22 +54,9 @@ def stack(pg_server: Any) -> Iterator[LocalStack]:
 
 
 def enqueue(stack: LocalStack, channel: str, addresses: list[str]) -> uuid.UUID:
-    campaign = uuid.uuid4()
-    enqueue_campaign(
-        stack.db,
-        EnqueueRequest.model_validate(
-            {
-                "source": "sendonce.manual",
-                "campaign_id": str(campaign),
-                "campaign_name": f"race {channel}",
-                "channel": channel,
-                "sender_provider_id": f"{channel}-sender",
-                "contacts": [{"address": a} for a in addresses],
-                "steps": [{"message_type": "intro", "body": f"hello from {channel}"}],
-            }
-        ),
+    return enqueue_contacts(
+        stack.db, channel, addresses, sender=f"{channel}-sender", body=f"hello from {channel}"
     )
-    return campaign
 
 
 def unsettled(stack: LocalStack) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -13,10 +12,9 @@ import pytest
 
 from devstack.aws import aws_client
 from devstack.lambda_context import LocalLambdaContext
-from devstack.testing import expire_leases
+from devstack.testing import enqueue_contacts, expire_leases
 from shared.dispatch import DispatchDeps, dispatch
-from shared.enqueue import enqueue_campaign
-from shared.events import DispatchRequest, EnqueueRequest
+from shared.events import DispatchRequest
 from shared.idempotency import RecordState, SendGuard
 from shared.queue import QueueRepository
 from shared.storage.db import Database, DatabaseUnavailableError
@@ -42,20 +40,7 @@ PLENTY = Remaining(10 * 60 * 1000)
 def enqueue(
     database: Database, channel: str, addresses: list[str], *, sender: str = "sender-1", body: str = "hello"
 ) -> None:
-    enqueue_campaign(
-        database,
-        EnqueueRequest.model_validate(
-            {
-                "source": "sendonce.manual",
-                "campaign_id": str(uuid.uuid4()),
-                "campaign_name": "dispatch",
-                "channel": channel,
-                "sender_provider_id": sender,
-                "contacts": [{"address": a} for a in addresses],
-                "steps": [{"message_type": "intro", "body": body}],
-            }
-        ),
-    )
+    enqueue_contacts(database, channel, addresses, sender=sender, body=body)
 
 
 def rows(database: Database) -> list[dict[str, Any]]:

@@ -12,9 +12,7 @@ import pytest
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
 
 from devstack.aws import LocalAwsResources, MotoServer, aws_client
-from devstack.testing import expire_leases, make_settings
-from shared.enqueue import enqueue_campaign
-from shared.events import EnqueueRequest
+from devstack.testing import enqueue_contacts, expire_leases, make_settings
 from shared.idempotency import KEY_PREFIX, BlockingDynamoDBPersistenceLayer, SendGuard
 from shared.providers.outcome import SendOutcome
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
@@ -33,20 +31,7 @@ def sweeper(
 
 
 def enqueue(database: Database, contacts: int = 1) -> None:
-    enqueue_campaign(
-        database,
-        EnqueueRequest.model_validate(
-            {
-                "source": "sendonce.manual",
-                "campaign_id": str(uuid.uuid4()),
-                "campaign_name": "sweep",
-                "channel": "whatsapp",
-                "sender_provider_id": "1065",
-                "contacts": [{"address": f"1555{i:07d}"} for i in range(contacts)],
-                "steps": [{"message_type": "intro", "body": "hello"}],
-            }
-        ),
-    )
+    enqueue_contacts(database, "whatsapp", [f"1555{i:07d}" for i in range(contacts)], sender="1065")
 
 
 def sending_row(database: Database, queue: QueueRepository) -> ClaimedMessage:
