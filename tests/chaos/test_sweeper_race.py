@@ -92,11 +92,14 @@ def test_sweepers_racing_dispatchers_over_5000_rows_leave_no_duplicate_and_no_ro
     while unsettled(stack) and time.monotonic() - started < 420:
         running = [inv for inv in running if inv.process.poll() is None]
         dispatchers = [inv for inv in running if "dispatch" in inv.stdout_path.name]
-        if len(dispatchers) < 4:
+        pending, seconds_until_due = QueueRepository(stack.db).next_pending()
+        # Like scheduler ticks, but only when there is due work: idle process starts would
+        # only starve the 2 cores.
+        if len(dispatchers) < 4 and pending and seconds_until_due <= 0:
             running.append(stack.spawn("dispatcher", DISPATCH, timeout_seconds=TIMEOUT, log_name="dispatch"))
         if tick % 4 == 0:
             running.append(stack.spawn("sweeper", SWEEP, timeout_seconds=10, log_name="sweep"))
-        if tick in (6, 14) and dispatchers:  # a crashed invocation, twice: SIGKILL mid-batch
+        if tick in (3, 6) and dispatchers:  # a crashed invocation, twice: SIGKILL mid-batch
             os.kill(dispatchers[0].pid, signal.SIGKILL)
             killed += 1
         tick += 1
