@@ -1,0 +1,115 @@
+"""The operator CLI, run as a process configured by the environment, as an operator would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from devstack.stack import ROOT, LocalStack
+from devstack.testing import enqueue_contacts
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(pg_server: Any) -> Iterator[LocalStack]:
+    with LocalStack(database_url=pg_server.admin_url) as running:
+        enqueue_contacts(running.db, "whatsapp", ["15550000001", "15550000002"], sender="cli-sender")
+        running.provider.set_faults([{"action": "accept_then_drop", "match": {"recipient": "15550000002"}}])
+        running.spawn("dispatcher", ROOT / "events" / "dispatcher-scheduled.json").finish()
+        yield running
+
+
+def sendonce(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "devstack.cli", *args],
+        env={**stack.env(), "COLUMNS": "200"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_stats_are_printed_from_state(stack: LocalStack) -> None:
+    result = sendonce(stack, "stats")
+    assert result.returncode == 0, result.stderr
+    header, row = (
+        [cell.strip() for cell in line.replace("┃", "│").split("│")[1:-1]]
+        for line in result.stdout.splitlines()
+        if "campaign_id" in line or "whatsapp test" in line
+    )
+    stats = dict(zip(header, row, strict=True))
+    assert {k: stats[k] for k in ("total", "sent", "unknown", "pending", "failed")} == {
+        "total": "2",
+        "sent": "1",
+        "unknown": "1",
+        "pending": "0",
+        "failed": "0",
+    }
+
+
+def test_audit_of_a_contact_as_json(stack: LocalStack) -> None:
+    result = sendonce(stack, "audit", "--contact", "15550000001", "--json")
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert [r["status"] for r in found["queue"]] == ["sent"]
+    assert [a["outcome"] for a in found["attempts"]] == ["sent"]
+    assert len(found["ledger"]) == 1
+
+
+def test_resend_needs_the_explicit_risk_flag_and_sent_rows_are_refused(stack: LocalStack) -> None:
+    rows = {
+        r["recipient"]: r
+        for r in json.loads(sendonce(stack, "audit", "--contact", "15550000002", "--json").stdout)["queue"]
+    }
+    unknown = rows["15550000002"]
+    assert unknown["status"] == "unknown"
+    refused = sendonce(
+        stack, "resolve", str(unknown["queue_id"]), "resend", "--operator", "ops", "--reason", "test"
+    )
+    assert refused.returncode == 2
+    assert "--i-accept-duplicate-risk" in refused.stdout
+    sent_row = json.loads(sendonce(stack, "audit", "--contact", "15550000001", "--json").stdout)["queue"][0]
+    not_unknown = sendonce(
+        stack, "resolve", str(sent_row["queue_id"]), "fail", "--operator", "ops", "--reason", "x"
+    )
+    assert not_unknown.returncode == 1
+    assert "only unknown rows take operator decisions" in not_unknown.stdout
+
+
+def test_operator_marks_an_unknown_row_sent_and_the_decision_is_audited(stack: LocalStack) -> None:
+    row = json.loads(sendonce(stack, "audit", "--contact", "15550000002", "--json").stdout)["queue"][0]
+    decided = sendonce(
+        stack,
+        "resolve",
+        str(row["queue_id"]),
+        "mark-sent",
+        "--operator",
+        "ops",
+        "--reason",
+        "seen in the inbox",
+        "--provider-message-id",
+        "wamid.seen-by-ops",
+    )
+    assert decided.returncode == 0, decided.stdout + decided.stderr
+    audit = json.loads(sendonce(stack, "audit", "--contact", "15550000002", "--json").stdout)
+    assert audit["queue"][0]["status"] == "sent"
+    assert [(d["decided_by"], d["to_status"]) for d in audit["decisions"]][-1] == ("operator:ops", "sent")
+
+
+def test_duplicates_redrive_and_migrate_report_cleanly(stack: LocalStack) -> None:
+    duplicates = sendonce(stack, "duplicates")
+    assert (duplicates.returncode, "no suspected duplicates" in duplicates.stdout) == (0, True)
+    redrive = sendonce(stack, "redrive", "--operator", "ops")
+    assert redrive.returncode == 0
+    assert "requeued 0" in redrive.stdout
+    migrate = sendonce(stack, "migrate", "--dry-run")
+    assert migrate.returncode == 0
+    assert "applied=[]" in migrate.stdout
