@@ -6,7 +6,7 @@ a field-by-field error, before any connection is opened or any row is touched.
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -85,9 +85,6 @@ class EnqueueRequest(_Strict):
 
 class InvalidEventError(ValueError):
     """The event does not match its model. Raised before any I/O, so nothing changed."""
-
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def parse_event[ModelT: BaseModel](model: type[ModelT], event: object) -> ModelT:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import cache
-from typing import TypeVar
 
 import boto3
 from aws_lambda_powertools.utilities import parameters
@@ -25,7 +24,6 @@ from shared.storage.db import Database
 from shared.sweeper import SweepDeps
 from shared.webhooks import ProviderEventStore, SecretsManagerWebhookSecrets, WebhookDeps
 
-T = TypeVar("T")
 _lock = threading.RLock()  # builders call cached() for shared pieces (the database)
 
 
@@ -120,6 +118,4 @@ def build_webhook_deps(config: Settings, db: Database) -> WebhookDeps:
 
 
 def webhook_deps() -> WebhookDeps:
-    # database() takes the non-reentrant cache lock itself, so it must not run inside a build.
-    db = database()
-    return cached("webhook", lambda: build_webhook_deps(settings(), db))
+    return cached("webhook", lambda: build_webhook_deps(settings(), database()))

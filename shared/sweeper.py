@@ -101,7 +101,7 @@ def sweep(deps: SweepDeps) -> SweepReport:
 
 
 def _stale_grace(settings: Settings) -> int:
-    # Past its lease by more than one sweeper timeout means a sweep should already have
+    # Past its lease by more than two sweeper timeouts means a sweep should already have
     # settled it: something is wrong with the sweeper, which is what the alarm is for.
     return settings.sweeper_timeout_seconds * 2
 

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-# TEMP-LAZY
 import os
 import uuid
 from collections.abc import Iterator
@@ -19,11 +18,14 @@ import psycopg
 import pytest
 
 from devstack.aws import LocalAwsResources, MotoServer, aws_client, provision
+from devstack.fake_provider import FakeProvider, FakeProviderClient
 from devstack.postgres import EmbeddedPostgres
 from devstack.testing import TEST_TOKENS, make_settings
 from shared.config import Settings
 from shared.dispatch import DispatchDeps
 from shared.idempotency import SendGuard
+from shared.providers.registry import build_adapters, make_http_client
+from shared.providers.secrets import StaticTokenSource
 from shared.queue import QueueRepository
 from shared.storage.db import Database
 from shared.storage.migrate import migrate
@@ -113,9 +115,7 @@ def dynamodb(moto_server: MotoServer) -> Any:
 
 
 @pytest.fixture(scope="session")
-def fake_provider_server() -> Iterator[Any]:
-    from devstack.fake_provider import FakeProvider
-
+def fake_provider_server() -> Iterator[FakeProvider]:
     fake = FakeProvider()
     fake.start()
     yield fake
@@ -123,20 +123,18 @@ def fake_provider_server() -> Iterator[Any]:
 
 
 @pytest.fixture
-def fake_provider(fake_provider_server: Any) -> Any:
+def fake_provider(fake_provider_server: FakeProvider) -> FakeProvider:
     fake_provider_server.reset()
     return fake_provider_server
 
 
 @pytest.fixture
-def fake_client(fake_provider: Any) -> Any:
-    from devstack.fake_provider import FakeProviderClient
-
+def fake_client(fake_provider: FakeProvider) -> FakeProviderClient:
     return FakeProviderClient(fake_provider.url)
 
 
 @pytest.fixture
-def settings(db_url: str, aws: LocalAwsResources, fake_provider: Any) -> Settings:
+def settings(db_url: str, aws: LocalAwsResources, fake_provider: FakeProvider) -> Settings:
     return make_settings(db_url, aws, fake_provider.url)
 
 
@@ -149,9 +147,6 @@ def guard(aws: LocalAwsResources, moto_server: MotoServer) -> SendGuard:
 
 @pytest.fixture
 def deps(settings: Settings, queue: QueueRepository, guard: SendGuard) -> Iterator[DispatchDeps]:
-    from shared.providers.registry import build_adapters, make_http_client
-    from shared.providers.secrets import StaticTokenSource
-
     client = make_http_client(settings)
     yield DispatchDeps(
         settings=settings,

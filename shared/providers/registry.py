@@ -56,28 +56,24 @@ def build_adapters(
 ) -> dict[Channel, ProviderAdapter]:
     """One adapter per channel. ``tokens`` is a ``TokenSource`` (Secrets Manager) or a
     ``StaticTokenSource``; it is asked on every send, so rotation needs no restart."""
-    return {
-        Channel.WHATSAPP: WhatsAppCloudAdapter(
+    graph_adapters = {Channel.WHATSAPP: WhatsAppCloudAdapter, Channel.MESSENGER: MessengerSendAdapter}
+    adapters: dict[Channel, ProviderAdapter] = {
+        channel: adapter(
             client,
             settings.graph_api_base_url,
-            partial(tokens.token_for, Channel.WHATSAPP),
+            partial(tokens.token_for, channel),
             settings.graph_api_version,
             pauses=pauses,
-        ),
-        Channel.MESSENGER: MessengerSendAdapter(
-            client,
-            settings.graph_api_base_url,
-            partial(tokens.token_for, Channel.MESSENGER),
-            settings.graph_api_version,
-            pauses=pauses,
-        ),
-        Channel.LINKEDIN: UnipileLinkedInAdapter(
-            client,
-            settings.unipile_base_url,
-            partial(tokens.token_for, Channel.LINKEDIN),
-            pauses=pauses,
-        ),
+        )
+        for channel, adapter in graph_adapters.items()
     }
+    adapters[Channel.LINKEDIN] = UnipileLinkedInAdapter(
+        client,
+        settings.unipile_base_url,
+        partial(tokens.token_for, Channel.LINKEDIN),
+        pauses=pauses,
+    )
+    return adapters
 
 
 def build_read_backs(

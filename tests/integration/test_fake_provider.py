@@ -46,21 +46,15 @@ SENDERS = {
 CHANNELS = list(Channel)
 
 
-@pytest.fixture(scope="module")
-def provider() -> Iterator[FakeProvider]:
-    with FakeProvider() as fake:
-        yield fake
+# The session's fake provider and control client (tests/conftest.py), under shorter names.
+@pytest.fixture
+def fake(fake_provider: FakeProvider) -> FakeProvider:
+    return fake_provider
 
 
 @pytest.fixture
-def fake(provider: FakeProvider) -> FakeProvider:
-    provider.reset()
-    return provider
-
-
-@pytest.fixture
-def control(fake: FakeProvider) -> FakeProviderClient:
-    return FakeProviderClient(fake.url)
+def control(fake_client: FakeProviderClient) -> FakeProviderClient:
+    return fake_client
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:
