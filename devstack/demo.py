@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             _drain_retries(stack)
         elapsed = time.perf_counter() - started
         _report(stack, results, elapsed)
-        return 0 if _verdict(stack) else 1
+        return 0 if verdict(stack) else 1
     finally:
         stack.stop()
 
@@ -198,7 +198,7 @@ def _report(stack: LocalStack, results: list[dict[str, object]], elapsed: float)
     )
 
 
-def _verdict(stack: LocalStack) -> bool:
+def verdict(stack: LocalStack) -> bool:
     per_message = Counter((m["channel"], m["recipient"], m["text"]) for m in stack.provider.ledger())
     duplicates = {k: v for k, v in per_message.items() if v > 1}
     counts = QueueRepository(stack.db).status_counts()
