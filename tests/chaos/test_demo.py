@@ -20,7 +20,7 @@ from shared.providers.secrets import StaticTokenSource
 pytestmark = pytest.mark.chaos
 
 
-def test_the_demo_runs_end_to_end_and_passes_itsverdict() -> None:
+def test_the_demo_runs_end_to_end_and_passes_its_verdict() -> None:
     assert demo.main(["--contacts", "12", "--dispatchers", "2"]) == 0
 
 
