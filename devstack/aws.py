@@ -33,6 +33,7 @@ TEST_SECRETS: Mapping[str, str] = {
     "messenger_token_secret_id": "test-messenger-token",
     "unipile_api_key_secret_id": "test-unipile-key",
     "meta_app_secret_id": "test-meta-app-secret",
+    "meta_verify_token_secret_id": "test-meta-verify-token",
     "unipile_webhook_secret_id": "test-unipile-webhook-secret",
 }
 

@@ -89,6 +89,7 @@ class Settings(BaseSettings):
 
     # --- Webhooks ---------------------------------------------------------------------------
     meta_app_secret_id: str = "sendonce/meta-app-secret"
+    meta_verify_token_secret_id: str = "sendonce/meta-verify-token"
     unipile_webhook_secret_id: str = "sendonce/unipile-webhook-secret"
 
     @model_validator(mode="after")

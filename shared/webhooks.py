@@ -58,6 +58,8 @@ class WebhookSecretMissingError(RuntimeError):
 class WebhookSecretSource(Protocol):
     def meta_app_secret(self) -> str: ...
 
+    def meta_verify_token(self) -> str: ...
+
     def unipile_webhook_secret(self) -> str: ...
 
 
@@ -67,9 +69,13 @@ class WebhookSecrets:
 
     meta_app_secret_value: str = field(repr=False)
     unipile_webhook_secret_value: str = field(repr=False)
+    meta_verify_token_value: str = field(repr=False)
 
     def meta_app_secret(self) -> str:
         return self.meta_app_secret_value
+
+    def meta_verify_token(self) -> str:
+        return self.meta_verify_token_value
 
     def unipile_webhook_secret(self) -> str:
         return self.unipile_webhook_secret_value
@@ -93,6 +99,9 @@ class SecretsManagerWebhookSecrets:
 
     def meta_app_secret(self) -> str:
         return self._get(self._settings.meta_app_secret_id)
+
+    def meta_verify_token(self) -> str:
+        return self._get(self._settings.meta_verify_token_secret_id)
 
     def unipile_webhook_secret(self) -> str:
         return self._get(self._settings.unipile_webhook_secret_id)
@@ -644,8 +653,11 @@ def handle_request(
 def verify_subscription(secrets: WebhookSecretSource, query: Mapping[str, str]) -> WebhookResult:
     """Meta's endpoint check: echo ``hub.challenge`` when ``hub.verify_token`` is ours.
 
-    The verify token is the Meta app secret (one secret to manage); compared in constant time."""
-    expected = _required(secrets.meta_app_secret(), "Meta app secret")
+    The verify token is its own secret, never the app secret: it travels in a GET query
+    string (which proxies and access logs keep) and is typed into Meta's dashboard, and the
+    app secret signs the webhooks whose evidence settles ``unknown`` rows as sent. Compared
+    in constant time."""
+    expected = _required(secrets.meta_verify_token(), "Meta verify token")
     token = query.get("hub.verify_token")
     challenge = query.get("hub.challenge")
     if (

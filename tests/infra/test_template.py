@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from devstack.aws import TEST_SECRETS
 from shared.config import Settings
 from shared.events import DispatchRequest, EnqueueRequest, MigrateRequest, SweepRequest
 
@@ -67,6 +68,7 @@ REQUIRED_ENV = {
     "SENDONCE_MESSENGER_TOKEN_SECRET_ID",
     "SENDONCE_UNIPILE_API_KEY_SECRET_ID",
     "SENDONCE_META_APP_SECRET_ID",
+    "SENDONCE_META_VERIFY_TOKEN_SECRET_ID",
     "SENDONCE_UNIPILE_WEBHOOK_SECRET_ID",
     "SENDONCE_GRAPH_API_BASE_URL",
     "SENDONCE_GRAPH_API_VERSION",
@@ -81,7 +83,12 @@ ALLOWED_SECRETS = {
         "UnipileApiKeySecret",
     },
     "SweeperFunction": {"DatabaseUrlSecretArn"},
-    "WebhookFunction": {"DatabaseUrlSecretArn", "MetaAppSecret", "UnipileWebhookSecret"},
+    "WebhookFunction": {
+        "DatabaseUrlSecretArn",
+        "MetaAppSecret",
+        "MetaVerifyTokenSecret",
+        "UnipileWebhookSecret",
+    },
     "EnqueueFunction": {"DatabaseUrlSecretArn"},
     "MigrateFunction": {"DatabaseUrlSecretArn"},
 }
@@ -409,10 +416,6 @@ def test_dispatcher_timeout_exceeds_schedule_period(template: dict[str, Any]) ->
 
 def test_dispatcher_timeout_bounds_agree_with_the_config_arithmetic(template: dict[str, Any]) -> None:
     """The template's lowest allowed timeout must start; one second less must not."""
-    from pydantic import ValidationError
-
-    from shared.config import Settings
-
     props = template["Resources"]["DispatcherFunction"]["Properties"]
     param = template["Parameters"][ref_name(props["Timeout"])]
     Settings(dispatcher_timeout_seconds=param["MinValue"])
@@ -487,6 +490,7 @@ def test_created_secrets_hold_no_literal_value(template: dict[str, Any]) -> None
         "MessengerTokenSecret",
         "UnipileApiKeySecret",
         "MetaAppSecret",
+        "MetaVerifyTokenSecret",
         "UnipileWebhookSecret",
     }
     for logical_id, secret in secrets.items():
@@ -651,8 +655,25 @@ WEBHOOK_SAMPLES = {
 }
 
 
+SUBSCRIBE_SAMPLE = "webhook-subscribe-whatsapp.json"
+
+
 def test_webhook_samples_are_the_expected_set() -> None:
-    assert {p.name for p in event_files() if p.name.startswith("webhook-")} == set(WEBHOOK_SAMPLES)
+    assert {p.name for p in event_files() if p.name.startswith("webhook-")} == {
+        *WEBHOOK_SAMPLES,
+        SUBSCRIBE_SAMPLE,
+    }
+
+
+def test_subscribe_sample_is_metas_get_check_with_the_test_verify_token() -> None:
+    event = json.loads((EVENTS_DIR / SUBSCRIBE_SAMPLE).read_text())
+    assert (event["version"], event["rawPath"]) == ("2.0", "/webhooks/whatsapp")
+    assert event["requestContext"]["http"]["method"] == "GET"
+    query = event["queryStringParameters"]
+    assert query["hub.mode"] == "subscribe"
+    assert query["hub.verify_token"] == TEST_SECRETS["meta_verify_token_secret_id"]
+    assert query["hub.verify_token"] != TEST_META_APP_SECRET.decode()
+    assert "body" not in event
 
 
 @pytest.mark.parametrize(("name", "path"), sorted(WEBHOOK_SAMPLES.items()))

@@ -36,9 +36,12 @@ from shared.webhooks import (
 pytestmark = pytest.mark.integration
 
 META_SECRET = "test-meta-app-secret"
+VERIFY_TOKEN = "test-meta-verify-token"
 UNIPILE_SECRET = "test-unipile-webhook-secret"
 EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
-SAMPLES = sorted(EVENTS_DIR.glob("webhook-*.json"))
+# Provider deliveries (POST); webhook-subscribe-*.json is Meta's GET subscription check.
+SAMPLES = sorted(p for p in EVENTS_DIR.glob("webhook-*.json") if not p.name.startswith("webhook-subscribe-"))
+SUBSCRIBE_SAMPLE = EVENTS_DIR / "webhook-subscribe-whatsapp.json"
 
 
 def sign(body: bytes) -> str:
@@ -48,7 +51,7 @@ def sign(body: bytes) -> str:
 @pytest.fixture
 def deps(database: Database) -> WebhookDeps:
     return WebhookDeps(
-        store=ProviderEventStore(database), secrets=WebhookSecrets(META_SECRET, UNIPILE_SECRET)
+        store=ProviderEventStore(database), secrets=WebhookSecrets(META_SECRET, UNIPILE_SECRET, VERIFY_TOKEN)
     )
 
 
@@ -423,6 +426,7 @@ def lambda_env(
         "AWS_ENDPOINT_URL": moto_server.endpoint,
         "DATABASE_URL": db_url,
         "SENDONCE_META_APP_SECRET_ID": aws.secret_ids["meta_app_secret_id"],
+        "SENDONCE_META_VERIFY_TOKEN_SECRET_ID": aws.secret_ids["meta_verify_token_secret_id"],
         "SENDONCE_UNIPILE_WEBHOOK_SECRET_ID": aws.secret_ids["unipile_webhook_secret_id"],
         "POWERTOOLS_SERVICE_NAME": "sendonce-test",
         "POWERTOOLS_TRACE_DISABLED": "true",
@@ -528,18 +532,17 @@ def test_tampered_sample_is_401_through_the_handler(path: Path, database: Databa
 
 @pytest.mark.usefixtures("lambda_env")
 def test_meta_subscription_check_through_the_handler() -> None:
-    event = load_sample(EVENTS_DIR / "webhook-whatsapp-status.json")
-    event["requestContext"]["http"]["method"] = "GET"
-    event.pop("body")
-    event["queryStringParameters"] = {
-        "hub.mode": "subscribe",
-        "hub.verify_token": META_SECRET,
-        "hub.challenge": "42",
-    }
+    event = load_sample(SUBSCRIBE_SAMPLE)
     response = invoke("webhook", event)
-    assert (response["statusCode"], response["body"]) == (200, "42")
-    event["queryStringParameters"]["hub.verify_token"] = "guess"
-    assert invoke("webhook", event)["statusCode"] == 403
+    assert (response["statusCode"], response["body"]) == (200, "1158201444")
+    messenger = {**event, "rawPath": "/webhooks/messenger"}
+    messenger["requestContext"] = {**event["requestContext"], "http": {**event["requestContext"]["http"]}}
+    messenger["requestContext"]["http"]["path"] = "/webhooks/messenger"
+    assert invoke("webhook", messenger)["statusCode"] == 200
+    # The app secret signs webhooks and must never work as the token that travels in a URL.
+    for token in ("guess", META_SECRET):
+        event["queryStringParameters"]["hub.verify_token"] = token
+        assert invoke("webhook", event)["statusCode"] == 403
 
 
 @pytest.mark.usefixtures("lambda_env")

@@ -34,7 +34,8 @@ from shared.webhooks import (
 
 META_SECRET = "test-meta-app-secret"
 UNIPILE_SECRET = "test-unipile-webhook-secret"
-SECRETS = WebhookSecrets(META_SECRET, UNIPILE_SECRET)
+VERIFY_TOKEN = "test-meta-verify-token"
+SECRETS = WebhookSecrets(META_SECRET, UNIPILE_SECRET, VERIFY_TOKEN)
 
 
 def sign(body: bytes, secret: str = META_SECRET) -> str:
@@ -264,7 +265,7 @@ def test_unipile_with_the_right_secret_is_stored(deps: WebhookDeps, store: Recor
 
 
 def test_subscription_challenge_is_echoed_for_our_token() -> None:
-    query = {"hub.mode": "subscribe", "hub.verify_token": META_SECRET, "hub.challenge": "1158201444"}
+    query = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158201444"}
     result = verify_subscription(SECRETS, query)
     assert (result.status_code, result.body, result.content_type) == (200, "1158201444", "text/plain")
 
@@ -273,16 +274,25 @@ def test_subscription_challenge_is_echoed_for_our_token() -> None:
     "query",
     [
         {"hub.mode": "subscribe", "hub.verify_token": "guess", "hub.challenge": "1"},
-        {"hub.mode": "unsubscribe", "hub.verify_token": META_SECRET, "hub.challenge": "1"},
+        # The app secret is not the verify token: it must never be accepted in a URL.
+        {"hub.mode": "subscribe", "hub.verify_token": META_SECRET, "hub.challenge": "1"},
+        {"hub.mode": "unsubscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1"},
         {"hub.mode": "subscribe", "hub.challenge": "1"},
-        {"hub.mode": "subscribe", "hub.verify_token": META_SECRET},
+        {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN},
         {},
     ],
+    ids=["guess", "app-secret", "unsubscribe", "no-token", "no-challenge", "empty"],
 )
 def test_subscription_check_is_refused_otherwise(query: dict[str, str]) -> None:
     result = verify_subscription(SECRETS, query)
     assert result.status_code == 403
     assert "1" not in result.body
+
+
+def test_empty_verify_token_fails_closed() -> None:
+    secrets = WebhookSecrets(META_SECRET, UNIPILE_SECRET, "")
+    with pytest.raises(WebhookSecretMissingError):
+        verify_subscription(secrets, {"hub.mode": "subscribe", "hub.verify_token": "", "hub.challenge": "1"})
 
 
 # --- parsing: WhatsApp ----------------------------------------------------------------------------
