@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 import boto3
+from botocore.config import Config as BotoConfig
 
 from devstack.postgres import free_port
 
@@ -90,10 +91,11 @@ class MotoServer:
         self.stop()
 
 
-def aws_client(service: str, endpoint: str | None) -> Any:
+def aws_client(service: str, endpoint: str | None, config: BotoConfig | None = None) -> Any:
     return boto3.client(
         service,  # type: ignore[call-overload]
         endpoint_url=endpoint,
+        config=config,
         region_name=REGION,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",

@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     idempotency_table: str = Field(default="sendonce-idempotency", min_length=3)
     dynamodb_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=10)
     dynamodb_read_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
-    dynamodb_max_attempts: int = Field(default=3, ge=1, le=10, description="botocore standard-mode attempts")
+    dynamodb_max_attempts: int = Field(
+        default=3, ge=1, le=10, description="attempts per DynamoDB call, the first included"
+    )
     powertools_idempotency_disabled: bool = Field(
         default=False,
         validation_alias=AliasChoices("POWERTOOLS_IDEMPOTENCY_DISABLED"),

@@ -190,7 +190,12 @@ def _deliver(
     if result.verdict is GuardVerdict.STORE_UNAVAILABLE:
         tally.add(Metric.IDEMPOTENCY_STORE_UNAVAILABLE)
         logger.error(
-            "idempotency store unavailable: not sending", extra={**_keys(message), "error": result.error}
+            "idempotency store unavailable: not sending",
+            extra={
+                **_keys(message),
+                "error": result.error,
+                "own_record_released": result.own_record_released,
+            },
         )
         with tally.timed(Stage.POSTGRES):
             queue.settle_pending(

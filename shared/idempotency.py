@@ -17,11 +17,25 @@ incidents, and each is closed here:
 * **Unconditional completion.** Powertools completes a record without checking who owns it.
   That is safe here because only the owner of the INPROGRESS record ever runs the provider
   call, and nothing else completes records.
+
+A write whose response is lost is the one case Powertools cannot tell apart from a rival's
+record: botocore retries the put, the retry meets the record the first attempt wrote, and the
+caller would give up on a message nobody sent, leaving it ``unknown``. So each INPROGRESS
+record carries its writer, a fresh id per ``deliver_once``:
+
+* a retried put that meets a record with this call's writer id is this call's own write. The
+  provider has not been called (the put comes first), so the call goes ahead;
+* when the write fails outright, the call deletes the record on the condition that it is
+  still INPROGRESS and still its own. That can only remove a write that never led to a call.
 """
 
 from __future__ import annotations
 
+import threading
+import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -33,10 +47,12 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyPersistenceLayerError,
 )
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.providers.outcome import SendOutcome
 
@@ -45,13 +61,79 @@ KEY_PREFIX = "sendonce-send"
 # Powertools warns when it cannot see the Lambda deadline. Not seeing it is the point here.
 warnings.filterwarnings("ignore", message="Couldn't determine the remaining time left", category=UserWarning)
 _KEY_FIELD = "idempotency_key"
+WRITER_ATTR = "writer"
+_INPROGRESS = "INPROGRESS"
 
 
 class BlockingDynamoDBPersistenceLayer(DynamoDBPersistenceLayer):
-    """An INPROGRESS record that never expires before the dedupe window does."""
+    """An INPROGRESS record that never expires before the dedupe window does, and that names
+    its writer so a lost response to its own put is recognised (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Sends run on a thread pool; each thread's put carries the id of its own call.
+        self._current = threading.local()
+        self.client.meta.events.register(
+            "before-parameter-build.dynamodb.PutItem",
+            self._stamp_writer,
+            unique_id=f"sendonce-writer-{id(self)}",
+        )
+
+    @contextmanager
+    def writing_as(self, writer: str) -> Iterator[None]:
+        self._current.writer = writer
+        try:
+            yield
+        finally:
+            self._current.writer = None
+
+    def _writer(self) -> str | None:
+        writer: str | None = getattr(self._current, "writer", None)
+        return writer
+
+    def _stamp_writer(self, params: dict[str, Any], **_: Any) -> None:
+        writer = self._writer()
+        if writer and params.get("TableName") == self.table_name and "Item" in params:
+            params["Item"][WRITER_ATTR] = {"S": writer}
 
     def save_inprogress(self, data: dict[str, Any], remaining_time_in_millis: int | None = None) -> None:
         super().save_inprogress(data=data, remaining_time_in_millis=None)
+
+    def _put_record(self, data_record: DataRecord) -> None:
+        try:
+            super()._put_record(data_record)
+        except IdempotencyItemAlreadyExistsError as exc:
+            if self._is_own_inprogress(exc.__cause__):
+                return  # botocore retried our put after its response was lost
+            raise
+
+    def _is_own_inprogress(self, cause: BaseException | None) -> bool:
+        writer = self._writer()
+        if not writer or not isinstance(cause, ClientError):
+            return False
+        item: dict[str, Any] = cause.response.get("Item") or {}  # type: ignore[assignment]
+        return bool(
+            item.get(WRITER_ATTR, {}).get("S") == writer
+            and item.get(self.status_attr, {}).get("S") == _INPROGRESS
+        )
+
+    def release_own_inprogress(self, data: dict[str, Any], writer: str) -> None:
+        """Delete the key's record only while it is INPROGRESS and written by ``writer``.
+        Anything else (no record, a rival's, a completed one) is left alone."""
+        key = self._get_hashed_idempotency_key(data=data)
+        if key is None:
+            return
+        try:
+            self.client.delete_item(
+                TableName=self.table_name,
+                Key=self._get_key(key),
+                ConditionExpression="#writer = :writer AND #status = :inprogress",
+                ExpressionAttributeNames={"#writer": WRITER_ATTR, "#status": self.status_attr},
+                ExpressionAttributeValues={":writer": {"S": writer}, ":inprogress": {"S": _INPROGRESS}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
 
 
 class GuardVerdict(StrEnum):
@@ -69,6 +151,9 @@ class GuardResult:
     # INPROGRESS record still blocks any resend, so nothing is lost, but operators should know.
     record_unsettled: bool = False
     error: str = ""
+    # STORE_UNAVAILABLE only: whether a record this call may have written is known to be gone.
+    # If not, a later attempt meets it and the row ends ``unknown`` (safe, needs an operator).
+    own_record_released: bool = False
 
     @property
     def provider_called(self) -> bool:
@@ -137,8 +222,10 @@ class SendGuard:
             persistence_store=self._persistence,
             key_prefix=KEY_PREFIX,
         )(run)
+        writer = uuid.uuid4().hex
         try:
-            stored = guarded(record={_KEY_FIELD: idempotency_key})
+            with self._persistence.writing_as(writer):
+                stored = guarded(record={_KEY_FIELD: idempotency_key})
         except _ProvablyNotSentError as exc:
             return GuardResult(GuardVerdict.CALLED, exc.outcome)
         except IdempotencyAlreadyInProgressError:
@@ -146,10 +233,20 @@ class SendGuard:
         except IdempotencyPersistenceLayerError as exc:
             if called:
                 return GuardResult(GuardVerdict.CALLED, called[0], record_unsettled=True, error=str(exc))
-            return GuardResult(GuardVerdict.STORE_UNAVAILABLE, error=str(exc))
+            released = self._release(idempotency_key, writer)
+            return GuardResult(GuardVerdict.STORE_UNAVAILABLE, error=str(exc), own_record_released=released)
         if called:
             return GuardResult(GuardVerdict.CALLED, called[0])
         return GuardResult(GuardVerdict.REPLAYED, SendOutcome.model_validate(stored))
+
+    def _release(self, idempotency_key: str, writer: str) -> bool:
+        """The write failed, so the provider was not called: a record the write may have left
+        behind is removed, or it would block this message until an operator steps in."""
+        try:
+            self._persistence.release_own_inprogress({_KEY_FIELD: idempotency_key}, writer)
+        except (BotoCoreError, ClientError):
+            return False
+        return True
 
     def lookup(self, idempotency_key: str) -> RecordLookup:
         """Read the record for a key (the sweeper's view). Raises on store errors, so a

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 import boto3
 from aws_lambda_powertools.utilities import parameters
@@ -55,17 +56,22 @@ def build_database(config: Settings) -> Database:
     )
 
 
-def build_guard(config: Settings) -> SendGuard:
-    # Explicit, short timeouts with bounded standard-mode retries: the defaults (60 s reads,
-    # legacy retries) could spend a whole invocation on one write; the total is in the budget.
-    client = boto3.client(
+def dynamodb_client(config: Settings) -> Any:
+    """Explicit, short timeouts with bounded standard-mode retries: the defaults (60 s reads,
+    legacy retries) could spend a whole invocation on one write; the total is in the budget.
+    ``total_max_attempts`` counts the first request; botocore's ``max_attempts`` would not."""
+    return boto3.client(
         "dynamodb",
         config=BotoConfig(
             connect_timeout=config.dynamodb_connect_timeout_seconds,
             read_timeout=config.dynamodb_read_timeout_seconds,
-            retries={"mode": "standard", "max_attempts": config.dynamodb_max_attempts},
+            retries={"mode": "standard", "total_max_attempts": config.dynamodb_max_attempts},
         ),
     )
+
+
+def build_guard(config: Settings) -> SendGuard:
+    client = dynamodb_client(config)
     return SendGuard.for_table(config.idempotency_table, config.dedupe_window_seconds, boto3_client=client)
 
 

@@ -9,9 +9,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from botocore.config import Config as BotoConfig
 
-from devstack.aws import aws_client
+from devstack.aws import LocalAwsResources, aws_client
 from devstack.lambda_context import LocalLambdaContext
+from devstack.lossy_proxy import LossyProxy
 from devstack.testing import enqueue_contacts, expire_leases
 from shared.dispatch import DispatchDeps, dispatch
 from shared.events import DispatchRequest
@@ -228,6 +230,33 @@ def test_idempotency_store_down_sends_nothing(
     assert report.counts["IdempotencyStoreUnavailable"] >= 1
     assert accepted(fake_provider) == Counter()
     assert {(r["status"], r["attempts"]) for r in rows(database)} <= {("pending", 0), ("claimed", 1)}
+
+
+def test_lost_idempotency_write_answers_leave_the_row_sendable_not_unknown(
+    database: Database, deps: DispatchDeps, fake_provider: Any, aws: LocalAwsResources, moto_server: Any
+) -> None:
+    """Every answer to the INPROGRESS write is lost although DynamoDB committed it. The
+    invocation stops without sending; the record it left is its own and is released, so the
+    next invocation sends the message once instead of finding a record nobody acted on."""
+    enqueue(database, "whatsapp", ["15550000001"])
+    with LossyProxy(moto_server.endpoint) as lossy:
+        lossy.lose_responses("PutItem", 2)
+        config = BotoConfig(read_timeout=5, retries={"mode": "standard", "total_max_attempts": 2})
+        deps.guard = SendGuard.for_table(
+            aws.idempotency_table, 3600, boto3_client=aws_client("dynamodb", lossy.endpoint, config=config)
+        )
+        first = dispatch(deps, MANUAL, PLENTY)
+    assert first.stopped_because == "idempotency store unavailable"
+    assert accepted(fake_provider) == Counter()
+    assert [(r["status"], r["attempts"]) for r in rows(database)] == [("pending", 0)]
+
+    deps.guard = SendGuard.for_table(
+        aws.idempotency_table, 3600, boto3_client=aws_client("dynamodb", moto_server.endpoint)
+    )
+    second = dispatch(deps, MANUAL, PLENTY)
+    assert second.counts["Sent"] == 1
+    assert accepted(fake_provider) == Counter({("whatsapp", "15550000001"): 1})
+    assert [r["status"] for r in rows(database)] == ["sent"]
 
 
 def test_database_down_fails_fast(deps: DispatchDeps) -> None:

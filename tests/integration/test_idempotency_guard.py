@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,11 +13,23 @@ from aws_lambda_powertools.utilities.idempotency import (
     IdempotencyConfig,
     idempotent_function,
 )
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError
 
-from devstack.aws import LocalAwsResources, aws_client
+from devstack.aws import FAKE_CREDENTIALS, LocalAwsResources, MotoServer, aws_client
 from devstack.lambda_context import LocalLambdaContext
-from shared.idempotency import KEY_PREFIX, GuardVerdict, RecordState, SendGuard
+from devstack.lossy_proxy import LossyProxy
+from shared.config import Settings
+from shared.idempotency import (
+    KEY_PREFIX,
+    BlockingDynamoDBPersistenceLayer,
+    GuardVerdict,
+    RecordState,
+    SendGuard,
+)
 from shared.providers.outcome import SendOutcome
+from shared.runtime import dynamodb_client
 
 pytestmark = pytest.mark.integration
 KEY = "so1-" + "a" * 64
@@ -184,3 +197,136 @@ def test_in_progress_record_is_reported(guard: SendGuard) -> None:
     assert guard.lookup(KEY).state is RecordState.INPROGRESS
     t.join()
     assert guard.lookup(KEY).state is RecordState.COMPLETED
+
+
+# --- a write whose response is lost ----------------------------------------------------------
+
+
+@pytest.fixture
+def lossy(moto_server: MotoServer) -> Iterator[LossyProxy]:
+    with LossyProxy(moto_server.endpoint) as proxy:
+        yield proxy
+
+
+def lossy_client(proxy: LossyProxy) -> Any:
+    """Two attempts in all, in standard mode."""
+    config = BotoConfig(
+        connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 2}
+    )
+    return aws_client("dynamodb", proxy.endpoint, config=config)
+
+
+def test_put_whose_response_was_lost_is_recognised_on_retry_and_sends_once(
+    aws: LocalAwsResources, lossy: LossyProxy, guard: SendGuard
+) -> None:
+    """The first put commits but its answer is lost; botocore's retry meets that record.
+    It carries this call's writer id, so the call goes ahead instead of giving up."""
+    lossy.lose_responses("PutItem", 1)
+    through_lossy = SendGuard.for_table(aws.idempotency_table, 3600, boto3_client=lossy_client(lossy))
+    send = CountingSend(SendOutcome.sent("wamid.lost-answer"))
+    result = through_lossy.deliver_once(KEY, send)
+    assert (lossy.dropped["PutItem"], lossy.forwarded["PutItem"]) == (1, 1), "the put was retried"
+    assert result.verdict is GuardVerdict.CALLED
+    assert send.calls == 1
+    assert guard.lookup(KEY).state is RecordState.COMPLETED
+    assert guard.deliver_once(KEY, send).verdict is GuardVerdict.REPLAYED
+    assert send.calls == 1
+
+
+def test_control_stock_powertools_gives_up_on_its_own_lost_write(
+    aws: LocalAwsResources, lossy: LossyProxy
+) -> None:
+    """Same loss through stock Powertools: the retry meets its own record, takes it for a
+    rival's, and the message is never sent (the row would end ``unknown``)."""
+    lossy.lose_responses("PutItem", 1)
+    persistence = DynamoDBPersistenceLayer(table_name=aws.idempotency_table, boto3_client=lossy_client(lossy))
+    config = IdempotencyConfig(event_key_jmespath="idempotency_key", expires_after_seconds=3600)
+    send = CountingSend(SendOutcome.sent("wamid.never"))
+
+    def run(record: dict[str, str]) -> dict[str, Any]:
+        return send().model_dump(mode="json")
+
+    guarded = idempotent_function(
+        data_keyword_argument="record", config=config, persistence_store=persistence, key_prefix=KEY_PREFIX
+    )(run)
+    with pytest.raises(IdempotencyAlreadyInProgressError):
+        guarded(record={"idempotency_key": KEY})
+    assert send.calls == 0
+
+
+def test_failed_write_releases_its_own_record_so_the_next_attempt_sends(
+    aws: LocalAwsResources, lossy: LossyProxy, guard: SendGuard
+) -> None:
+    """Every attempt's answer is lost, so the write fails; the record it left is removed."""
+    lossy.lose_responses("PutItem", 2)
+    through_lossy = SendGuard.for_table(aws.idempotency_table, 3600, boto3_client=lossy_client(lossy))
+    send = CountingSend(SendOutcome.sent("wamid.second-try"))
+    result = through_lossy.deliver_once(KEY, send)
+    assert result.verdict is GuardVerdict.STORE_UNAVAILABLE
+    assert result.own_record_released
+    assert send.calls == 0
+    assert lossy.dropped["PutItem"] == 2
+    assert guard.lookup(KEY).state is RecordState.ABSENT
+    assert through_lossy.deliver_once(KEY, send).verdict is GuardVerdict.CALLED
+    assert send.calls == 1
+
+
+def test_failed_write_never_releases_a_rival_record(
+    aws: LocalAwsResources, lossy: LossyProxy, guard: SendGuard
+) -> None:
+    """A rival holds the key (its send may be in flight). Our write fails with lost answers;
+    the clean-up is conditional on our writer id and must leave the rival's record."""
+    rival_sending = threading.Event()
+    finish_rival = threading.Event()
+
+    def rival_send() -> SendOutcome:
+        rival_sending.set()
+        finish_rival.wait(30)
+        return SendOutcome.sent("wamid.rival")
+
+    rival = threading.Thread(target=guard.deliver_once, args=(KEY, rival_send))
+    rival.start()
+    try:
+        assert rival_sending.wait(30)
+        lossy.lose_responses("PutItem", 2)
+        through_lossy = SendGuard.for_table(aws.idempotency_table, 3600, boto3_client=lossy_client(lossy))
+        send = CountingSend(SendOutcome.sent("wamid.ours"))
+        result = through_lossy.deliver_once(KEY, send)
+        assert result.verdict is GuardVerdict.STORE_UNAVAILABLE
+        assert send.calls == 0
+        assert guard.lookup(KEY).state is RecordState.INPROGRESS
+    finally:
+        finish_rival.set()
+        rival.join(30)
+    assert guard.lookup(KEY).state is RecordState.COMPLETED
+
+
+def test_release_is_conditional_on_writer_and_status(aws: LocalAwsResources, moto_server: MotoServer) -> None:
+    layer = BlockingDynamoDBPersistenceLayer(
+        table_name=aws.idempotency_table, boto3_client=aws_client("dynamodb", moto_server.endpoint)
+    )
+    layer.configure(IdempotencyConfig(event_key_jmespath="idempotency_key"), key_prefix=KEY_PREFIX)
+    data = {"idempotency_key": KEY}
+    with layer.writing_as("writer-a"):
+        layer.save_inprogress(data=data)
+    guard = SendGuard(layer, 3600)
+    layer.release_own_inprogress(data, "writer-b")
+    assert guard.lookup(KEY).state is RecordState.INPROGRESS
+    layer.release_own_inprogress(data, "writer-a")
+    assert guard.lookup(KEY).state is RecordState.ABSENT
+
+
+@pytest.mark.parametrize("attempts", [1, 3])
+def test_dispatcher_client_makes_exactly_the_attempts_the_budget_counts(
+    monkeypatch: pytest.MonkeyPatch, aws: LocalAwsResources, lossy: LossyProxy, attempts: int
+) -> None:
+    """The stop-claiming margin multiplies each call's timeouts by ``dynamodb_max_attempts``;
+    the client must not make more requests than that (botocore's own ``max_attempts`` would
+    add one)."""
+    for name, value in {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": lossy.endpoint}.items():
+        monkeypatch.setenv(name, value)
+    client = dynamodb_client(Settings(dynamodb_max_attempts=attempts))
+    lossy.lose_responses("GetItem", 10)
+    with pytest.raises(BotoCoreError):
+        client.get_item(TableName=aws.idempotency_table, Key={"id": {"S": "any"}})
+    assert lossy.dropped["GetItem"] == attempts
