@@ -33,7 +33,8 @@ class LossyProxy:
         self._drops: Counter[str] = Counter()
         self.forwarded: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
-        self._client = httpx.Client(timeout=30.0)
+        # trust_env=False: an HTTP(S)_PROXY in the environment must not reroute the hop to moto.
+        self._client = httpx.Client(timeout=30.0, trust_env=False)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

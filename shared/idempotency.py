@@ -117,23 +117,27 @@ class BlockingDynamoDBPersistenceLayer(DynamoDBPersistenceLayer):
             and item.get(self.status_attr, {}).get("S") == _INPROGRESS
         )
 
-    def release_own_inprogress(self, data: dict[str, Any], writer: str) -> None:
-        """Delete the key's record only while it is INPROGRESS and written by ``writer``.
-        Anything else (no record, a rival's, a completed one) is left alone."""
+    def release_own_inprogress(self, data: dict[str, Any], writer: str) -> bool:
+        """Delete the key's record only while it is INPROGRESS and written by ``writer``, and
+        say whether one was deleted. Anything else (no record, a rival's, a completed one) is
+        left alone."""
         key = self._get_hashed_idempotency_key(data=data)
         if key is None:
-            return
+            return False
         try:
-            self.client.delete_item(
+            response = self.client.delete_item(
                 TableName=self.table_name,
                 Key=self._get_key(key),
                 ConditionExpression="#writer = :writer AND #status = :inprogress",
                 ExpressionAttributeNames={"#writer": WRITER_ATTR, "#status": self.status_attr},
                 ExpressionAttributeValues={":writer": {"S": writer}, ":inprogress": {"S": _INPROGRESS}},
+                ReturnValues="ALL_OLD",
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
+            return False
+        return bool(response.get("Attributes"))
 
 
 class GuardVerdict(StrEnum):
@@ -151,8 +155,10 @@ class GuardResult:
     # INPROGRESS record still blocks any resend, so nothing is lost, but operators should know.
     record_unsettled: bool = False
     error: str = ""
-    # STORE_UNAVAILABLE only: whether a record this call may have written is known to be gone.
-    # If not, a later attempt meets it and the row ends ``unknown`` (safe, needs an operator).
+    # STORE_UNAVAILABLE only: a record this call's failed write had committed was found and
+    # deleted. False when there was none to delete, or the clean-up failed; in the latter
+    # case, or if a delayed put commits after the clean-up, a later attempt meets the record
+    # and the row ends ``unknown`` (safe, needs an operator).
     own_record_released: bool = False
 
     @property
@@ -243,10 +249,9 @@ class SendGuard:
         """The write failed, so the provider was not called: a record the write may have left
         behind is removed, or it would block this message until an operator steps in."""
         try:
-            self._persistence.release_own_inprogress({_KEY_FIELD: idempotency_key}, writer)
+            return self._persistence.release_own_inprogress({_KEY_FIELD: idempotency_key}, writer)
         except (BotoCoreError, ClientError):
             return False
-        return True
 
     def lookup(self, idempotency_key: str) -> RecordLookup:
         """Read the record for a key (the sweeper's view). Raises on store errors, so a

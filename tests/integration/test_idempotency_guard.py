@@ -274,8 +274,11 @@ def test_failed_write_releases_its_own_record_so_the_next_attempt_sends(
 def test_failed_write_never_releases_a_rival_record(
     aws: LocalAwsResources, lossy: LossyProxy, guard: SendGuard
 ) -> None:
-    """A rival holds the key (its send may be in flight). Our write fails with lost answers;
-    the clean-up is conditional on our writer id and must leave the rival's record."""
+    """A rival holds the key (its send may be in flight). Our write fails with lost answers
+    (each one a conditional-check failure against the rival's record, so ours never commits);
+    the clean-up is conditional on our writer id and must leave the rival's record. The proxy
+    cannot lose an answer *before* the write commits, so a retry meeting a rival's record is
+    covered by the races in tests/chaos instead."""
     rival_sending = threading.Event()
     finish_rival = threading.Event()
 
@@ -293,6 +296,7 @@ def test_failed_write_never_releases_a_rival_record(
         send = CountingSend(SendOutcome.sent("wamid.ours"))
         result = through_lossy.deliver_once(KEY, send)
         assert result.verdict is GuardVerdict.STORE_UNAVAILABLE
+        assert not result.own_record_released
         assert send.calls == 0
         assert guard.lookup(KEY).state is RecordState.INPROGRESS
     finally:
@@ -310,19 +314,52 @@ def test_release_is_conditional_on_writer_and_status(aws: LocalAwsResources, mot
     with layer.writing_as("writer-a"):
         layer.save_inprogress(data=data)
     guard = SendGuard(layer, 3600)
-    layer.release_own_inprogress(data, "writer-b")
+    assert not layer.release_own_inprogress(data, "writer-b")
     assert guard.lookup(KEY).state is RecordState.INPROGRESS
-    layer.release_own_inprogress(data, "writer-a")
+    assert layer.release_own_inprogress(data, "writer-a")
     assert guard.lookup(KEY).state is RecordState.ABSENT
+    assert not layer.release_own_inprogress(data, "writer-a"), "nothing left to release"
+
+    # A completed record proves a call: even its own writer's clean-up leaves it.
+    with layer.writing_as("writer-a"):
+        layer.save_inprogress(data=data)
+    layer.save_success(data=data, result=SendOutcome.sent("wamid.done").model_dump(mode="json"))
+    assert not layer.release_own_inprogress(data, "writer-a")
+    assert guard.lookup(KEY).state is RecordState.COMPLETED
+
+
+def test_writer_is_per_thread_when_puts_interleave(aws: LocalAwsResources, moto_server: MotoServer) -> None:
+    """Two calls on one client set their writer ids before either put is built. With a writer
+    shared across threads, the loser would take the winner's record for its own and send too."""
+    client = aws_client("dynamodb", moto_server.endpoint)
+    guard = SendGuard.for_table(aws.idempotency_table, 3600, boto3_client=client)
+    both_set = threading.Barrier(2, timeout=10)
+
+    def hold(**_: Any) -> None:
+        both_set.wait()
+
+    client.meta.events.register("provide-client-params.dynamodb.PutItem", hold)
+    send = CountingSend(SendOutcome.sent("wamid.once"), hold_seconds=0.5)
+    verdicts: list[GuardVerdict] = []
+    threads = [
+        threading.Thread(target=lambda: verdicts.append(guard.deliver_once(KEY, send).verdict))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert send.calls == 1, verdicts
+    assert sorted(verdicts) == sorted([GuardVerdict.CALLED, GuardVerdict.IN_PROGRESS])
 
 
 @pytest.mark.parametrize("attempts", [1, 3])
-def test_dispatcher_client_makes_exactly_the_attempts_the_budget_counts(
+def test_dispatcher_client_makes_at_most_the_attempts_the_budget_counts(
     monkeypatch: pytest.MonkeyPatch, aws: LocalAwsResources, lossy: LossyProxy, attempts: int
 ) -> None:
     """The stop-claiming margin multiplies each call's timeouts by ``dynamodb_max_attempts``;
     the client must not make more requests than that (botocore's own ``max_attempts`` would
-    add one)."""
+    add one). Answers lost on every attempt use them all."""
     for name, value in {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": lossy.endpoint}.items():
         monkeypatch.setenv(name, value)
     client = dynamodb_client(Settings(dynamodb_max_attempts=attempts))
