@@ -25,14 +25,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from devstack.stack import ROOT, LocalStack
+from devstack.terminal import make_console
 from devstack.testing import enqueue_contacts
 from shared.queue import QueueRepository
 
-console = Console()
+console = make_console()
 
 
 @dataclass

@@ -22,9 +22,9 @@ import sys
 from typing import Any
 from uuid import UUID
 
-from rich.console import Console
 from rich.table import Table
 
+from devstack.terminal import make_console
 from shared.reconcile import (
     DecisionError,
     OperatorAction,
@@ -39,7 +39,7 @@ from shared.runtime import build_guard, database, settings, sweep_deps
 from shared.storage.migrate import migrate
 from shared.sweeper import sweep
 
-console = Console()
+console = make_console()
 
 
 def _reconcile_deps() -> ReconcileDeps:

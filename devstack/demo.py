@@ -16,13 +16,13 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from devstack.stack import ROOT, LocalStack
+from devstack.terminal import make_console
 from shared.queue import QueueRepository
 
-console = Console()
+console = make_console()
 EVENTS = ROOT / "events"
 
 
