@@ -51,6 +51,20 @@ class CountingSend:
         return self.outcome
 
 
+def racing_verdicts(guard: SendGuard, send: CountingSend, callers: int) -> list[GuardVerdict]:
+    """``callers`` threads deliver the same key at once; their verdicts, in finishing order."""
+    verdicts: list[GuardVerdict] = []
+    threads = [
+        threading.Thread(target=lambda: verdicts.append(guard.deliver_once(KEY, send).verdict))
+        for _ in range(callers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return verdicts
+
+
 def test_first_call_sends_and_second_replays_without_calling(guard: SendGuard) -> None:
     send = CountingSend(SendOutcome.sent("wamid.1"))
     first = guard.deliver_once(KEY, send)
@@ -98,15 +112,7 @@ def test_adapter_exception_is_stored_as_ambiguous_not_deleted(guard: SendGuard) 
 
 def test_concurrent_callers_only_one_calls(guard: SendGuard) -> None:
     send = CountingSend(SendOutcome.sent("wamid.c"), hold_seconds=0.5)
-    verdicts: list[GuardVerdict] = []
-    threads = [
-        threading.Thread(target=lambda: verdicts.append(guard.deliver_once(KEY, send).verdict))
-        for _ in range(6)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    verdicts = racing_verdicts(guard, send, callers=6)
     assert send.calls == 1
     assert verdicts.count(GuardVerdict.CALLED) == 1
     assert set(verdicts) <= {GuardVerdict.CALLED, GuardVerdict.IN_PROGRESS, GuardVerdict.REPLAYED}
@@ -340,15 +346,7 @@ def test_writer_is_per_thread_when_puts_interleave(aws: LocalAwsResources, moto_
 
     client.meta.events.register("provide-client-params.dynamodb.PutItem", hold)
     send = CountingSend(SendOutcome.sent("wamid.once"), hold_seconds=0.5)
-    verdicts: list[GuardVerdict] = []
-    threads = [
-        threading.Thread(target=lambda: verdicts.append(guard.deliver_once(KEY, send).verdict))
-        for _ in range(2)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    verdicts = racing_verdicts(guard, send, callers=2)
     assert send.calls == 1, verdicts
     assert sorted(verdicts) == sorted([GuardVerdict.CALLED, GuardVerdict.IN_PROGRESS])
 
