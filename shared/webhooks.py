@@ -337,6 +337,32 @@ def parse_messenger(document: Any) -> list[ProviderEvent]:
     return events
 
 
+def _watermark_event(
+    event_type: str,
+    status: str,
+    item: dict[str, Any],
+    sender: str | None,
+    occurred_at: datetime | None,
+    raw_watermark: Any,
+) -> list[ProviderEvent]:
+    """A Messenger delivery or read that names no message: everything the person (``sender``)
+    received up to the watermark. The raw watermark keeps the dedupe key exact."""
+    watermark = _epoch(raw_watermark, 1000)
+    if sender is None or watermark is None:
+        return []
+    return [
+        ProviderEvent(
+            event_type=event_type,
+            dedupe_key=f"{event_type}:{sender}:{raw_watermark}",
+            payload=item,
+            status=status,
+            recipient=sender,
+            occurred_at=occurred_at,
+            watermark=watermark,
+        )
+    ]
+
+
 def _messenger_item(value: Any) -> list[ProviderEvent]:
     item = _obj(value)
     if item is None:
@@ -367,8 +393,6 @@ def _messenger_item(value: Any) -> list[ProviderEvent]:
     # Deliveries and reads are sent by the person: `sender` is who received our message.
     delivery = _obj(item.get("delivery"))
     if delivery is not None:
-        raw_watermark = delivery.get("watermark")
-        watermark = _epoch(raw_watermark, 1000)
         mids = [mid for mid in (_str(m) for m in _list(delivery.get("mids"))) if mid]
         if mids:
             return [
@@ -380,41 +404,15 @@ def _messenger_item(value: Any) -> list[ProviderEvent]:
                     provider_message_id=mid,
                     recipient=sender,
                     occurred_at=occurred_at,
-                    watermark=watermark,
+                    watermark=_epoch(delivery.get("watermark"), 1000),
                 )
                 for mid in mids
             ]
-        if sender is None or watermark is None:
-            return []
-        return [
-            ProviderEvent(
-                event_type="delivery",
-                dedupe_key=f"delivery:{sender}:{raw_watermark}",
-                payload=item,
-                status="delivered",
-                recipient=sender,
-                occurred_at=occurred_at,
-                watermark=watermark,
-            )
-        ]
+        return _watermark_event("delivery", "delivered", item, sender, occurred_at, delivery.get("watermark"))
 
     read = _obj(item.get("read"))
     if read is not None:
-        raw_watermark = read.get("watermark")
-        watermark = _epoch(raw_watermark, 1000)
-        if sender is None or watermark is None:
-            return []
-        return [
-            ProviderEvent(
-                event_type="read",
-                dedupe_key=f"read:{sender}:{raw_watermark}",
-                payload=item,
-                status="read",
-                recipient=sender,
-                occurred_at=occurred_at,
-                watermark=watermark,
-            )
-        ]
+        return _watermark_event("read", "read", item, sender, occurred_at, read.get("watermark"))
     return []
 
 

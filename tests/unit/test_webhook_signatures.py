@@ -416,6 +416,18 @@ def test_messenger_read_has_a_watermark_and_no_mid() -> None:
     assert (event.recipient, event.watermark) == ("PSID1", datetime(2025, 11, 23, 19, 5, 3, tzinfo=UTC))
 
 
+def test_messenger_delivery_without_mids_is_a_watermark_for_the_person() -> None:
+    delivery = {"sender": {"id": "PSID1"}, "timestamp": 1, "delivery": {"watermark": 1763924701500}}
+    [event] = parse_events(Channel.MESSENGER, messenger_body(delivery))
+    assert (event.event_type, event.dedupe_key, event.status) == (
+        "delivery",
+        "delivery:PSID1:1763924701500",
+        "delivered",
+    )
+    assert (event.provider_message_id, event.recipient) == (None, "PSID1")
+    assert event.watermark == datetime(2025, 11, 23, 19, 5, 1, 500000, tzinfo=UTC)
+
+
 def test_messenger_mixed_delivery() -> None:
     inbound = {
         "sender": {"id": "PSID2"},
