@@ -11,13 +11,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
 
 from devstack.postgres import free_port
+from devstack.service import Service
 
 REGION = "us-east-1"
 # moto accepts any credentials; these keep boto3 from looking for real ones.
@@ -50,7 +50,7 @@ def wait_for_port(port: int, timeout_seconds: float = 30.0) -> None:
 
 
 @dataclass
-class MotoServer:
+class MotoServer(Service):
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     _process: subprocess.Popen[bytes] | None = None
@@ -81,14 +81,6 @@ class MotoServer:
             except subprocess.TimeoutExpired:
                 self._process.kill()
         self._process = None
-
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def aws_client(service: str, endpoint: str | None, config: BotoConfig | None = None) -> Any:

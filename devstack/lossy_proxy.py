@@ -11,9 +11,10 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 
 import httpx
+
+from devstack.service import Service
 
 # Hop-by-hop headers, and those httpx has already acted on (it decodes the body).
 _NOT_FORWARDED = {
@@ -26,7 +27,7 @@ _NOT_FORWARDED = {
 }
 
 
-class LossyProxy:
+class LossyProxy(Service):
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self._lock = threading.Lock()
@@ -94,11 +95,3 @@ class LossyProxy:
         self._server.shutdown()
         self._server.server_close()
         self._client.close()
-
-    def __enter__(self) -> LossyProxy:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -16,7 +16,8 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
+
+from devstack.service import Service
 
 SUPERUSER = "sendonce"
 
@@ -61,7 +62,7 @@ def _run_as_user() -> str | None:
     return "sendonce-pg"
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(Service):
     """Start with ``start()`` (or as a context manager); ``url`` names the server's
     ``postgres`` database; ``create_database()`` makes fresh ones, optionally from a template."""
 
@@ -174,11 +175,3 @@ class EmbeddedPostgres:
 
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
-
-    def __enter__(self) -> EmbeddedPostgres:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -17,12 +17,12 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from devstack.aws import LocalAwsResources, MotoServer, provision
 from devstack.fake_provider import FakeProvider, FakeProviderClient
 from devstack.postgres import EmbeddedPostgres
+from devstack.service import Service
 from devstack.testing import function_env, make_settings
 from shared.config import Settings
 from shared.storage.db import Database
@@ -31,7 +31,7 @@ from shared.storage.migrate import migrate
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class LocalStack:
+class LocalStack(Service):
     def __init__(
         self,
         *,
@@ -92,14 +92,6 @@ class LocalStack:
         for invocation in self._invocations:
             invocation.kill()
         self._stack.close()
-
-    def __enter__(self) -> LocalStack:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def db(self) -> Database:
