@@ -395,6 +395,7 @@ def _messenger_item(value: Any) -> list[ProviderEvent]:
     if delivery is not None:
         mids = [mid for mid in (_str(m) for m in _list(delivery.get("mids"))) if mid]
         if mids:
+            watermark = _epoch(delivery.get("watermark"), 1000)
             return [
                 ProviderEvent(
                     event_type="delivery",
@@ -404,7 +405,7 @@ def _messenger_item(value: Any) -> list[ProviderEvent]:
                     provider_message_id=mid,
                     recipient=sender,
                     occurred_at=occurred_at,
-                    watermark=_epoch(delivery.get("watermark"), 1000),
+                    watermark=watermark,
                 )
                 for mid in mids
             ]

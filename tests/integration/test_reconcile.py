@@ -44,15 +44,23 @@ def deps(db_url: str, aws: LocalAwsResources, queue: QueueRepository, guard: Sen
     return make_deps(db_url, aws, queue, guard)
 
 
-def enqueue(database: Database, channel: str = "whatsapp", contacts: int = 1, body: str = "hello") -> None:
+def enqueue(
+    database: Database,
+    channel: str = "whatsapp",
+    contacts: int = 1,
+    body: str = "hello",
+    *,
+    campaign_id: uuid.UUID = CAMPAIGN,
+    campaign_name: str = "reconcile",
+) -> None:
     addresses = [f"1555{i:07d}" if channel == "whatsapp" else f"{channel}-{i}" for i in range(contacts)]
     enqueue_campaign(
         database,
         EnqueueRequest.model_validate(
             {
                 "source": "sendonce.manual",
-                "campaign_id": str(CAMPAIGN),
-                "campaign_name": "reconcile",
+                "campaign_id": str(campaign_id),
+                "campaign_name": campaign_name,
                 "channel": channel,
                 "sender_provider_id": "sender",
                 "contacts": [{"address": a} for a in addresses],
@@ -173,20 +181,7 @@ def test_unipile_read_back_of_a_known_chat_resolves_unknown(
 ) -> None:
     enqueue(database, channel="linkedin", contacts=1, body="first")
     to_status(queue, guard, QueueStatus.SENT, SendOutcome.sent("msg-first", thread_id="chat-9"))
-    enqueue_campaign(
-        database,
-        EnqueueRequest.model_validate(
-            {
-                "source": "sendonce.manual",
-                "campaign_id": str(uuid.uuid4()),
-                "campaign_name": "second",
-                "channel": "linkedin",
-                "sender_provider_id": "sender",
-                "contacts": [{"address": "linkedin-0"}],
-                "steps": [{"message_type": "intro", "body": "second"}],
-            }
-        ),
-    )
+    enqueue(database, channel="linkedin", body="second", campaign_id=uuid.uuid4(), campaign_name="second")
     [m] = to_status(queue, guard, QueueStatus.UNKNOWN, SendOutcome.ambiguous("unipile:request_timeout"))
     reader = FakeReadBack(SendOutcome.sent("msg-second", thread_id="chat-9"))
     deps.read_back = {m.channel: reader}
@@ -321,20 +316,7 @@ def test_duplicate_detector_flags_two_ids_for_one_key_and_same_text_within_an_ho
     add_event(database, idempotency_key="so1-k", provider_message_id="wamid.b")
     # The same person in two campaigns with the same text (seed 000).
     enqueue(database, body="same text")
-    enqueue_campaign(
-        database,
-        EnqueueRequest.model_validate(
-            {
-                "source": "sendonce.manual",
-                "campaign_id": str(uuid.uuid4()),
-                "campaign_name": "other",
-                "channel": "whatsapp",
-                "sender_provider_id": "sender",
-                "contacts": [{"address": "15550000000"}],
-                "steps": [{"message_type": "intro", "body": "same text"}],
-            }
-        ),
-    )
+    enqueue(database, body="same text", campaign_id=uuid.uuid4(), campaign_name="other")
     to_status(queue, guard, QueueStatus.SENT, SendOutcome.sent("wamid.x"))
     [first, second] = database.fetch_all("SELECT provider_message_id FROM message_ledger ORDER BY id")
     assert first and second
