@@ -3,11 +3,13 @@ settle the row from the classified outcome.
 
 Per message, in this order:
 1. ``claimed -> sending`` is committed (CAS on the claim token). This is the recovery point.
-2. The DynamoDB INPROGRESS record is written with a conditional put. Only its writer calls
-   the provider; a COMPLETED record is replayed, an INPROGRESS one is left to the sweeper,
-   and a store failure means no call at all (fail closed).
-3. The provider outcome settles the row with a CAS. A lost CAS after a send is logged and
-   counted, never retried: the DynamoDB record already holds the truth for the sweeper.
+2. The DynamoDB INPROGRESS record is written with a conditional put, under a fresh writer id.
+   Only its writer calls the provider; a COMPLETED record is replayed, an INPROGRESS one is
+   left to the sweeper (unless Postgres proves its writer delivered nothing: then it is
+   released and the put retried), and a store failure means no call at all (fail closed).
+3. The provider outcome settles the row with a CAS, recording the attempt under the writer id.
+   A lost CAS after a send is logged and counted, never retried: the DynamoDB record already
+   holds the truth for the sweeper.
 """
 
 from __future__ import annotations
@@ -181,8 +183,11 @@ def _deliver(
         finally:
             provider_seconds = time.perf_counter() - started
 
+    def proves_unsent(writer: str) -> bool:
+        return queue.writer_proved_unsent(message.queue_id, writer)
+
     gate_started = time.perf_counter()
-    result = deps.guard.deliver_once(message.idempotency_key, call_provider)
+    result = deps.guard.deliver_once(message.idempotency_key, call_provider, proves_unsent)
     # The gate wraps the provider call; split its wall time between the two stages.
     tally.add_seconds(Stage.PROVIDER, provider_seconds)
     tally.add_seconds(Stage.DYNAMODB, time.perf_counter() - gate_started - provider_seconds)
@@ -198,21 +203,32 @@ def _deliver(
             },
         )
         with tally.timed(Stage.POSTGRES):
+            # Recorded as not called under this writer: if the failed write left a record
+            # behind, the next attempt's put finds this proof and releases it.
             queue.settle_pending(
                 message,
                 delay_seconds=0,
                 outcome=None,
                 refund_attempt=True,
                 last_error="idempotency store unavailable; provider not called",
+                writer=result.writer,
             )
         raise _StoreUnavailable(result.error)
 
     if result.verdict is GuardVerdict.IN_PROGRESS:
         tally.add(Metric.DUPLICATE_PREVENTED)
         logger.warning(
-            "another send holds the idempotency record; left for the sweeper", extra=_keys(message)
+            "another send holds the idempotency record; left for the sweeper",
+            extra={**_keys(message), "holder": result.holder},
         )
         return None
+
+    if result.released_writer is not None:
+        tally.add(Metric.STALE_RECORD_RELEASED)
+        logger.info(
+            "released a record whose writer provably delivered nothing",
+            extra={**_keys(message), "released_writer": result.released_writer},
+        )
 
     if result.record_unsettled:
         tally.add(Metric.IDEMPOTENCY_RECORD_UNSETTLED)
@@ -253,6 +269,8 @@ def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, ta
     queue = deps.queue
     keys = {**_keys(message), "outcome": outcome.kind.value, "reason": outcome.reason}
     replayed = result.verdict is GuardVerdict.REPLAYED
+    # The attempt names the writer whose call it was; a replay made no call of its own.
+    writer = None if replayed else result.writer
 
     if outcome.kind is OutcomeKind.SENT:
         settled = queue.settle_sent(
@@ -260,6 +278,7 @@ def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, ta
             outcome,
             recovered_from="idempotency_record" if replayed else "dispatch",
             record_attempt=not replayed,
+            writer=writer,
         )
         if settled:
             tally.add(Metric.RECOVERED_SENT if replayed else Metric.SENT)
@@ -276,14 +295,20 @@ def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, ta
     if outcome.kind is OutcomeKind.AMBIGUOUS:
         tally.add(Metric.AMBIGUOUS)
         queue.settle_terminal(
-            message, QueueStatus.UNKNOWN, outcome=None if replayed else outcome, failure_reason=outcome.reason
+            message,
+            QueueStatus.UNKNOWN,
+            outcome=None if replayed else outcome,
+            failure_reason=outcome.reason,
+            writer=writer,
         )
         logger.warning("ambiguous outcome: row is unknown, never resent blindly", extra=keys)
         return
 
     if outcome.kind is OutcomeKind.PERMANENT:
         tally.add(Metric.FAILED)
-        queue.settle_terminal(message, QueueStatus.FAILED, outcome=outcome, failure_reason=outcome.reason)
+        queue.settle_terminal(
+            message, QueueStatus.FAILED, outcome=outcome, failure_reason=outcome.reason, writer=writer
+        )
         logger.warning("permanent failure", extra=keys)
         return
 
@@ -293,7 +318,9 @@ def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, ta
         tally.add(Metric.SENDER_PAUSED)
         delay = max(0.0, (until - datetime.now(UTC)).total_seconds())
         # The sender, not the message, was refused: the attempt is not held against the row.
-        queue.settle_pending(message, delay_seconds=delay, outcome=outcome, refund_attempt=True)
+        queue.settle_pending(
+            message, delay_seconds=delay, outcome=outcome, refund_attempt=True, writer=writer
+        )
         logger.warning("sender paused", extra={**keys, "paused_until": until.isoformat()})
         return
 
@@ -305,13 +332,14 @@ def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, ta
             QueueStatus.FAILED,
             outcome=outcome,
             failure_reason=f"max attempts ({message.max_attempts}) reached; last: {outcome.reason}",
+            writer=writer,
         )
         logger.warning("attempts exhausted", extra=keys)
         return
     policy = RetryPolicy(deps.settings.retry_base_seconds, deps.settings.retry_cap_seconds)
     delay = policy.delay_seconds(message.attempts, outcome.retry_after_seconds, deps.rng)
     tally.add(Metric.RETRIED)
-    queue.settle_pending(message, delay_seconds=delay, outcome=outcome)
+    queue.settle_pending(message, delay_seconds=delay, outcome=outcome, writer=writer)
     logger.info("retry later", extra={**keys, "delay_seconds": round(delay, 1)})
 
 

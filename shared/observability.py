@@ -36,6 +36,7 @@ class Metric(StrEnum):
     IDEMPOTENCY_STORE_UNAVAILABLE = "IdempotencyStoreUnavailable"
     IDEMPOTENCY_RECORD_UNSETTLED = "IdempotencyRecordUnsettled"
     SETTLE_ERRORS = "SettleErrors"
+    STALE_RECORD_RELEASED = "StaleRecordReleased"
     # Sweeper. The *Rows metrics are gauges: emitted every run, zero included, so alarms on
     # them clear by themselves once the level drops.
     UNKNOWN_ROWS = "UnknownRows"

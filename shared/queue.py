@@ -20,7 +20,7 @@ from uuid import UUID
 
 from pydantic import ConfigDict
 
-from shared.providers.outcome import OutboundMessage, SendOutcome
+from shared.providers.outcome import PROVABLY_NOT_SENT, OutboundMessage, SendOutcome
 from shared.storage import sql
 from shared.storage.db import Database
 
@@ -51,6 +51,13 @@ ALLOWED_TRANSITIONS: frozenset[tuple[QueueStatus, QueueStatus]] = frozenset(
         (QueueStatus.FAILED, QueueStatus.PENDING),
     }
 )
+
+
+# The attempt outcome the dispatcher records when the idempotency record could not be written,
+# so the provider was never called under that writer.
+NOT_CALLED = "not_called"
+# Attempt outcomes that prove a writer's call delivered nothing.
+PROOF_OF_NO_DELIVERY: tuple[str, ...] = (NOT_CALLED, *sorted(kind.value for kind in PROVABLY_NOT_SENT))
 
 
 class IllegalTransitionError(ValueError):
@@ -117,6 +124,7 @@ class QueueRepository:
         expected: QueueStatus = QueueStatus.SENDING,
         recovered_from: str = "dispatch",
         record_attempt: bool = True,
+        writer: str | None = None,
     ) -> bool:
         check_transition(expected, QueueStatus.SENT)
         assert outcome.provider_message_id, "a sent outcome always carries the provider's id"
@@ -133,6 +141,7 @@ class QueueRepository:
                 "reason": outcome.reason,
                 "http_status": outcome.http_status,
                 "record_attempt": record_attempt,
+                "writer": writer,
             },
         )
 
@@ -145,14 +154,17 @@ class QueueRepository:
         expected: QueueStatus = QueueStatus.SENDING,
         refund_attempt: bool = False,
         last_error: str | None = None,
+        writer: str | None = None,
     ) -> bool:
         """Return the row to the queue. Callers must hold proof that no provider call
-        delivered it: a provably-not-sent outcome, or no call at all."""
+        delivered it: a provably-not-sent outcome, or no call at all. With a ``writer`` and no
+        outcome, the attempt is recorded as not called under that writer: the proof that lets
+        a record the writer may have left behind be released."""
         check_transition(expected, QueueStatus.PENDING)
         return self._settled(
             sql.SETTLE_PENDING,
             {
-                **_attempt_params(message, outcome),
+                **_attempt_params(message, outcome, writer),
                 "expected_status": expected.value,
                 "delay_seconds": delay_seconds,
                 "refund_attempt": int(refund_attempt),
@@ -168,12 +180,13 @@ class QueueRepository:
         outcome: SendOutcome | None,
         failure_reason: str,
         expected: QueueStatus = QueueStatus.SENDING,
+        writer: str | None = None,
     ) -> bool:
         check_transition(expected, target)
         return self._settled(
             sql.SETTLE_TERMINAL,
             {
-                **_attempt_params(message, outcome),
+                **_attempt_params(message, outcome, writer),
                 "expected_status": expected.value,
                 "new_status": target.value,
                 "failure_reason": failure_reason,
@@ -186,6 +199,14 @@ class QueueRepository:
             conn.execute(
                 sql.PAUSE_SENDER, {"sender_account_id": sender_account_id, "until": until, "reason": reason}
             )
+
+    def writer_proved_unsent(self, queue_id: int, writer: str) -> bool:
+        """Whether Postgres holds proof that ``writer``'s call for this row delivered nothing."""
+        row = self._db.fetch_one(
+            sql.WRITER_PROVED_UNSENT,
+            {"queue_id": queue_id, "writer": writer, "proof_outcomes": list(PROOF_OF_NO_DELIVERY)},
+        )
+        return bool(row and row["proved"])
 
     def status_counts(self, campaign_id: UUID | None = None) -> dict[str, int]:
         rows = self._db.fetch_all(sql.QUEUE_STATUS_COUNTS, {"campaign_id": campaign_id})
@@ -212,13 +233,17 @@ def _describe(outcome: SendOutcome) -> str:
     return f"{text} ({outcome.detail})" if outcome.detail else text
 
 
-def _attempt_params(message: ClaimedMessage, outcome: SendOutcome | None) -> dict[str, Any]:
+def _attempt_params(
+    message: ClaimedMessage, outcome: SendOutcome | None, writer: str | None
+) -> dict[str, Any]:
+    """An attempt is recorded for every provider call, and for a writer that never called."""
     return {
         "queue_id": message.queue_id,
         "claim_token": message.claim_token,
         "attempt": message.attempts,
-        "record_attempt": outcome is not None,
-        "outcome": outcome.kind.value if outcome else "",
+        "record_attempt": outcome is not None or writer is not None,
+        "writer": writer,
+        "outcome": outcome.kind.value if outcome else NOT_CALLED,
         "reason": outcome.reason if outcome else "",
         "detail": outcome.detail if outcome else "",
         "http_status": outcome.http_status if outcome else None,

@@ -213,7 +213,9 @@ def requeue(
                 raise DecisionError(
                     f"row {queue_id} has an idempotency record proving it was sent; not requeued"
                 )
-            guard.forget(idempotency_key)
+            # Conditional on the record as read: a record written since is never removed.
+            if not guard.forget(idempotency_key, record):
+                raise DecisionError(f"row {queue_id}'s idempotency record changed while deciding; look again")
         conn.execute(
             sql.REQUEUE,
             {

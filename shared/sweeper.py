@@ -9,10 +9,15 @@ the provider.
   - COMPLETED with a sent outcome -> ``sent`` with the stored provider message id;
   - COMPLETED with an ambiguous outcome, or INPROGRESS -> ``unknown`` (the call may have
     delivered it: never resent blindly);
-  - no record -> ``pending``: the record is written before the call and deleted only after a
-    provably-not-sent outcome, so its absence proves no delivery. Unless the row started
-    sending longer ago than the dedupe window (the record could have expired), in which case
-    absence proves nothing and the row becomes ``unknown``.
+  - INPROGRESS, but written by a writer Postgres proves delivered nothing (its attempt is
+    recorded as not called or provably not sent) -> that record is released, conditionally
+    on its writer, and the row goes to ``pending``;
+  - no record -> ``pending``: the record is written before the call, and every removal is
+    conditional on its writer (see ``shared.idempotency``): only a writer whose call
+    delivered nothing, a release backed by that proof, or an explicit resend decision removes
+    one. So its absence proves no delivery. Unless the row started sending longer ago than the
+    dedupe window (the record could have expired), in which case absence proves nothing and
+    the row becomes ``unknown``.
 
 Why the lease is safe: a lease is ``dispatcher timeout + margin`` (see ``Settings``). Lambda
 kills an invocation at its timeout, so once a lease has expired its claimant is dead and can
@@ -32,7 +37,7 @@ from typing import Any, LiteralString
 from pydantic import BaseModel
 
 from shared.config import Settings
-from shared.idempotency import RecordState, SendGuard
+from shared.idempotency import RecordLookup, RecordState, SendGuard
 from shared.observability import Metric, emit_values, logger
 from shared.providers.outcome import Channel, OutcomeKind
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
@@ -150,7 +155,9 @@ def _settle_expired_send(
     record = deps.guard.lookup(message.idempotency_key)
     outcome = record.outcome
     if record.state is RecordState.COMPLETED and outcome and outcome.kind is OutcomeKind.SENT:
-        if deps.queue.settle_sent(message, outcome, recovered_from="idempotency_record", record_attempt=True):
+        if deps.queue.settle_sent(
+            message, outcome, recovered_from="idempotency_record", record_attempt=True, writer=record.writer
+        ):
             report.recovered_sent += 1
             record_decision(
                 db,
@@ -163,6 +170,18 @@ def _settle_expired_send(
             )
         return
     window_passed = started is not None and datetime.now(UTC) - started > window
+    if _releasable(deps, message, record):
+        reason = f"idempotency record left by writer {record.writer}, whose call provably delivered nothing"
+        if deps.queue.settle_pending(
+            message,
+            delay_seconds=0,
+            outcome=None,
+            refund_attempt=True,
+            last_error=f"sending lease expired; {reason}",
+        ):
+            report.returned_to_pending += 1
+            record_decision(db, message.queue_id, QueueStatus.SENDING, QueueStatus.PENDING, "sweeper", reason)
+        return
     if record.state is RecordState.ABSENT and not window_passed:
         reason = "no idempotency record: provider never called"
         if deps.queue.settle_pending(
@@ -192,6 +211,18 @@ def _settle_expired_send(
             reason,
             {"record_state": record.state.value},
         )
+
+
+def _releasable(deps: SweepDeps, message: ClaimedMessage, record: RecordLookup) -> bool:
+    """An INPROGRESS record whose writer Postgres proves delivered nothing is released, so the
+    message is sent rather than held ``unknown``. The release is conditional on that writer:
+    if the record changed meanwhile, nothing is released and the row is judged as read."""
+    return bool(
+        record.state is RecordState.INPROGRESS
+        and record.writer is not None
+        and deps.queue.writer_proved_unsent(message.queue_id, record.writer)
+        and deps.guard.release(message.idempotency_key, record.writer)
+    )
 
 
 def publish_dead_letters(deps: SweepDeps) -> int:

@@ -71,8 +71,9 @@ RETURNING q.id AS queue_id, q.idempotency_key, q.attempts, q.max_attempts, q.mes
 # Closes a statement whose open first CTE is `settled`: every provider call is recorded, even
 # when the CAS finds the row taken over, because the call happened.
 _RECORD_ATTEMPT: LiteralString = """), attempt AS (
-    INSERT INTO send_attempts (queue_id, attempt, claim_token, outcome, reason, detail, http_status)
-    SELECT %(queue_id)s, %(attempt)s, %(claim_token)s, %(outcome)s, %(reason)s, %(detail)s, %(http_status)s
+    INSERT INTO send_attempts (queue_id, attempt, claim_token, outcome, reason, detail, http_status, writer)
+    SELECT %(queue_id)s, %(attempt)s, %(claim_token)s, %(outcome)s, %(reason)s, %(detail)s, %(http_status)s,
+           %(writer)s
     WHERE %(record_attempt)s
 )
 SELECT count(*) AS settled FROM settled
@@ -105,8 +106,8 @@ WITH settled AS (
     FROM settled s JOIN contacts c ON c.id = s.contact_id
     RETURNING queue_id
 ), attempt AS (
-    INSERT INTO send_attempts (queue_id, attempt, claim_token, outcome, reason, detail, http_status)
-    SELECT %(queue_id)s, %(attempt)s, %(claim_token)s, 'sent', %(reason)s, '', %(http_status)s
+    INSERT INTO send_attempts (queue_id, attempt, claim_token, outcome, reason, detail, http_status, writer)
+    SELECT %(queue_id)s, %(attempt)s, %(claim_token)s, 'sent', %(reason)s, '', %(http_status)s, %(writer)s
     WHERE %(record_attempt)s
 )
 SELECT count(*) AS settled FROM ledger
@@ -139,6 +140,16 @@ WITH settled AS (
 """
     + _RECORD_ATTEMPT
 )
+
+# Proof that a writer's call delivered nothing: it was never made (the record write failed),
+# or the provider's answer proves it was not sent (queue.PROOF_OF_NO_DELIVERY). Such a
+# writer's leftover INPROGRESS record may be released.
+WRITER_PROVED_UNSENT: LiteralString = """
+SELECT EXISTS (
+    SELECT 1 FROM send_attempts
+    WHERE queue_id = %(queue_id)s AND writer = %(writer)s AND outcome = ANY(%(proof_outcomes)s::text[])
+) AS proved
+"""
 
 PAUSE_SENDER: LiteralString = """
 UPDATE sender_accounts

@@ -27,7 +27,7 @@ import boto3
 from devstack.lambda_context import LocalLambdaContext
 from shared.dispatch import dispatch
 from shared.events import DispatchRequest
-from shared.idempotency import GuardResult, SendGuard
+from shared.idempotency import GuardResult, ProvesUnsent, SendGuard
 from shared.providers.outcome import SendOutcome
 from shared.queue import ClaimedMessage, QueueRepository
 from shared.runtime import build_dispatch_deps, database, settings
@@ -55,9 +55,11 @@ class PauseBeforeSending(QueueRepository):
 
 
 class PauseBeforeGate(SendGuard):
-    def deliver_once(self, idempotency_key: str, send: Callable[[], SendOutcome]) -> GuardResult:
+    def deliver_once(
+        self, idempotency_key: str, send: Callable[[], SendOutcome], proves_unsent: ProvesUnsent | None = None
+    ) -> GuardResult:
         _stop_self(signal.SIGSTOP)
-        return super().deliver_once(idempotency_key, send)
+        return super().deliver_once(idempotency_key, send, proves_unsent)
 
 
 def main(mode: str) -> int:

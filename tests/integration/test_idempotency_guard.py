@@ -320,17 +320,17 @@ def test_release_is_conditional_on_writer_and_status(aws: LocalAwsResources, mot
     with layer.writing_as("writer-a"):
         layer.save_inprogress(data=data)
     guard = SendGuard(layer, 3600)
-    assert not layer.release_own_inprogress(data, "writer-b")
+    assert not layer.delete_if_held_by(data, "writer-b")
     assert guard.lookup(KEY).state is RecordState.INPROGRESS
-    assert layer.release_own_inprogress(data, "writer-a")
+    assert layer.delete_if_held_by(data, "writer-a")
     assert guard.lookup(KEY).state is RecordState.ABSENT
-    assert not layer.release_own_inprogress(data, "writer-a"), "nothing left to release"
+    assert not layer.delete_if_held_by(data, "writer-a"), "nothing left to release"
 
     # A completed record proves a call: even its own writer's clean-up leaves it.
     with layer.writing_as("writer-a"):
         layer.save_inprogress(data=data)
-    layer.save_success(data=data, result=SendOutcome.sent("wamid.done").model_dump(mode="json"))
-    assert not layer.release_own_inprogress(data, "writer-a")
+        layer.save_success(data=data, result=SendOutcome.sent("wamid.done").model_dump(mode="json"))
+    assert not layer.delete_if_held_by(data, "writer-a")
     assert guard.lookup(KEY).state is RecordState.COMPLETED
 
 
