@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,6 +49,7 @@ class DispatchDeps:
     guard: SendGuard
     adapters: Mapping[Channel, ProviderAdapter]
     rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], None] = time.sleep
 
 
 class DispatchReport(BaseModel):
@@ -104,6 +105,8 @@ def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingT
             with tally.timed(Stage.POSTGRES):
                 claimed = deps.queue.claim_batch(claim_token, batch_size, settings.lease_seconds)
             if not claimed:
+                if _wait_for_claimable(deps, remaining, tally):
+                    continue
                 break
             batches += 1
             tally.add(Metric.CLAIMED, len(claimed))
@@ -124,6 +127,29 @@ def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingT
     log.info("dispatch finished", extra={"report": report.model_dump()})
     log.remove_keys(["claim_token"])
     return report
+
+
+# How long an idle dispatcher sleeps at most before asking again: short enough to notice new
+# work and a lock another claim released, long enough not to hammer Postgres.
+IDLE_POLL_SECONDS = 1.0
+# A claim that found every due sender locked by another claim tries again this soon.
+LOCKED_RETRY_SECONDS = 0.05
+
+
+def _wait_for_claimable(deps: DispatchDeps, remaining: RemainingTime, tally: Tally) -> bool:
+    """An empty claim ends the invocation only when nothing due can be claimed before it
+    would have to stop anyway. A paced sender whose next slot comes within the invocation's
+    time is waited for, so one invocation keeps a sender at its rate instead of exiting."""
+    with tally.timed(Stage.POSTGRES):
+        at = deps.queue.next_claim_at()
+    if at is None:
+        return False
+    wait = max(LOCKED_RETRY_SECONDS, (at - deps.queue.pacing.clock()).total_seconds())
+    budget_ms = remaining.get_remaining_time_in_millis() - deps.settings.stop_claiming_margin_ms
+    if wait * 1000 >= budget_ms:
+        return False
+    deps.sleep(min(wait, IDLE_POLL_SECONDS))
+    return True
 
 
 def _deliver_safely(

@@ -89,6 +89,7 @@ def enqueue_campaign(db: Database, request: EnqueueRequest, *, max_attempts: int
                 f"campaign {request.campaign_id} belongs to another sender account; "
                 "one campaign sends from one account"
             )
+        conn.execute(sql.ADD_CAMPAIGN_SENDER, {**params, "sender_account_id": sender["id"]})
         conn.execute(sql.UPSERT_CONTACTS, params)
         conn.execute(sql.ADD_CAMPAIGN_CONTACTS, params)
         inserted = conn.execute(sql.ENQUEUE_STEPS, {**params, "sender_account_id": sender["id"]}).fetchall()

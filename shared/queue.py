@@ -12,14 +12,31 @@ row owned by another invocation is never moved. Methods return whether the CAS t
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from datetime import datetime
+from collections import Counter
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, LiteralString
 from uuid import UUID
 
+import psycopg
+from psycopg.rows import DictRow
 from pydantic import ConfigDict
 
+from shared.pacing import (
+    WEEK,
+    Action,
+    Allowance,
+    BudgetState,
+    EffectivePacing,
+    PacingPolicy,
+    Usage,
+    allowance,
+    budget_state,
+    local_day_start,
+    plan_batch,
+    spend,
+)
 from shared.providers.outcome import PROVABLY_NOT_SENT, OutboundMessage, SendOutcome
 from shared.storage import sql
 from shared.storage.db import Database
@@ -77,6 +94,7 @@ class ClaimedMessage(OutboundMessage):
     claim_token: UUID
     attempts: int
     max_attempts: int
+    action: Action = Action.MESSAGE
 
 
 @dataclass(frozen=True)
@@ -97,18 +115,102 @@ class RetryPolicy:
 
 
 class QueueRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, pacing: PacingPolicy | None = None) -> None:
         self._db = db
+        self._pacing = pacing or PacingPolicy()
 
     @property
     def db(self) -> Database:
         return self._db
 
+    @property
+    def pacing(self) -> PacingPolicy:
+        return self._pacing
+
     def claim_batch(self, claim_token: UUID, limit: int, lease_seconds: int) -> list[ClaimedMessage]:
-        rows = self._db.fetch_all(
-            sql.CLAIM_BATCH, {"claim_token": claim_token, "limit": limit, "lease_seconds": lease_seconds}
-        )
+        """Claim up to ``limit`` due rows that their senders may send now (see
+        ``shared.pacing``), shared fairly between senders and, per sender, between campaigns.
+
+        One transaction: lock the senders to serve, read their cap usage, plan, claim, and
+        write their budgets back. Rows are only claimed when they can be sent at once, so no
+        claimed row waits on its sender's limits while its lease runs."""
+        policy = self._pacing
+        now = policy.clock()
+        with self._db.connection() as conn, conn.transaction():
+            senders = conn.execute(sql.LOCK_DUE_SENDERS, {"now": now, "limit": limit}).fetchall()
+            if not senders:
+                return []
+            paced = {row["id"]: (policy.effective(row), budget_state(row)) for row in senders}
+            usage = self._usage(conn, paced, now)
+            allowances = [
+                (
+                    sender,
+                    allowance(
+                        pacing,
+                        state,
+                        usage.get(sender, {}),
+                        now,
+                        want=limit,
+                        recovery_seconds=policy.recovery_seconds,
+                    ),
+                )
+                for sender, (pacing, state) in paced.items()
+            ]
+            lanes = plan_batch(allowances, limit)
+            rows = (
+                conn.execute(
+                    sql.CLAIM_PLANNED,
+                    {
+                        "sender_ids": [lane.sender_id for lane in lanes],
+                        "actions": [lane.action.value for lane in lanes],
+                        "quotas": [lane.quota for lane in lanes],
+                        "totals": [lane.total for lane in lanes],
+                        "now": now,
+                        "claim_token": claim_token,
+                        "lease_seconds": lease_seconds,
+                    },
+                ).fetchall()
+                if lanes
+                else []
+            )
+            claimed = Counter(row["sender_account_id"] for row in rows)
+            budgets = {
+                sender: _budget_after(policy, *paced[sender], allowed, claimed[sender], now)
+                for sender, allowed in allowances
+            }
+            conn.execute(sql.SAVE_BUDGETS, _budget_params(budgets, now))
         return [ClaimedMessage(claim_token=claim_token, **row) for row in rows]
+
+    def next_claim_at(self) -> datetime | None:
+        """After an empty claim: when a sender with due rows may be served next (now, if
+        another claim merely held its lock), or ``None`` when nothing due can be claimed."""
+        row = self._db.fetch_one(sql.NEXT_CLAIMABLE, {"now": self._pacing.clock()})
+        at: datetime | None = row["at"] if row else None
+        return at
+
+    def _usage(
+        self,
+        conn: psycopg.Connection[DictRow],
+        paced: dict[UUID, tuple[EffectivePacing, BudgetState]],
+        now: datetime,
+    ) -> dict[UUID, dict[Action, Usage]]:
+        capped = [sender for sender, (pacing, _) in paced.items() if pacing.has_caps]
+        if not capped:
+            return {}
+        rows = conn.execute(
+            sql.SENDER_USAGE,
+            {
+                "sender_ids": capped,
+                "day_starts": [local_day_start(paced[sender][0], now) for sender in capped],
+                "week_start": now - WEEK,
+            },
+        ).fetchall()
+        usage: dict[UUID, dict[Action, Usage]] = {}
+        for row in rows:
+            usage.setdefault(row["sender_account_id"], {})[Action(row["action"])] = Usage(
+                today=int(row["today"]), this_week=int(row["this_week"])
+            )
+        return usage
 
     def mark_sending(self, message: ClaimedMessage) -> bool:
         row = self._db.fetch_one(
@@ -226,6 +328,40 @@ class QueueRepository:
     def _settled(self, query: LiteralString, params: dict[str, Any]) -> bool:
         row = self._db.fetch_one(query, params)
         return bool(row and row["settled"])
+
+
+EMPTY_CLAIM_BACKOFF = timedelta(seconds=30)
+
+
+def _budget_after(
+    policy: PacingPolicy,
+    pacing: EffectivePacing,
+    state: BudgetState,
+    allowed: Allowance,
+    claimed: int,
+    now: datetime,
+) -> BudgetState:
+    if claimed:
+        return spend(pacing, state, claimed, now, recovery_seconds=policy.recovery_seconds, rng=policy.rng)
+    # Nothing claimed: park the sender until it may send (its window opens, its caps reset, a
+    # token arrives), so the next claims do not lock and re-plan it for nothing. If its limits
+    # allowed rows but none was claimable (only rows of an action whose cap is spent were due),
+    # it is looked at again after a short back-off.
+    park_until = allowed.retry_at or now + EMPTY_CLAIM_BACKOFF
+    return replace(state, next_slot_at=max(park_until, state.next_slot_at or park_until))
+
+
+def _budget_params(budgets: dict[UUID, BudgetState], now: datetime) -> dict[str, Any]:
+    ids = list(budgets)
+    return {
+        "ids": ids,
+        "tokens": [budgets[i].tokens for i in ids],
+        "tokens_at": [budgets[i].tokens_at for i in ids],
+        "next_slot_at": [budgets[i].next_slot_at for i in ids],
+        "throttle_factor": [budgets[i].throttle_factor for i in ids],
+        "throttled_at": [budgets[i].throttled_at for i in ids],
+        "now": now,
+    }
 
 
 def _describe(outcome: SendOutcome) -> str:

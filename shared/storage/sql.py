@@ -29,41 +29,141 @@ PING: LiteralString = "SELECT 1"
 
 # --- claim ---------------------------------------------------------------------------------
 
-# One statement claims a batch. SKIP LOCKED lets overlapping invocations take disjoint rows
-# without waiting; the outer UPDATE re-checks status so a row can never be claimed twice.
-# Rows of paused or disabled senders and of non-active campaigns are never claimed.
-CLAIM_BATCH: LiteralString = """
-WITH due AS (
-    SELECT q.id
-    FROM send_queue q
-    WHERE q.status = 'pending'
-      AND q.scheduled_for <= now()
-      AND NOT EXISTS (
-          SELECT 1 FROM sender_accounts s
-          WHERE s.id = q.sender_account_id
-            AND (s.status <> 'active' OR s.paused_until > now()))
-      AND NOT EXISTS (
-          SELECT 1 FROM campaigns cp
-          WHERE cp.id = q.campaign_id AND cp.status <> 'active')
-    ORDER BY q.scheduled_for, q.id
-    LIMIT %(limit)s
-    FOR UPDATE OF q SKIP LOCKED
+# A claim serves senders, not rows. It locks the rows of senders that have something due and
+# may send now (active, not paused, inside their window, past their next spacing slot), in
+# round-robin order (least recently served first), skipping senders another claim is serving.
+# Holding a sender's row lock until the claim commits is what makes its budget (tokens,
+# spacing slot, caps) one budget for every overlapping dispatcher. The due-row probe is one
+# index seek per (sender, action, campaign): O(senders), never O(backlog).
+LOCK_DUE_SENDERS: LiteralString = """
+SELECT s.id, s.channel::text AS channel,
+       s.rate_per_second, s.burst, s.min_spacing_seconds, s.spacing_jitter_seconds,
+       s.daily_message_cap, s.weekly_message_cap, s.daily_invitation_cap, s.weekly_invitation_cap,
+       s.timezone, s.window_days, s.window_start, s.window_end,
+       s.warmup_started_at, s.warmup_days, s.warmup_start_daily,
+       s.tokens, s.tokens_at, s.next_slot_at, s.throttle_factor, s.throttled_at
+FROM sender_accounts s
+WHERE s.status = 'active'
+  AND (s.paused_until IS NULL OR s.paused_until <= %(now)s)
+  AND (s.next_slot_at IS NULL OR s.next_slot_at <= %(now)s)
+  AND sendonce_window_open(%(now)s, s.timezone, s.window_days, s.window_start, s.window_end)
+  AND EXISTS (
+      SELECT 1
+      FROM campaign_senders cs
+      JOIN campaigns cp ON cp.id = cs.campaign_id AND cp.status = 'active'
+      CROSS JOIN (VALUES ('message'), ('invitation')) AS a(action)
+      WHERE cs.sender_account_id = s.id
+        AND EXISTS (SELECT 1 FROM send_queue q
+                    WHERE q.sender_account_id = s.id AND q.action = a.action AND q.campaign_id = cs.campaign_id
+                      AND q.status = 'pending' AND q.scheduled_for <= %(now)s))
+ORDER BY s.last_claimed_at NULLS FIRST, s.id
+LIMIT %(limit)s
+FOR UPDATE OF s SKIP LOCKED
+"""
+
+# When a claim found nothing: the earliest instant a sender with due rows may be served again
+# (its spacing slot or Retry-After hold, or now when another claim held its lock). NULL when no
+# active, unpaused sender inside its window has anything due: the dispatcher can stop.
+NEXT_CLAIMABLE: LiteralString = """
+SELECT min(GREATEST(COALESCE(s.next_slot_at, %(now)s), %(now)s)) AS at
+FROM sender_accounts s
+WHERE s.status = 'active'
+  AND (s.paused_until IS NULL OR s.paused_until <= %(now)s)
+  AND sendonce_window_open(%(now)s, s.timezone, s.window_days, s.window_start, s.window_end)
+  AND EXISTS (
+      SELECT 1
+      FROM campaign_senders cs
+      JOIN campaigns cp ON cp.id = cs.campaign_id AND cp.status = 'active'
+      CROSS JOIN (VALUES ('message'), ('invitation')) AS a(action)
+      WHERE cs.sender_account_id = s.id
+        AND EXISTS (SELECT 1 FROM send_queue q
+                    WHERE q.sender_account_id = s.id AND q.action = a.action AND q.campaign_id = cs.campaign_id
+                      AND q.status = 'pending' AND q.scheduled_for <= %(now)s))
+"""
+
+# Rows of capped senders that may have reached the provider, per action, since the start of
+# the rolling week; `today` counts those since the sender's local midnight.
+SENDER_USAGE: LiteralString = """
+SELECT q.sender_account_id, q.action,
+       count(*) FILTER (WHERE q.claimed_at >= u.day_start) AS today, count(*) AS this_week
+FROM unnest(%(sender_ids)s::uuid[], %(day_starts)s::timestamptz[]) AS u(sender_id, day_start)
+JOIN send_queue q ON q.sender_account_id = u.sender_id AND q.claimed_at >= %(week_start)s
+WHERE q.status IN ('claimed', 'sending', 'sent', 'unknown')
+GROUP BY q.sender_account_id, q.action
+"""
+
+# Claims the planned number of rows per (sender, action), at most `total` per sender, taking
+# turns between the sender's active campaigns (round-robin: each campaign's first due row,
+# then each one's second, ...). Every lane is an index range read of at most its quota, so
+# the statement is O(rows claimed). The senders' row locks, held by this transaction, keep
+# other claims off these rows; the status re-check guards against the sweeper and cancels.
+CLAIM_PLANNED: LiteralString = """
+WITH plan AS (
+    SELECT * FROM unnest(%(sender_ids)s::uuid[], %(actions)s::text[], %(quotas)s::int[], %(totals)s::int[])
+        AS p(sender_id, action, quota, total)
+), lanes AS (
+    SELECT p.sender_id, p.action, p.quota, p.total, cs.campaign_id
+    FROM plan p
+    JOIN campaign_senders cs ON cs.sender_account_id = p.sender_id
+    JOIN campaigns cp ON cp.id = cs.campaign_id AND cp.status = 'active'
+), candidates AS (
+    SELECT l.sender_id, l.action, l.quota, l.total, due.id, due.scheduled_for,
+           row_number() OVER (PARTITION BY l.sender_id, l.action, l.campaign_id
+                              ORDER BY due.scheduled_for, due.id) AS turn
+    FROM lanes l
+    CROSS JOIN LATERAL (
+        SELECT q.id, q.scheduled_for FROM send_queue q
+        WHERE q.sender_account_id = l.sender_id AND q.action = l.action AND q.campaign_id = l.campaign_id
+          AND q.status = 'pending' AND q.scheduled_for <= %(now)s
+        ORDER BY q.scheduled_for, q.id
+        LIMIT l.quota
+    ) AS due
+), within_quota AS (
+    SELECT c.*, row_number() OVER (PARTITION BY c.sender_id, c.action
+                                   ORDER BY c.turn, c.scheduled_for, c.id) AS action_pick
+    FROM candidates c
+), picked AS (
+    SELECT w.id FROM (
+        SELECT w.id, w.total, row_number() OVER (PARTITION BY w.sender_id
+                                                 ORDER BY w.turn, w.scheduled_for, w.id) AS sender_pick
+        FROM within_quota w
+        WHERE w.action_pick <= w.quota
+    ) AS w
+    WHERE w.sender_pick <= w.total
 )
 UPDATE send_queue q
 SET status = 'claimed',
     claim_token = %(claim_token)s,
     lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-    claimed_at = now(),
+    claimed_at = %(now)s,
     attempts = q.attempts + 1,
     updated_at = now()
-FROM due, contacts c, sender_accounts s
-WHERE q.id = due.id
+FROM picked, contacts c, sender_accounts s
+WHERE q.id = picked.id
   AND q.status = 'pending'
   AND c.id = q.contact_id
   AND s.id = q.sender_account_id
 RETURNING q.id AS queue_id, q.idempotency_key, q.attempts, q.max_attempts, q.message_type, q.body,
-          c.channel, c.address AS recipient, s.id AS sender_account_id,
+          q.action, c.channel, c.address AS recipient, s.id AS sender_account_id,
           s.provider_account_id AS sender_provider_id
+"""
+
+# The budgets of the senders a claim served, written back before its transaction commits.
+SAVE_BUDGETS: LiteralString = """
+UPDATE sender_accounts s
+SET tokens = b.tokens, tokens_at = b.tokens_at, next_slot_at = b.next_slot_at,
+    throttle_factor = b.throttle_factor, throttled_at = b.throttled_at, last_claimed_at = %(now)s
+FROM unnest(%(ids)s::uuid[], %(tokens)s::float8[], %(tokens_at)s::timestamptz[],
+            %(next_slot_at)s::timestamptz[], %(throttle_factor)s::float8[], %(throttled_at)s::timestamptz[])
+     AS b(id, tokens, tokens_at, next_slot_at, throttle_factor, throttled_at)
+WHERE s.id = b.id
+"""
+
+# A throttle answer: the budget changes under the sender's row lock, as in a claim.
+LOCK_SENDER_BUDGET: LiteralString = """
+SELECT s.tokens, s.tokens_at, s.next_slot_at, s.throttle_factor, s.throttled_at
+FROM sender_accounts s WHERE s.id = %(sender_account_id)s
+FOR UPDATE
 """
 
 # --- transitions owned by the claimant -------------------------------------------------------
@@ -171,6 +271,12 @@ UPSERT_CAMPAIGN: LiteralString = """
 INSERT INTO campaigns (id, name, sender_account_id)
 VALUES (%(campaign_id)s, %(name)s, %(sender_account_id)s)
 ON CONFLICT (id) DO NOTHING
+"""
+
+ADD_CAMPAIGN_SENDER: LiteralString = """
+INSERT INTO campaign_senders (campaign_id, sender_account_id)
+VALUES (%(campaign_id)s, %(sender_account_id)s)
+ON CONFLICT DO NOTHING
 """
 
 CAMPAIGN_SENDER: LiteralString = "SELECT sender_account_id FROM campaigns WHERE id = %(campaign_id)s"
