@@ -47,9 +47,6 @@ from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind, Send
 # page explains the api/ and provider/ throwers.
 START_CHAT = "https://developer.unipile.com/reference/chatscontroller_startnewchat"
 ERROR_RESPONSES = "https://developer.unipile.com/v2.0/reference/error-responses"
-# Message objects carry ``timestamp`` (ISO 8601 UTC, e.g. "2022-10-14T10:00:00.000Z"); the
-# list is returned most recent first.
-LIST_CHAT_MESSAGES = "https://developer.unipile.com/reference/chatscontroller_listchatmessages"
 
 # Only types Unipile documents as a refusal of the request free a message; a type missing
 # here is ambiguous, never "provably not sent".
@@ -62,8 +59,8 @@ UNIPILE_ERROR_RULES: Mapping[str, Rule] = {
     "user_unreachable": permanent(START_CHAT),
     "cannot_resend_yet": permanent(START_CHAT),
     "action_already_performed": permanent(START_CHAT),
-    # 400 "The given parameters ... does not respect the required shape" (ERROR_RESPONSES)
-    "invalid_parameters": permanent(START_CHAT),
+    # 400 "The given parameters ... does not respect the required shape"
+    "invalid_parameters": permanent(ERROR_RESPONSES),
     # 422, sender-level: LinkedIn's limits and InMail credits.
     "limit_exceeded": blocked("quota", START_CHAT),
     "insufficient_credits": blocked("quota", START_CHAT),
@@ -170,7 +167,12 @@ class ReadBackError(OSError):
 
 class UnipileReadBack:
     """``find_sent`` for the reconciler: the messages in the chat that we sent (``is_sender``)
-    with exactly this text, no earlier than a given time, newest first."""
+    with exactly this text, no earlier than a given time, newest first.
+
+    Unipile's message objects carry ``timestamp``, an ISO 8601 UTC string such as
+    "2022-10-14T10:00:00.000Z", and the list comes most recent first:
+    https://developer.unipile.com/reference/chatscontroller_listchatmessages
+    """
 
     channel: Channel = Channel.LINKEDIN
 
