@@ -333,8 +333,10 @@ FROM provider_events e
 WHERE e.channel = %(channel)s AND e.status = 'sent' AND e.recipient = %(recipient)s
   AND e.payload->>'text' = %(body)s
   AND e.provider_message_id IS NOT NULL
-  -- Only a message sent after this row started sending (minus clock skew) can be it.
-  AND COALESCE(e.occurred_at, e.received_at) >= %(sending_started_at)s - interval '5 minutes'
+  -- Only a message sent after this row started sending (minus reconcile.EVIDENCE_CLOCK_SKEW)
+  -- can be it.
+  AND COALESCE(e.occurred_at, e.received_at)
+      >= %(sending_started_at)s - make_interval(secs => %(clock_skew_seconds)s)
   AND NOT EXISTS (SELECT 1 FROM message_ledger l
                   WHERE l.channel = e.channel AND l.provider_message_id = e.provider_message_id)
 ORDER BY e.received_at
@@ -348,6 +350,27 @@ WHERE l.channel = %(channel)s AND l.recipient = %(recipient)s AND q.sender_accou
   AND l.provider_thread_id IS NOT NULL
 ORDER BY l.sent_at DESC
 LIMIT 1
+"""
+
+# Which of a read-back's candidate messages the ledger already credits to another row: they
+# are that row's evidence, not this one's.
+LEDGER_CLAIMS_OF_OTHER_ROWS: LiteralString = """
+SELECT provider_message_id, queue_id FROM message_ledger
+WHERE channel = %(channel)s AND provider_message_id = ANY(%(provider_message_ids)s::text[])
+  AND queue_id <> %(queue_id)s
+"""
+
+# An `unknown` row held for a stated reason: last_error says why, and the decision is recorded
+# the first time only (a repeat finds last_error already equal and changes nothing).
+# updated_at is left alone: it is when the row became unknown, which the grace period counts from.
+HOLD_UNKNOWN: LiteralString = """
+WITH held AS (
+    UPDATE send_queue SET last_error = %(reason)s
+    WHERE id = %(queue_id)s AND status = 'unknown' AND last_error IS DISTINCT FROM %(reason)s
+    RETURNING id
+)
+INSERT INTO queue_decisions (queue_id, from_status, to_status, decided_by, reason, evidence)
+SELECT id, 'unknown', 'unknown', %(decided_by)s, %(reason)s, %(evidence)s::jsonb FROM held
 """
 
 QUEUE_ROW_FOR_DECISION: LiteralString = """

@@ -23,6 +23,7 @@ from shared.enqueue import enqueue_campaign
 from shared.events import EnqueueRequest
 from shared.providers.outcome import Channel, SendOutcome
 from shared.queue import QueueRepository
+from shared.reconcile import EVIDENCE_CLOCK_SKEW
 from shared.storage import sql
 from shared.storage.db import Database
 from shared.webhooks import (
@@ -496,6 +497,7 @@ def test_sample_event_through_the_handler(path: Path, database: Database) -> Non
             sql.EVIDENCE_BY_TEXT,
             {
                 "sending_started_at": datetime(2000, 1, 1, tzinfo=UTC),
+                "clock_skew_seconds": EVIDENCE_CLOCK_SKEW.total_seconds(),
                 "channel": channel,
                 "recipient": body["attendees"][0]["attendee_provider_id"],
                 "body": body["message"],
