@@ -9,6 +9,7 @@ the control: its record is deleted and redrive requeues it, so the assertions be
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Any
 
 import pytest
@@ -78,14 +79,14 @@ def test_unknown_codes_through_the_guard_keep_their_record(
                 body="hello",
                 message_type="intro",
             )
-            adapter = adapters[message.channel]
-            first = guard.deliver_once(message.idempotency_key, lambda a=adapter, m=message: a.send(m))
+            send = partial(adapters[message.channel].send, message)
+            first = guard.deliver_once(message.idempotency_key, send)
             assert first.verdict is GuardVerdict.CALLED
             assert first.outcome is not None and first.outcome.kind is OutcomeKind.AMBIGUOUS, (code, first)
             record = guard.lookup(message.idempotency_key)
             assert record.state is RecordState.COMPLETED, f"{code}: the record must not be deleted"
             assert record.outcome is not None and record.outcome.kind is OutcomeKind.AMBIGUOUS
-            again = guard.deliver_once(message.idempotency_key, lambda a=adapter, m=message: a.send(m))
+            again = guard.deliver_once(message.idempotency_key, send)
             assert again.verdict is GuardVerdict.REPLAYED, f"{code}: a second call must be blocked"
     assert fake_provider.stats()["requests_total"] == len(UNKNOWN), "one provider call per message"
 
