@@ -53,6 +53,8 @@ TEST_UNIPILE_WEBHOOK_SECRET = "test-unipile-webhook-secret"
 INVALID_EVENT_ERRORS: dict[str, set[tuple[str, str]]] = {
     "dispatcher-malformed.json": {("source", "literal_error"), ("batch_size", "int_parsing")},
     "enqueue-malformed.json": {("contacts", "missing"), ("campaign_id", "uuid_parsing")},
+    "enqueue-nul-byte.json": {("campaign_name", "value_error"), ("contacts", "value_error")},
+    "enqueue-bad-region.json": {("sender_default_region", "value_error")},
 }
 REQUIRED_ENV = {
     "POWERTOOLS_SERVICE_NAME",
