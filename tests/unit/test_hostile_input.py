@@ -24,7 +24,7 @@ from shared.events import (
 )
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
-MODEL_OF = {
+MODEL_OF: dict[str, type[BaseModel]] = {
     "dispatcher": DispatchRequest,
     "sweeper": SweepRequest,
     "enqueue": EnqueueRequest,
