@@ -155,18 +155,18 @@ def normalise_phone_number(address: str, default_region: str | None) -> str:
     # is ITU's international prefix, a leading single "0" a national trunk prefix (no
     # country code starts with 0), and other bare digits are the international form without
     # the '+' that WhatsApp's `to` and this table use.
-    readings: list[PhoneNumber | None] = []
+    readings: list[tuple[str, str | None]] = []  # (text, region) for phonenumbers.parse
     if plus:
-        readings.append(_parse("+" + digits, None))
+        readings.append(("+" + digits, None))
     else:
         if default_region is not None:
             # libphonenumber applies the region's own international prefix (00, 011, 0011...),
             # trunk prefix, and a leading country code ("447911123456" for GB).
-            readings.append(_parse(digits, default_region))
+            readings.append((digits, default_region))
         if digits.startswith("00"):
-            readings.append(_parse("+" + digits[2:], None))
+            readings.append(("+" + digits[2:], None))
         elif not digits.startswith("0"):
-            readings.append(_parse("+" + digits, None))
+            readings.append(("+" + digits, None))
         elif default_region is None:
             raise InvalidAddressError(
                 AddressProblem.NATIONAL_NUMBER_WITHOUT_REGION,
@@ -175,14 +175,16 @@ def normalise_phone_number(address: str, default_region: str | None) -> str:
                 "or give the number in international form (+44...)",
             )
 
-    chosen = next((p for p in readings if _possibility(p) == ValidationResult.IS_POSSIBLE), None)
-    if chosen is None:
-        reason = _POSSIBLE_PROBLEMS.get(_possibility(readings[0]), "not a phone number")
-        where = f" for region {default_region}" if default_region and not plus else ""
-        raise InvalidAddressError(
-            AddressProblem.NOT_A_POSSIBLE_NUMBER, f"{len(digits)} digits, {reason}{where}"
-        )
-    return phonenumbers.format_number(chosen, phonenumbers.PhoneNumberFormat.E164).removeprefix("+")
+    first_problem: int | None = None
+    for text, region in readings:  # parsed lazily: most numbers settle on the first reading
+        parsed = _parse(text, region)
+        possibility = _possibility(parsed)
+        if parsed is not None and possibility == ValidationResult.IS_POSSIBLE:
+            return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164).removeprefix("+")
+        first_problem = possibility if first_problem is None else first_problem
+    reason = _POSSIBLE_PROBLEMS.get(first_problem or 0, "not a phone number")
+    where = f" for region {default_region}" if default_region and not plus else ""
+    raise InvalidAddressError(AddressProblem.NOT_A_POSSIBLE_NUMBER, f"{len(digits)} digits, {reason}{where}")
 
 
 def mask_address(channel: Channel, raw: str, *, limit: int = 64) -> str:
