@@ -258,6 +258,7 @@ def test_build_layer_has_linux_x86_64_py312_dependencies(built: Path, template: 
         "pydantic",
         "pydantic_settings",
         "httpx",
+        "phonenumbers",
     ):
         assert (python / package).is_dir(), f"layer lacks {package}"
     # psycopg needs libpq at runtime; only the binary wheel brings it to Lambda.
