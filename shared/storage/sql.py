@@ -160,11 +160,23 @@ WHERE id = %(sender_account_id)s
 
 # --- enqueue -------------------------------------------------------------------------------
 
+# Read before the enqueue transaction, so numbers are normalised without holding the sender
+# row locked; UPSERT_SENDER returns the region again and enqueue re-checks it.
+SENDER_DEFAULT_REGION: LiteralString = """
+SELECT default_region FROM sender_accounts
+WHERE channel = %(channel)s AND provider_account_id = %(provider_account_id)s
+"""
+
+# A request without a region keeps the stored one; a request with one sets it.
 UPSERT_SENDER: LiteralString = """
-INSERT INTO sender_accounts (channel, provider_account_id)
-VALUES (%(channel)s, %(provider_account_id)s)
-ON CONFLICT (channel, provider_account_id) DO UPDATE SET updated_at = sender_accounts.updated_at
-RETURNING id
+INSERT INTO sender_accounts (channel, provider_account_id, default_region)
+VALUES (%(channel)s, %(provider_account_id)s, %(default_region)s)
+ON CONFLICT (channel, provider_account_id) DO UPDATE
+SET default_region = COALESCE(EXCLUDED.default_region, sender_accounts.default_region),
+    updated_at = CASE WHEN EXCLUDED.default_region IS DISTINCT FROM sender_accounts.default_region
+                       AND EXCLUDED.default_region IS NOT NULL
+                      THEN now() ELSE sender_accounts.updated_at END
+RETURNING id, default_region
 """
 
 UPSERT_CAMPAIGN: LiteralString = """
@@ -173,7 +185,11 @@ VALUES (%(campaign_id)s, %(name)s, %(sender_account_id)s)
 ON CONFLICT (id) DO NOTHING
 """
 
-CAMPAIGN_SENDER: LiteralString = "SELECT sender_account_id FROM campaigns WHERE id = %(campaign_id)s"
+CAMPAIGN_SENDER: LiteralString = """
+SELECT cp.sender_account_id, s.channel::text AS channel, s.provider_account_id
+FROM campaigns cp JOIN sender_accounts s ON s.id = cp.sender_account_id
+WHERE cp.id = %(campaign_id)s
+"""
 
 UPSERT_CONTACTS: LiteralString = """
 INSERT INTO contacts (channel, address, display_name)
