@@ -10,16 +10,21 @@ Provider endpoints:
   Messenger otherwise. ``Authorization: Bearer <token>``.
 * ``POST /api/v1/chats``: Unipile, multipart/form-data (``account_id``, ``text``,
   ``attendees_ids``), ``X-API-KEY``. One chat per (account, attendee), as on LinkedIn.
-* ``GET /api/v1/chats/{chat_id}/messages``: Unipile read-back (``is_sender``), newest first.
+* ``GET /api/v1/chats/{chat_id}/messages``: Unipile read-back (``is_sender``, ``timestamp``),
+  newest first.
 
 Control API (JSON): ``GET /_fake/ledger``, ``GET /_fake/stats``, ``GET|POST /_fake/faults``
-(POST replaces the whole fault configuration), ``POST /_fake/reset``, ``GET /_fake/health``.
+(POST replaces the whole fault configuration), ``POST /_fake/reset``, ``GET /_fake/health``,
+``POST /_fake/chat_messages`` (a message typed by hand into a LinkedIn chat, as from another
+device: ``{"account_id", "attendee_id", "text", "timestamp": ISO 8601 or null, "is_sender"}``;
+it shows in the chat's read-back but is not in the ledger, which counts API sends only).
 
 Fault configuration (``FaultConfig``)::
 
     {"latency_ms": 0, "seed": null, "rules": [
         {"action": "latency" | "rate_limit" | "server_error" | "accept_then_timeout"
-                   | "accept_then_drop" | "accept_then_5xx" | "permanent" | "sender_blocked",
+                   | "accept_then_drop" | "accept_then_5xx" | "permanent" | "sender_blocked"
+                   | "error_code",
          "match": {"channel": "whatsapp" | "messenger" | "linkedin",
                    "recipient": "..." | ["...", ...], "sender": "..." | ["...", ...]},
          "times": null, "probability": 1.0,
@@ -27,8 +32,14 @@ Fault configuration (``FaultConfig``)::
          "hold_ms": 30000,             # accept_then_timeout
          "status": 500,                # server_error (500/502/503/504), accept_then_5xx
          "per_sender_per_second": null, "burst": null,  # rate_limit as a real token bucket
-         "retry_after_seconds": 1.0}   # rate_limit: Retry-After on Unipile's HTTP 429
+         "retry_after_seconds": 1.0,   # rate_limit: Retry-After on Unipile's HTTP 429
+         "code": null,                 # error_code: Graph error code, or Unipile error type
+         "error_status": 400}          # error_code: the HTTP status it comes with
     ]}
+
+``error_code`` refuses the request (records nothing) with any error the provider could send:
+the Graph error shape with ``code`` for WhatsApp and Messenger, the Unipile shape with type
+``errors/<code>`` for LinkedIn.
 
 Rules are evaluated in order against each provider request that passed authentication and
 validation. ``latency`` rules add up and evaluation continues; the first other rule that
@@ -67,7 +78,15 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_WHATSAPP_TOKEN = "test-whatsapp-token"
 DEFAULT_MESSENGER_TOKEN = "test-messenger-token"
@@ -92,6 +111,7 @@ class FaultAction(StrEnum):
     ACCEPT_THEN_5XX = "accept_then_5xx"
     PERMANENT = "permanent"
     SENDER_BLOCKED = "sender_blocked"
+    ERROR_CODE = "error_code"
 
 
 class FaultMatch(BaseModel):
@@ -133,6 +153,14 @@ class FaultRule(BaseModel):
     per_sender_per_second: float | None = Field(default=None, gt=0.0)
     burst: int | None = Field(default=None, ge=1)
     retry_after_seconds: float | None = Field(default=1.0, ge=0.0)
+    code: int | str | None = None
+    error_status: int = Field(default=400, ge=400, le=599)
+
+    @model_validator(mode="after")
+    def _error_code_needs_a_code(self) -> FaultRule:
+        if self.action is FaultAction.ERROR_CODE and self.code is None:
+            raise ValueError("an error_code rule needs a code")
+        return self
 
 
 class FaultConfig(BaseModel):
@@ -175,8 +203,35 @@ class _Chat:
     messages: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return _iso(datetime.now(UTC))
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+class ChatMessage(BaseModel):
+    """A message typed by hand into a LinkedIn chat (``POST /_fake/chat_messages``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    account_id: str = Field(min_length=1)
+    attendee_id: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+    timestamp: datetime | None = Field(default=None, description="Timezone-aware; null means now.")
+    is_sender: bool = True
+
+    @field_validator("timestamp")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("timestamp needs a timezone")
+        return value
 
 
 def _token(nbytes: int) -> str:
@@ -327,27 +382,51 @@ class _State:
                 ],
             }
 
+    def add_chat_message(
+        self, *, account_id: str, attendee_id: str, text: str, timestamp: str, is_sender: bool
+    ) -> dict[str, Any]:
+        """A message that reached the chat without an API send (typed on another device)."""
+        with self.lock:
+            pair = (account_id, attendee_id)
+            thread_id = self.chat_by_pair.get(pair)
+            if thread_id is None:
+                thread_id = _token(16)
+                self.chat_by_pair[pair] = thread_id
+                self.chats[thread_id] = _Chat(thread_id, account_id, attendee_id)
+            entry = {
+                "provider_message_id": _token(16),
+                "thread_id": thread_id,
+                "text": text,
+                "timestamp": timestamp,
+                "is_sender": is_sender,
+            }
+            self.chats[thread_id].messages.append(entry)
+            return dict(entry)
+
     def chat_messages(self, chat_id: str) -> list[dict[str, Any]] | None:
         with self.lock:
             chat = self.chats.get(chat_id)
             if chat is None:
                 return None
+            # Unipile lists the most recent first, by date; a hand-typed message may be
+            # added later with an earlier timestamp.
+            newest_first = sorted(chat.messages, key=lambda e: _parse_time(e["timestamp"]), reverse=True)
             return [
                 {
                     "object": "Message",
                     "id": e["provider_message_id"],
                     "chat_id": chat_id,
                     "provider_id": e["provider_message_id"],
-                    "sender_id": chat.account_id,
+                    "sender_id": chat.account_id if e.get("is_sender", True) else chat.attendee_id,
                     "text": e["text"],
                     "timestamp": e["timestamp"],
-                    "is_sender": 1,
+                    "is_sender": 1 if e.get("is_sender", True) else 0,
                     "attachments": [],
                     "hidden": 0,
                     "deleted": 0,
                     "seen": 0,
                 }
-                for e in reversed(chat.messages)
+                for e in newest_first
             ]
 
 
@@ -404,6 +483,9 @@ class _Dialect:
 
     def sender_blocked(self) -> Answer:
         raise NotImplementedError
+
+    def error_code(self, code: int | str, status: int) -> Answer:
+        return _graph_error(status, code, f"(#{code}) Injected error")  # type: ignore[arg-type]
 
 
 class _WhatsApp(_Dialect):
@@ -548,6 +630,9 @@ class _Unipile(_Dialect):
         return _unipile_error(
             403, "account_restricted", "Account restricted", "The LinkedIn account is restricted."
         )
+
+    def error_code(self, code: int | str, status: int) -> Answer:
+        return _unipile_error(status, str(code), "Injected error", f"Injected error type {code}.")
 
 
 _DIALECTS: dict[str, _Dialect] = {WHATSAPP: _WhatsApp(), MESSENGER: _Messenger(), LINKEDIN: _Unipile()}
@@ -773,6 +858,13 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/_fake/reset":
             self.state.reset()
             self._reply(200, {"ok": True})
+        elif path == "/_fake/chat_messages":
+            try:
+                typed = ChatMessage.model_validate_json(body or b"{}")
+            except ValidationError as exc:
+                self._reply(400, {"error": "invalid chat message", "detail": str(exc)})
+                return
+            self._reply(200, _add_chat_message(self.state, typed))
         elif path == "/_fake/faults":
             try:
                 config = parse_faults(json.loads(body or b"{}"))
@@ -898,8 +990,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(dialect.server_error(rule.status))
         elif action is FaultAction.PERMANENT:
             self._answer(dialect.permanent())
+        elif action is FaultAction.ERROR_CODE:
+            assert rule.code is not None
+            self._answer(dialect.error_code(rule.code, rule.error_status))
         else:
             self._answer(dialect.sender_blocked())
+
+
+def _add_chat_message(state: _State, typed: ChatMessage) -> dict[str, Any]:
+    return state.add_chat_message(
+        account_id=typed.account_id,
+        attendee_id=typed.attendee_id,
+        text=typed.text,
+        timestamp=_iso(typed.timestamp) if typed.timestamp is not None else _now_iso(),
+        is_sender=typed.is_sender,
+    )
 
 
 def _check_loopback(host: str) -> None:
@@ -1004,6 +1109,26 @@ class FakeProvider:
         """Forget the ledger, the chats, the counters and every fault."""
         self._state.reset()
 
+    def add_chat_message(
+        self,
+        account_id: str,
+        attendee_id: str,
+        text: str,
+        *,
+        timestamp: datetime | None = None,
+        is_sender: bool = True,
+    ) -> dict[str, Any]:
+        """Put a hand-typed message into the LinkedIn chat of (account, attendee): it shows in
+        read-back, not in the ledger. Returns its id, ``thread_id`` and ``timestamp``."""
+        typed = ChatMessage(
+            account_id=account_id,
+            attendee_id=attendee_id,
+            text=text,
+            timestamp=timestamp,
+            is_sender=is_sender,
+        )
+        return _add_chat_message(self._state, typed)
+
 
 class FakeProviderClient:
     """The control API over HTTP, for a fake running in another process. Each call uses its
@@ -1053,6 +1178,26 @@ class FakeProviderClient:
 
     def reset(self) -> None:
         self._call("POST", "/_fake/reset", {})
+
+    def add_chat_message(
+        self,
+        account_id: str,
+        attendee_id: str,
+        text: str,
+        *,
+        timestamp: datetime | None = None,
+        is_sender: bool = True,
+    ) -> dict[str, Any]:
+        """Put a hand-typed message into a LinkedIn chat; see ``FakeProvider.add_chat_message``."""
+        typed = ChatMessage(
+            account_id=account_id,
+            attendee_id=attendee_id,
+            text=text,
+            timestamp=timestamp,
+            is_sender=is_sender,
+        )
+        added: dict[str, Any] = self._call("POST", "/_fake/chat_messages", typed.model_dump(mode="json"))
+        return added
 
     def wait_for_ledger(self, count: int, timeout_seconds: float = 30.0) -> list[dict[str, Any]]:
         """Poll until the fake has accepted at least ``count`` messages."""

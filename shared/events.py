@@ -2,16 +2,31 @@
 
 A handler's first act is ``Model.model_validate(event)``: a malformed event fails there with
 a field-by-field error, before any connection is opened or any row is touched.
+
+Every free-text field is :data:`Text`: a string Postgres can store. JSON allows NUL (as
+``\\u0000``) and Postgres text does not, so without this it fails deep in psycopg (DataError)
+after the transaction has begun, with no field named.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.addresses import validate_region
 from shared.providers.outcome import Channel
+
+
+def storable_text(value: str) -> str:
+    # Lone surrogates need no check here: pydantic-core refuses them as "not a valid string".
+    if "\x00" in value:
+        raise ValueError(f"contains a NUL character at position {value.index(chr(0))}; text cannot hold NUL")
+    return value
+
+
+Text = Annotated[str, AfterValidator(storable_text)]
 
 
 class _Strict(BaseModel):
@@ -22,7 +37,7 @@ class DispatchRequest(_Strict):
     """Input of the dispatcher, set by the EventBridge Scheduler schedule (or by hand)."""
 
     source: Literal["sendonce.scheduler", "sendonce.manual"]
-    schedule: str = Field(default="", max_length=128)
+    schedule: Text = Field(default="", max_length=128)
     max_batches: int | None = Field(default=None, ge=1, le=10_000)
     batch_size: int | None = Field(default=None, ge=1, le=500)
 
@@ -31,7 +46,7 @@ class SweepRequest(_Strict):
     """Input of the sweeper schedule."""
 
     source: Literal["sendonce.scheduler", "sendonce.manual"]
-    schedule: str = Field(default="", max_length=128)
+    schedule: Text = Field(default="", max_length=128)
 
 
 class MigrateRequest(_Strict):
@@ -40,8 +55,8 @@ class MigrateRequest(_Strict):
 
 
 class EnqueueContact(_Strict):
-    address: str = Field(min_length=1, max_length=256)
-    display_name: str = Field(default="", max_length=256)
+    address: Text = Field(min_length=1, max_length=256)
+    display_name: Text = Field(default="", max_length=256)
 
     @field_validator("address")
     @classmethod
@@ -53,8 +68,8 @@ class EnqueueContact(_Strict):
 
 
 class EnqueueStep(_Strict):
-    message_type: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.:-]+$")
-    body: str = Field(min_length=1, max_length=4096)
+    message_type: Text = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.:-]+$")
+    body: Text = Field(min_length=1, max_length=4096)
     delay_seconds: int = Field(default=0, ge=0, le=90 * 24 * 3600)
 
 
@@ -67,9 +82,12 @@ class EnqueueRequest(_Strict):
 
     source: Literal["sendonce.api", "sendonce.manual"]
     campaign_id: UUID
-    campaign_name: str = Field(min_length=1, max_length=256)
+    campaign_name: Text = Field(min_length=1, max_length=256)
     channel: Channel
-    sender_provider_id: str = Field(min_length=1, max_length=256)
+    sender_provider_id: Text = Field(min_length=1, max_length=256)
+    # ISO 3166-1 alpha-2. Stored on the sender account (and kept when a later event omits
+    # it); reads national-format WhatsApp numbers such as "07700 900123" for "GB".
+    sender_default_region: Annotated[Text, AfterValidator(validate_region)] | None = None
     contacts: list[EnqueueContact] = Field(min_length=1, max_length=50_000)
     steps: list[EnqueueStep] = Field(min_length=1, max_length=20)
 

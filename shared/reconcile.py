@@ -6,7 +6,10 @@ by an explicit decision; never by a timer alone unless the channel's policy was 
 ``resend`` by someone who accepted that risk:
 
 * evidence from provider webhooks (WhatsApp ``biz_opaque_callback_data``, Messenger
-  ``metadata``, Unipile's messaging webhook) or a Unipile read-back of the chat -> ``sent``;
+  ``metadata``, Unipile's messaging webhook) or a Unipile read-back of the chat -> ``sent``.
+  Evidence matched by text must postdate the attempt (less ``EVIDENCE_CLOCK_SKEW``) and must
+  not be a provider message the ledger already credits to another row; a row whose only
+  candidate belongs to another row is held, with the reason recorded;
 * no evidence after the grace period -> the channel's policy: ``hold`` (default: stays
   ``unknown``, the UnknownRows alarm fires, an operator decides) or ``resend``.
 
@@ -16,7 +19,7 @@ Every decision is written to ``queue_decisions`` with who took it and why.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -33,11 +36,28 @@ from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
 from shared.storage import sql
 from shared.storage.db import Database
 
+# How far a provider's clock (or Postgres') may run behind the other: text-matched evidence
+# must be no older than the attempt's start minus this. Shared with ``sql.EVIDENCE_BY_TEXT``.
+EVIDENCE_CLOCK_SKEW = timedelta(minutes=5)
+
 
 class ReadBack(Protocol):
     """Looks a message up at the provider (Unipile: the chat's messages, ``is_sender``)."""
 
-    def find_sent(self, message: OutboundMessage, thread_id: str) -> SendOutcome | None: ...
+    def find_sent(
+        self, message: OutboundMessage, thread_id: str, *, not_before: datetime
+    ) -> Sequence[SendOutcome]:
+        """Every message our account sent in the thread with this text, timestamped at or after
+        ``not_before``, newest first."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    outcome: SendOutcome | None = None
+    source: str = ""
+    # Provider message ids that matched but that the ledger credits to other rows.
+    claimed_elsewhere: tuple[str, ...] = ()
 
 
 @dataclass
@@ -111,10 +131,14 @@ def _reconcile_one(
     report: ReconcileReport,
 ) -> None:
     db = deps.queue.db
-    evidence, source = _find_evidence(deps, message, sending_started_at)
-    if evidence is not None:
+    evidence = _find_evidence(deps, message, sending_started_at)
+    if evidence.outcome is not None:
         if deps.queue.settle_sent(
-            message, evidence, expected=QueueStatus.UNKNOWN, recovered_from=source, record_attempt=False
+            message,
+            evidence.outcome,
+            expected=QueueStatus.UNKNOWN,
+            recovered_from=evidence.source,
+            record_attempt=False,
         ):
             report.resolved_sent += 1
             record_decision(
@@ -123,9 +147,15 @@ def _reconcile_one(
                 QueueStatus.UNKNOWN,
                 QueueStatus.SENT,
                 "reconciler",
-                f"evidence from {source}",
-                {"provider_message_id": evidence.provider_message_id},
+                f"evidence from {evidence.source}",
+                {"provider_message_id": evidence.outcome.provider_message_id},
             )
+        return
+    if evidence.claimed_elsewhere:
+        # The chat shows this text, but only as another row's message: no proof for this row,
+        # and a resend could repeat what the recipient already has. An operator decides.
+        _hold_for_collision(db, message, evidence.claimed_elsewhere)
+        report.held += 1
         return
     if now - unknown_since < grace:
         report.waiting += 1
@@ -151,16 +181,15 @@ def _reconcile_one(
     report.held += 1
 
 
-def _find_evidence(
-    deps: ReconcileDeps, message: ClaimedMessage, sending_started_at: datetime
-) -> tuple[SendOutcome | None, str]:
+def _find_evidence(deps: ReconcileDeps, message: ClaimedMessage, sending_started_at: datetime) -> _Evidence:
     # The call outlived the row's lease and completed later: the record has the proof.
     record = deps.guard.lookup(message.idempotency_key)
     if record.state is RecordState.COMPLETED and record.outcome and record.outcome.kind is OutcomeKind.SENT:
-        return record.outcome, "idempotency_record"
+        return _Evidence(record.outcome, "idempotency_record")
     db = deps.queue.db
     params = {
         "sending_started_at": sending_started_at,
+        "clock_skew_seconds": EVIDENCE_CLOCK_SKEW.total_seconds(),
         "channel": message.channel.value,
         "idempotency_key": message.idempotency_key,
         "recipient": message.recipient,
@@ -171,16 +200,52 @@ def _find_evidence(
     if event is None and message.channel is Channel.LINKEDIN:
         event = db.fetch_one(sql.EVIDENCE_BY_TEXT, params)
     if event is not None:
-        return SendOutcome.sent(
-            event["provider_message_id"], thread_id=event["provider_thread_id"]
-        ), "webhook"
+        return _Evidence(
+            SendOutcome.sent(event["provider_message_id"], thread_id=event["provider_thread_id"]), "webhook"
+        )
     reader = deps.read_back.get(message.channel)
     thread = db.fetch_one(sql.KNOWN_THREAD, params) if reader else None
-    if reader is not None and thread is not None:
-        found = reader.find_sent(message, thread["provider_thread_id"])
-        if found is not None:
-            return found, "read_back"
-    return None, ""
+    if reader is None or thread is None:
+        return _Evidence()
+    candidates = reader.find_sent(
+        message, thread["provider_thread_id"], not_before=sending_started_at - EVIDENCE_CLOCK_SKEW
+    )
+    if not candidates:
+        return _Evidence()
+    claimed = {
+        row["provider_message_id"]
+        for row in db.fetch_all(
+            sql.LEDGER_CLAIMS_OF_OTHER_ROWS,
+            {
+                "channel": message.channel.value,
+                "queue_id": message.queue_id,
+                "provider_message_ids": [c.provider_message_id for c in candidates],
+            },
+        )
+    }
+    for candidate in candidates:
+        if candidate.provider_message_id not in claimed:
+            return _Evidence(candidate, "read_back")
+    return _Evidence(claimed_elsewhere=tuple(sorted(claimed)))
+
+
+def _hold_for_collision(db: Database, message: ClaimedMessage, claimed: tuple[str, ...]) -> None:
+    """Record why the row is held. Written once: a later sweep that finds the same collision
+    changes nothing, so the decisions table does not grow with every sweep."""
+    reason = (
+        "held: read-back found this text only as provider messages the ledger credits to other "
+        f"rows ({', '.join(claimed)})"
+    )
+    with db.connection() as conn:
+        conn.execute(
+            sql.HOLD_UNKNOWN,
+            {
+                "queue_id": message.queue_id,
+                "reason": reason,
+                "decided_by": "reconciler",
+                "evidence": json.dumps({"claimed_provider_message_ids": list(claimed)}),
+            },
+        )
 
 
 def requeue(

@@ -8,7 +8,8 @@ Order matters and is fixed here, not in the handler:
 2. parse JSON. A body that is not JSON after a valid signature is a 400, nothing stored;
 3. turn the document into ``provider_events`` rows, one per status/message. Shapes we do not
    understand are stored as ``unrecognised`` and answered 200: providers retry non-2xx
-   answers for days, and a shape we cannot read today is still evidence for an operator;
+   answers for days, and a shape we cannot read today is still evidence for an operator
+   (beyond ``UNRECOGNISED_PAYLOAD_MAX_BYTES`` as a summary with the hashes, see ``capped``);
 4. insert with ``ON CONFLICT (channel, dedupe_key) DO NOTHING`` and, in the same
    transaction, apply delivered/read/failed to ``message_ledger``, monotonically.
 
@@ -23,7 +24,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -40,6 +41,11 @@ META_SIGNATURE_HEADER = "x-hub-signature-256"
 META_SIGNATURE_PREFIX = "sha256="
 UNIPILE_AUTH_HEADER = "unipile-auth"
 UNRECOGNISED = "unrecognised"
+# An unrecognised item larger than this (canonical JSON, UTF-8) is stored as a summary with
+# the first UNRECOGNISED_HEAD_CHARS characters. A signed body can be 6 MB (Lambda's request
+# limit) of a shape nothing reads; kept whole, each delivery and retry of it is 6 MB of jsonb.
+UNRECOGNISED_PAYLOAD_MAX_BYTES = 64 * 1024
+UNRECOGNISED_HEAD_CHARS = 4096
 # Statuses that move message_ledger.delivery_status; `sent` adds nothing to `accepted`.
 LEDGER_STATUSES = frozenset({"delivered", "read", "failed"})
 
@@ -128,6 +134,18 @@ def meta_signature(app_secret: str, raw_body: bytes) -> str:
     return META_SIGNATURE_PREFIX + digest
 
 
+def _supplied_bytes(value: str | None) -> bytes | None:
+    """A header or query value as the bytes to compare, or None when it has none: a value
+    holding a lone surrogate (JSON can carry one in the Lambda event) is not UTF-8 text, so
+    it cannot equal a secret. Encoding it anyway raised, which answered 500, not 401."""
+    if value is None:
+        return None
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+
+
 def verify_meta_signature(app_secret: str, headers: Mapping[str, str], raw_body: bytes) -> bool:
     expected = meta_signature(app_secret, raw_body)
     supplied = lower_headers(headers).get(META_SIGNATURE_HEADER)
@@ -137,16 +155,14 @@ def verify_meta_signature(app_secret: str, headers: Mapping[str, str], raw_body:
     if not supplied.startswith(META_SIGNATURE_PREFIX):
         return False
     # Hex is case-insensitive; the prefix is not (Meta sends it lower case).
-    candidate = META_SIGNATURE_PREFIX + supplied[len(META_SIGNATURE_PREFIX) :].lower()
-    return hmac.compare_digest(expected.encode("ascii"), candidate.encode("utf-8"))
+    candidate = _supplied_bytes(META_SIGNATURE_PREFIX + supplied[len(META_SIGNATURE_PREFIX) :].lower())
+    return candidate is not None and hmac.compare_digest(expected.encode("ascii"), candidate)
 
 
 def verify_unipile_secret(shared_secret: str, headers: Mapping[str, str]) -> bool:
     expected = _required(shared_secret, "Unipile webhook secret")
-    supplied = lower_headers(headers).get(UNIPILE_AUTH_HEADER)
-    if supplied is None:
-        return False
-    return hmac.compare_digest(expected, supplied.encode("utf-8"))
+    supplied = _supplied_bytes(lower_headers(headers).get(UNIPILE_AUTH_HEADER))
+    return supplied is not None and hmac.compare_digest(expected, supplied)
 
 
 def is_authentic(
@@ -170,7 +186,11 @@ def decode_body(body: str | None, is_base64_encoded: bool) -> bytes:
     if body is None:
         return b""
     if not is_base64_encoded:
-        return body.encode("utf-8")
+        try:
+            return body.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # A lone surrogate: no provider signed that, since it has no UTF-8 bytes.
+            raise MalformedBodyError("body is not valid Unicode text") from exc
     try:
         return base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -236,6 +256,29 @@ def unrecognised(item: Any) -> ProviderEvent:
     same unknown shape is still stored once."""
     digest = hashlib.sha256(canonical_json(item).encode("utf-8")).hexdigest()
     return ProviderEvent(event_type=UNRECOGNISED, dedupe_key=f"{UNRECOGNISED}:{digest}", payload=item)
+
+
+def capped(event: ProviderEvent, raw_body: bytes) -> ProviderEvent:
+    """``event`` itself, or for an ``unrecognised`` payload over the limit a summary that
+    still identifies it: sizes and sha256 of the item and of the whole signed body, its
+    top-level keys and its first characters. The dedupe key stays the full item's hash."""
+    if event.event_type != UNRECOGNISED:
+        return event
+    text = canonical_json(event.payload)
+    size = len(text.encode("utf-8"))
+    if size <= UNRECOGNISED_PAYLOAD_MAX_BYTES:
+        return event
+    keys = sorted(event.payload)[:50] if isinstance(event.payload, dict) else None
+    summary = {
+        "sendonce_truncated": True,
+        "bytes": size,
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "body_bytes": len(raw_body),
+        "body_sha256": hashlib.sha256(raw_body).hexdigest(),
+        "top_level_keys": [k[:64] for k in keys] if keys is not None else None,
+        "head": text[:UNRECOGNISED_HEAD_CHARS],
+    }
+    return replace(event, payload=summary)
 
 
 def _obj(value: Any) -> dict[str, Any] | None:
@@ -610,7 +653,7 @@ def handle_webhook(
         document = load_json(raw_body)
     except MalformedBodyError:
         return _rejected(channel, 400, "body is not JSON")
-    events = parse_events(channel, document)
+    events = [capped(e, raw_body) for e in parse_events(channel, document)]
     try:
         report = deps.store.save(channel, events)
     except DatabaseUnavailableError as exc:
@@ -657,13 +700,14 @@ def verify_subscription(secrets: WebhookSecretSource, query: Mapping[str, str]) 
     app secret signs the webhooks whose evidence settles ``unknown`` rows as sent. Compared
     in constant time."""
     expected = _required(secrets.meta_verify_token(), "Meta verify token")
-    token = query.get("hub.verify_token")
+    token = _supplied_bytes(query.get("hub.verify_token"))
     challenge = query.get("hub.challenge")
     if (
         query.get("hub.mode") != "subscribe"
         or token is None
         or not challenge
-        or not hmac.compare_digest(expected, token.encode("utf-8"))
+        or _supplied_bytes(challenge) is None
+        or not hmac.compare_digest(expected, token)
     ):
         metrics.add_metric(name="WebhookRejected", unit=MetricUnit.Count, value=1)
         logger.warning("webhook subscription check refused")

@@ -8,8 +8,12 @@ The one question every line here answers: *could the provider have acted on this
 * The request may have been written (write/read timeouts, a reset or closed connection, a
   5xx, any exception we did not foresee): ``ambiguous``. Nobody offers a send-side
   idempotency key, so a blind resend could duplicate the message.
-* The provider answered with an error it documents as "not processed": classified by the
-  adapter's table into ``retry_later``, ``sender_blocked`` or ``permanent``.
+* The provider answered with an error it documents as rejected before processing:
+  classified by the adapter's table into ``retry_later``, ``sender_blocked`` or ``permanent``.
+  Every table entry that frees a message names the documentation that says so.
+* Any other answer (an error code or type the table does not list, a 4xx without a
+  recognisable error body): ``ambiguous``. An undocumented error proves nothing about
+  whether the provider acted, so it must never free the message for another call.
 
 ``HttpAdapter`` is the send loop all three adapters share; ``GraphAdapter`` adds the Graph
 error shape and classification used by both WhatsApp Cloud API and the Messenger Send API.
@@ -29,7 +33,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 
 from shared.observability import logger
-from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind, SendOutcome
+from shared.providers.outcome import PROVABLY_NOT_SENT, Channel, OutboundMessage, OutcomeKind, SendOutcome
 
 DETAIL_LIMIT = 500
 USER_AGENT = "sendonce/0.1"
@@ -159,24 +163,40 @@ class Rule:
     """What one documented provider error means.
 
     ``wait`` is the default retry hint for ``retry_later`` (a ``Retry-After`` header wins);
-    ``pause`` names the ``PausePolicy`` duration for ``sender_blocked``."""
+    ``pause`` names the ``PausePolicy`` duration for ``sender_blocked``. ``source`` is where
+    the provider documents the meaning: a rule that frees a message (any provably-not-sent
+    kind) cannot be built without one."""
 
     kind: OutcomeKind
     wait: timedelta | None = None
     pause: PauseCause | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind in PROVABLY_NOT_SENT and not self.source.strip():
+            raise ValueError(f"a {self.kind} rule must cite the documentation that proves it")
 
 
-RETRY = Rule(OutcomeKind.RETRY_LATER)
-PERMANENT = Rule(OutcomeKind.PERMANENT)
 AMBIGUOUS = Rule(OutcomeKind.AMBIGUOUS)
 
 
-def retry(seconds: float) -> Rule:
-    return Rule(OutcomeKind.RETRY_LATER, wait=timedelta(seconds=seconds))
+def retry(source: str, seconds: float | None = None) -> Rule:
+    wait = timedelta(seconds=seconds) if seconds is not None else None
+    return Rule(OutcomeKind.RETRY_LATER, wait=wait, source=source)
 
 
-def blocked(cause: PauseCause) -> Rule:
-    return Rule(OutcomeKind.SENDER_BLOCKED, pause=cause)
+def blocked(cause: PauseCause, source: str) -> Rule:
+    return Rule(OutcomeKind.SENDER_BLOCKED, pause=cause, source=source)
+
+
+def permanent(source: str) -> Rule:
+    return Rule(OutcomeKind.PERMANENT, source=source)
+
+
+def ambiguous(source: str = "") -> Rule:
+    """A documented code whose meaning does not rule out processing; the same outcome an
+    unlisted code gets, listed so the table says it was looked at."""
+    return Rule(OutcomeKind.AMBIGUOUS, source=source)
 
 
 @dataclass(frozen=True)
@@ -358,13 +378,13 @@ class GraphAdapter(HttpAdapter):
     Classification order:
     1. 2xx: the subclass reads the message id (unreadable => ambiguous: it was accepted).
     2. 1xx/3xx/5xx: ambiguous, whatever the body says; the provider may have acted.
-    3. 4xx with a code in the table: the table's rule.
-    4. HTTP 429 with an unknown code: retry later.
-    5. 4xx with an unknown code: permanent, reason ``<provider>:<code>``. A Graph 4xx means
-       the request was rejected, not processed, so it is provably not sent; the code is
-       recorded so an operator can redrive once the table learns it.
-    6. 4xx without a Graph error: 401/403 pause the sender (credentials), 429 retries, 408 is
-       ambiguous (the server gave up mid-request), anything else is permanent.
+    3. 4xx with a code in the table: the table's rule. Only codes Meta documents as a
+       rejection (throttled, not permitted, invalid, undeliverable) free the message.
+    4. Anything else is ambiguous: a 4xx with a code the table does not list (Meta's own
+       code 1 reads "invalid request or possible server error"), whatever its HTTP status,
+       including 429; and a 4xx without a readable Graph error, including 401/403/408/429.
+       The reason (``<provider>:<code>`` or ``<provider>:http_<status>``) is recorded, so an
+       operator can decide the row and the table can learn the code from its documentation.
     """
 
     error_rules: ClassVar[Mapping[int, Rule]]
@@ -423,21 +443,14 @@ class GraphAdapter(HttpAdapter):
 
     def _client_error_verdict(self, response: httpx.Response, error: GraphError | None) -> Verdict:
         status = response.status_code
-        wait = retry_after(response, self._clock())
         if error is not None and error.code is not None:
-            reason = f"{self.provider}:{error.code}"
-            rule = self._rule_for(error)
-            if rule is None:
-                rule = RETRY if status == 429 else PERMANENT
-            return Verdict(rule, reason, error.detail, status, wait)
+            rule = self._rule_for(error) or AMBIGUOUS
+            return Verdict(
+                rule,
+                f"{self.provider}:{error.code}",
+                error.detail,
+                status,
+                retry_after(response, self._clock()),
+            )
         detail = error.detail if error is not None else truncate(response.text)
-        reason = f"{self.provider}:http_{status}"
-        if status == 408:
-            # The server gave up on a request it may have partly read or even acted on: no
-            # proof of non-delivery, the same call Unipile's 408 gets.
-            return Verdict(AMBIGUOUS, reason, detail, status)
-        if status == 429:
-            return Verdict(RETRY, reason, detail, status, wait)
-        if status in (401, 403):
-            return Verdict(blocked("credentials"), reason, detail, status)
-        return Verdict(PERMANENT, reason, detail, status)
+        return Verdict(AMBIGUOUS, f"{self.provider}:http_{status}", detail, status)

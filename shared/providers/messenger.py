@@ -10,24 +10,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from shared.providers.http import AMBIGUOUS, PERMANENT, GraphAdapter, Rule, blocked, retry
+from shared.providers.http import GraphAdapter, Rule, ambiguous, blocked, permanent, retry
 from shared.providers.outcome import Channel, OutboundMessage, SendOutcome
 
+MESSENGER_ERRORS = "https://developers.facebook.com/docs/messenger-platform/error-codes"
+GRAPH_ERRORS = "https://developers.facebook.com/docs/graph-api/guides/error-handling"
+GRAPH_RATE_LIMITS = "https://developers.facebook.com/docs/graph-api/overview/rate-limiting"
+
+# Only codes Meta documents as a refusal of the request free a message; a code missing here
+# is ambiguous (GraphAdapter), never "provably not sent".
 MESSENGER_ERROR_RULES: Mapping[int, Rule] = {
-    613: retry(60),  # "Calls to this api have exceeded the rate limit"
-    4: retry(300),  # application request limit
-    # Beyond providers.md: Graph's other throttling codes, rejected before processing.
-    17: retry(300),  # user request limit
-    32: retry(300),  # page request limit
-    2: AMBIGUOUS,  # "unexpected error", may follow processing
-    1: AMBIGUOUS,  # "unknown error"
-    10: PERMANENT,  # every subcode, e.g. 2018278: outside the allowed messaging window
-    551: PERMANENT,  # this person isn't available right now
-    190: blocked("credentials"),  # Page token invalid or expired
-    # Beyond providers.md: the Page may not message at all.
-    200: blocked("credentials"),  # permissions error
-    230: blocked("credentials"),  # requires pages_messaging permission
-    368: blocked("policy"),  # Page temporarily blocked for policy violations
+    # Throttled: "any subsequent requests made by your app will fail" until the window passes.
+    613: retry(GRAPH_RATE_LIMITS, 60),  # "Calls to this api have exceeded the rate limit"
+    4: retry(GRAPH_ERRORS, 300),  # "API Too Many Calls": application request limit
+    17: retry(GRAPH_ERRORS, 300),  # "API User Too Many Calls"
+    32: retry(GRAPH_RATE_LIMITS, 300),  # Page-level throttling
+    # Refused for this message.
+    10: permanent(MESSENGER_ERRORS),  # every subcode, e.g. 2018278: outside the messaging window
+    551: permanent(MESSENGER_ERRORS),  # "This person isn't available right now"
+    # The Page may not message at all: pause it and alert.
+    190: blocked("credentials", GRAPH_ERRORS),  # "Access token has expired"
+    200: blocked("credentials", GRAPH_ERRORS),  # "API Permission" (200-299)
+    230: blocked("credentials", GRAPH_ERRORS),  # requires pages_messaging (200-299 range)
+    368: blocked("policy", GRAPH_ERRORS),  # "Temporarily blocked for policies violations"
+    # Documented, and ambiguous even with a 4xx: Meta may have acted.
+    2: ambiguous(MESSENGER_ERRORS),  # "An unexpected error has occurred"
+    1: ambiguous(GRAPH_ERRORS),  # "API Unknown": possibly a temporary issue due to downtime
 }
 
 

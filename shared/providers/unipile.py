@@ -10,13 +10,13 @@ so both spellings work. Classification order:
 
 1. 2xx with a ``message_id``: sent (``chat_id`` is the thread). A 2xx without one is
    ambiguous but keeps the ``chat_id``, so read-back can still settle it.
-2. ``request_timeout`` (504 or 408), 1xx/3xx/5xx: ambiguous. Unipile relays to LinkedIn; a
-   500/503 does not prove LinkedIn never saw the message.
-3. A 4xx whose type is in the table: the table's rule.
-4. Other 429: retry later (long backoff unless ``Retry-After`` says otherwise).
-5. Other 401: pause the sender (credentials); other 403: pause the sender (policy).
-6. Any other 4xx (400 invalid parameters, 404, an unknown 422 type): permanent, reason
-   ``unipile:<type>`` - the request was rejected, not relayed.
+2. 408, 1xx/3xx/5xx: ambiguous. Unipile relays to LinkedIn; a 500/503 does not prove
+   LinkedIn never saw the message.
+3. A 4xx whose type is in the table: the table's rule. Only types Unipile documents as a
+   refusal (throttled, credentials, not connected, invalid parameters) free the message.
+4. Anything else is ambiguous: an unlisted type, whatever its status (429, 401 and 403
+   included), and a 4xx without a readable error type. The reason ``unipile:<type>`` or
+   ``unipile:http_<status>`` is recorded for the operator who decides the row.
 """
 
 from __future__ import annotations
@@ -24,37 +24,54 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar
 
 import httpx
 
 from shared.providers.http import (
-    AMBIGUOUS,
-    PERMANENT,
     HttpAdapter,
     Rule,
     Verdict,
+    ambiguous,
     blocked,
     json_body,
+    permanent,
     retry,
     retry_after,
     truncate,
 )
 from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind, SendOutcome
 
+# The error types (per HTTP status) of POST /api/v1/chats, with their titles; the v2 error
+# page explains the api/ and provider/ throwers.
+START_CHAT = "https://developer.unipile.com/reference/chatscontroller_startnewchat"
+ERROR_RESPONSES = "https://developer.unipile.com/v2.0/reference/error-responses"
+
+# Only types Unipile documents as a refusal of the request free a message; a type missing
+# here is ambiguous, never "provably not sent".
 UNIPILE_ERROR_RULES: Mapping[str, Rule] = {
-    "too_many_requests": retry(120),
-    "no_connection_with_recipient": PERMANENT,
-    "not_allowed_inmail": PERMANENT,
-    "blocked_recipient": PERMANENT,
-    "user_unreachable": PERMANENT,
-    "cannot_resend_yet": PERMANENT,
-    "action_already_performed": PERMANENT,
-    "limit_exceeded": blocked("quota"),
-    "insufficient_credits": blocked("quota"),
-    "disconnected_account": blocked("credentials"),
-    "account_restricted": blocked("policy"),
-    "request_timeout": AMBIGUOUS,
+    "too_many_requests": retry(START_CHAT, 120),  # 429 "The provider cannot accept any more requests"
+    # 422 "Unprocessable Entity": LinkedIn refuses this message.
+    "no_connection_with_recipient": permanent(START_CHAT),  # "Recipient cannot be reached"
+    "not_allowed_inmail": permanent(START_CHAT),
+    "blocked_recipient": permanent(START_CHAT),
+    "user_unreachable": permanent(START_CHAT),
+    "cannot_resend_yet": permanent(START_CHAT),
+    "action_already_performed": permanent(START_CHAT),
+    # 400 "The given parameters ... does not respect the required shape"
+    "invalid_parameters": permanent(ERROR_RESPONSES),
+    # 422, sender-level: LinkedIn's limits and InMail credits.
+    "limit_exceeded": blocked("quota", START_CHAT),
+    "insufficient_credits": blocked("quota", START_CHAT),
+    # 401: the request is not authenticated.
+    "missing_credentials": blocked("credentials", START_CHAT),  # the API key is missing or wrong
+    "disconnected_account": blocked("credentials", START_CHAT),  # "Disconnected account"
+    # 403: the account may not do this.
+    "account_restricted": blocked("policy", START_CHAT),  # "restricted by the provider"
+    "feature_not_subscribed": blocked("policy", START_CHAT),  # "Feature not subscribed"
+    # 504 "Request timed out": documented, and proves nothing either way.
+    "request_timeout": ambiguous(START_CHAT),
 }
 
 _TYPE_CHARS = re.compile(r"[^a-z0-9_]+")
@@ -122,19 +139,10 @@ class UnipileLinkedInAdapter(HttpAdapter):
         kind = error.type if error is not None else None
         detail = error.text if error is not None and error.text else truncate(response.text)
         reason = f"unipile:{kind or f'http_{status}'}"
-        if kind == "request_timeout" or status == 408 or not 400 <= status < 500:
-            return SendOutcome.ambiguous(reason, detail, status)
-        rule = self.error_rules.get(kind) if kind else None
-        if rule is None:
-            if status == 429:
-                rule = self.error_rules["too_many_requests"]
-            elif status == 401:
-                rule = blocked("credentials")
-            elif status == 403:
-                rule = blocked("policy")
-            else:
-                rule = PERMANENT
-        return self._outcome(Verdict(rule, reason, detail, status, retry_after(response, self._clock())))
+        rule = self.error_rules.get(kind) if kind and 400 <= status < 500 and status != 408 else None
+        return self._outcome(
+            Verdict(rule or ambiguous(), reason, detail, status, retry_after(response, self._clock()))
+        )
 
 
 def _started(data: object, status: int, response: httpx.Response) -> SendOutcome:
@@ -158,8 +166,13 @@ class ReadBackError(OSError):
 
 
 class UnipileReadBack:
-    """``find_sent`` for the reconciler: the newest message in the chat that we sent
-    (``is_sender``) with exactly this text, or ``None`` when the chat shows none."""
+    """``find_sent`` for the reconciler: the messages in the chat that we sent (``is_sender``)
+    with exactly this text, no earlier than a given time, newest first.
+
+    Unipile's message objects carry ``timestamp``, an ISO 8601 UTC string such as
+    "2022-10-14T10:00:00.000Z", and the list comes most recent first:
+    https://developer.unipile.com/reference/chatscontroller_listchatmessages
+    """
 
     channel: Channel = Channel.LINKEDIN
 
@@ -174,7 +187,12 @@ class UnipileReadBack:
     def __repr__(self) -> str:
         return f"UnipileReadBack(base_url={self._base_url!r})"
 
-    def find_sent(self, message: OutboundMessage, thread_id: str) -> SendOutcome | None:
+    def find_sent(
+        self, message: OutboundMessage, thread_id: str, *, not_before: datetime
+    ) -> list[SendOutcome]:
+        """A message sent before ``not_before`` (a hand-typed one, an older campaign's) proves
+        nothing about this attempt, and neither does one whose ``timestamp`` cannot be read."""
+        found: list[SendOutcome] = []
         cursor: str | None = None
         for _ in range(self._max_pages):
             params = {"limit": "100", **({"cursor": cursor} if cursor else {})}
@@ -192,16 +210,37 @@ class UnipileReadBack:
             items = data.get("items") if isinstance(data, Mapping) else None
             if not isinstance(items, list):
                 raise ReadBackError("unipile read-back returned no items list")
+            reached_older = False
             for item in items:
+                if not isinstance(item, Mapping):
+                    continue
+                sent_at = message_time(item.get("timestamp"))
+                if sent_at is None:
+                    continue
+                if sent_at < not_before:
+                    # Most recent first: everything after this is older still.
+                    reached_older = True
+                    continue
                 if (
-                    isinstance(item, Mapping)
-                    and item.get("is_sender")
+                    item.get("is_sender")
                     and isinstance(item.get("id"), str)
                     and str(item.get("text") or "").strip() == message.body.strip()
                 ):
-                    return SendOutcome.sent(str(item["id"]), thread_id=thread_id)
+                    found.append(SendOutcome.sent(str(item["id"]), thread_id=thread_id))
             next_cursor = data.get("cursor") if isinstance(data, Mapping) else None
-            if not isinstance(next_cursor, str) or not next_cursor:
-                return None
+            if reached_older or not isinstance(next_cursor, str) or not next_cursor:
+                return found
             cursor = next_cursor
+        return found
+
+
+def message_time(raw: object) -> datetime | None:
+    """A chat message's ``timestamp``; ``None`` unless it is an ISO 8601 time with a zone."""
+    if not isinstance(raw, str):
         return None
+    try:
+        when = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return None
+    # Unipile documents UTC ("...Z"); a time without a zone could be anyone's local time.
+    return when if when.tzinfo is not None else None

@@ -260,11 +260,23 @@ WHERE id = %(sender_account_id)s
 
 # --- enqueue -------------------------------------------------------------------------------
 
+# Read before the enqueue transaction, so numbers are normalised without holding the sender
+# row locked; UPSERT_SENDER returns the region again and enqueue re-checks it.
+SENDER_DEFAULT_REGION: LiteralString = """
+SELECT default_region FROM sender_accounts
+WHERE channel = %(channel)s AND provider_account_id = %(provider_account_id)s
+"""
+
+# A request without a region keeps the stored one; a request with one sets it.
 UPSERT_SENDER: LiteralString = """
-INSERT INTO sender_accounts (channel, provider_account_id)
-VALUES (%(channel)s, %(provider_account_id)s)
-ON CONFLICT (channel, provider_account_id) DO UPDATE SET updated_at = sender_accounts.updated_at
-RETURNING id
+INSERT INTO sender_accounts (channel, provider_account_id, default_region)
+VALUES (%(channel)s, %(provider_account_id)s, %(default_region)s)
+ON CONFLICT (channel, provider_account_id) DO UPDATE
+SET default_region = COALESCE(EXCLUDED.default_region, sender_accounts.default_region),
+    updated_at = CASE WHEN EXCLUDED.default_region IS DISTINCT FROM sender_accounts.default_region
+                       AND EXCLUDED.default_region IS NOT NULL
+                      THEN now() ELSE sender_accounts.updated_at END
+RETURNING id, default_region
 """
 
 UPSERT_CAMPAIGN: LiteralString = """
@@ -279,7 +291,11 @@ VALUES (%(campaign_id)s, %(sender_account_id)s)
 ON CONFLICT DO NOTHING
 """
 
-CAMPAIGN_SENDER: LiteralString = "SELECT sender_account_id FROM campaigns WHERE id = %(campaign_id)s"
+CAMPAIGN_SENDER: LiteralString = """
+SELECT cp.sender_account_id, s.channel::text AS channel, s.provider_account_id
+FROM campaigns cp JOIN sender_accounts s ON s.id = cp.sender_account_id
+WHERE cp.id = %(campaign_id)s
+"""
 
 UPSERT_CONTACTS: LiteralString = """
 INSERT INTO contacts (channel, address, display_name)
@@ -439,8 +455,10 @@ FROM provider_events e
 WHERE e.channel = %(channel)s AND e.status = 'sent' AND e.recipient = %(recipient)s
   AND e.payload->>'text' = %(body)s
   AND e.provider_message_id IS NOT NULL
-  -- Only a message sent after this row started sending (minus clock skew) can be it.
-  AND COALESCE(e.occurred_at, e.received_at) >= %(sending_started_at)s - interval '5 minutes'
+  -- Only a message sent after this row started sending (minus reconcile.EVIDENCE_CLOCK_SKEW)
+  -- can be it.
+  AND COALESCE(e.occurred_at, e.received_at)
+      >= %(sending_started_at)s - make_interval(secs => %(clock_skew_seconds)s)
   AND NOT EXISTS (SELECT 1 FROM message_ledger l
                   WHERE l.channel = e.channel AND l.provider_message_id = e.provider_message_id)
 ORDER BY e.received_at
@@ -454,6 +472,27 @@ WHERE l.channel = %(channel)s AND l.recipient = %(recipient)s AND q.sender_accou
   AND l.provider_thread_id IS NOT NULL
 ORDER BY l.sent_at DESC
 LIMIT 1
+"""
+
+# Which of a read-back's candidate messages the ledger already credits to another row: they
+# are that row's evidence, not this one's.
+LEDGER_CLAIMS_OF_OTHER_ROWS: LiteralString = """
+SELECT provider_message_id, queue_id FROM message_ledger
+WHERE channel = %(channel)s AND provider_message_id = ANY(%(provider_message_ids)s::text[])
+  AND queue_id <> %(queue_id)s
+"""
+
+# An `unknown` row held for a stated reason: last_error says why, and the decision is recorded
+# the first time only (a repeat finds last_error already equal and changes nothing).
+# updated_at is left alone: it is when the row became unknown, which the grace period counts from.
+HOLD_UNKNOWN: LiteralString = """
+WITH held AS (
+    UPDATE send_queue SET last_error = %(reason)s
+    WHERE id = %(queue_id)s AND status = 'unknown' AND last_error IS DISTINCT FROM %(reason)s
+    RETURNING id
+)
+INSERT INTO queue_decisions (queue_id, from_status, to_status, decided_by, reason, evidence)
+SELECT id, 'unknown', 'unknown', %(decided_by)s, %(reason)s, %(evidence)s::jsonb FROM held
 """
 
 QUEUE_ROW_FOR_DECISION: LiteralString = """

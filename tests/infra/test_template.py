@@ -53,6 +53,8 @@ TEST_UNIPILE_WEBHOOK_SECRET = "test-unipile-webhook-secret"
 INVALID_EVENT_ERRORS: dict[str, set[tuple[str, str]]] = {
     "dispatcher-malformed.json": {("source", "literal_error"), ("batch_size", "int_parsing")},
     "enqueue-malformed.json": {("contacts", "missing"), ("campaign_id", "uuid_parsing")},
+    "enqueue-nul-byte.json": {("campaign_name", "value_error"), ("contacts", "value_error")},
+    "enqueue-bad-region.json": {("sender_default_region", "value_error")},
 }
 REQUIRED_ENV = {
     "POWERTOOLS_SERVICE_NAME",
@@ -256,6 +258,7 @@ def test_build_layer_has_linux_x86_64_py312_dependencies(built: Path, template: 
         "pydantic",
         "pydantic_settings",
         "httpx",
+        "phonenumbers",
     ):
         assert (python / package).is_dir(), f"layer lacks {package}"
     # psycopg needs libpq at runtime; only the binary wheel brings it to Lambda.

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -347,13 +348,65 @@ def test_unipile_read_back(
     reader = build_read_backs(settings_for(fake.url), client, StaticTokenSource(TOKENS))[Channel.LINKEDIN]
     assert isinstance(reader, UnipileReadBack)
     assert first.provider_thread_id is not None
-    found = reader.find_sent(message(Channel.LINKEDIN, "ACoAA1", "first"), first.provider_thread_id)
-    assert found is not None and found.provider_message_id == first.provider_message_id
-    assert (
-        reader.find_sent(message(Channel.LINKEDIN, "ACoAA1", "never sent"), first.provider_thread_id) is None
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    found = reader.find_sent(
+        message(Channel.LINKEDIN, "ACoAA1", "first"), first.provider_thread_id, not_before=since
     )
+    assert [f.provider_message_id for f in found] == [first.provider_message_id]
+    never = message(Channel.LINKEDIN, "ACoAA1", "never sent")
+    assert reader.find_sent(never, first.provider_thread_id, not_before=since) == []
     with pytest.raises(ReadBackError):
-        reader.find_sent(message(Channel.LINKEDIN, "ACoAA1", "first"), "unknown-chat")
+        reader.find_sent(message(Channel.LINKEDIN, "ACoAA1", "first"), "unknown-chat", not_before=since)
+
+
+def test_hand_typed_chat_messages_show_in_read_back_by_date_but_not_in_the_ledger(
+    fake: FakeProvider, control: FakeProviderClient, adapters: dict[Channel, ProviderAdapter]
+) -> None:
+    sent = adapters[Channel.LINKEDIN].send(message(Channel.LINKEDIN, "ACoAA1", "by the API"))
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    typed = control.add_chat_message(SENDERS[Channel.LINKEDIN], "ACoAA1", "by hand", timestamp=two_days_ago)
+    reply = fake.add_chat_message(SENDERS[Channel.LINKEDIN], "ACoAA1", "their reply", is_sender=False)
+    assert typed["thread_id"] == reply["thread_id"] == sent.provider_thread_id
+    assert datetime.fromisoformat(typed["timestamp"]) == two_days_ago
+    with httpx.Client(base_url=fake.url, headers={"X-API-KEY": "test-unipile-key"}) as http:
+        items = http.get(f"/api/v1/chats/{sent.provider_thread_id}/messages").json()["items"]
+        assert http.post("/_fake/chat_messages", json={"text": "no chat"}).status_code == 400
+        naive = {"account_id": "a", "attendee_id": "b", "text": "t", "timestamp": "2025-01-01T00:00:00"}
+        assert http.post("/_fake/chat_messages", json=naive).status_code == 400
+    # Most recent first, by date, whatever the order they were added in.
+    assert [(i["text"], i["is_sender"]) for i in items] == [
+        ("their reply", 0),
+        ("by the API", 1),
+        ("by hand", 1),
+    ]
+    assert [e["text"] for e in fake.ledger()] == ["by the API"]
+
+
+@pytest.mark.parametrize(
+    ("channel", "code", "status", "reason"),
+    [
+        (Channel.WHATSAPP, 1, 400, "whatsapp:1"),
+        (Channel.WHATSAPP, 131026, 400, "whatsapp:131026"),
+        (Channel.MESSENGER, 987654, 403, "messenger:987654"),
+        (Channel.LINKEDIN, "some_new_type", 422, "unipile:some_new_type"),
+        (Channel.LINKEDIN, "too_many_requests", 429, "unipile:too_many_requests"),
+    ],
+)
+def test_error_code_fault_answers_any_provider_error(
+    channel: Channel,
+    code: int | str,
+    status: int,
+    reason: str,
+    fake: FakeProvider,
+    adapters: dict[Channel, ProviderAdapter],
+) -> None:
+    fake.set_faults([{"action": "error_code", "code": code, "error_status": status}])
+    outcome = adapters[channel].send(message(channel))
+    assert (outcome.reason, outcome.http_status) == (reason, status)
+    assert fake.ledger() == []
+    assert fake.stats()["faults_fired"] == {"error_code": 1}
+    with pytest.raises(ValueError, match="needs a code"):
+        fake.set_faults([{"action": "error_code"}])
 
 
 def test_control_client(

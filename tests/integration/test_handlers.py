@@ -6,6 +6,8 @@ Webhook samples are covered the same way in test_webhooks.py.
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,37 @@ def test_malformed_events_fail_clearly_and_change_nothing(stack: LocalStack, eve
     assert "problems)" in error["errorMessage"]
     assert "exit code 1" in str(failed.value)
     assert snapshot(stack) == before
+
+
+def written(stack: LocalStack) -> dict[str, Any]:
+    row = stack.db.fetch_one(
+        "SELECT (SELECT count(*) FROM sender_accounts) AS senders, (SELECT count(*) FROM contacts) AS contacts,"
+        " (SELECT count(*) FROM campaign_contacts) AS members,"
+        " (SELECT array_agg(default_region ORDER BY id) FROM sender_accounts) AS regions"
+    )
+    assert row is not None
+    return {**dict(row), "queue": snapshot(stack)}
+
+
+def test_a_campaign_reused_with_another_sender_fails_clearly_and_writes_nothing(stack: LocalStack) -> None:
+    event = json.loads((EVENTS / "enqueue-campaign.json").read_text())
+    event["campaign_id"] = str(uuid.uuid4())
+    stack.spawn("enqueue", event).finish()
+    before = written(stack)
+    other = {
+        **event,
+        "sender_provider_id": "998877665544332",
+        "sender_default_region": "GB",
+        "contacts": [{"address": "07700 900123"}],
+    }
+    invocation = stack.spawn("enqueue", other)
+    with pytest.raises(RuntimeError):
+        invocation.finish()
+    error = invocation.error()
+    assert error["errorType"] == "CampaignSenderConflictError"
+    assert error["errorMessage"].startswith(f"campaign {event['campaign_id']} sends from whatsapp sender")
+    assert "'106540352242922'" in error["errorMessage"] and "'998877665544332'" in error["errorMessage"]
+    assert written(stack) == before
 
 
 def test_handler_with_the_database_down_fails_fast_and_clearly(stack: LocalStack) -> None:

@@ -171,9 +171,11 @@ class FakeReadBack:
         self.found = found
         self.asked: list[tuple[str, str]] = []
 
-    def find_sent(self, message: OutboundMessage, thread_id: str) -> SendOutcome | None:
+    def find_sent(
+        self, message: OutboundMessage, thread_id: str, *, not_before: datetime
+    ) -> list[SendOutcome]:
         self.asked.append((message.recipient, thread_id))
-        return self.found
+        return [self.found] if self.found else []
 
 
 def test_unipile_read_back_of_a_known_chat_resolves_unknown(

@@ -23,6 +23,7 @@ from shared.enqueue import enqueue_campaign
 from shared.events import EnqueueRequest
 from shared.providers.outcome import Channel, SendOutcome
 from shared.queue import QueueRepository
+from shared.reconcile import EVIDENCE_CLOCK_SKEW
 from shared.storage import sql
 from shared.storage.db import Database
 from shared.webhooks import (
@@ -496,6 +497,7 @@ def test_sample_event_through_the_handler(path: Path, database: Database) -> Non
             sql.EVIDENCE_BY_TEXT,
             {
                 "sending_started_at": datetime(2000, 1, 1, tzinfo=UTC),
+                "clock_skew_seconds": EVIDENCE_CLOCK_SKEW.total_seconds(),
                 "channel": channel,
                 "recipient": body["attendees"][0]["attendee_provider_id"],
                 "body": body["message"],
@@ -552,3 +554,40 @@ def test_database_down_is_503_so_the_provider_retries(monkeypatch: pytest.Monkey
     _reset_runtime()
     response = invoke("webhook", load_sample(EVENTS_DIR / "webhook-whatsapp-status.json"))
     assert response["statusCode"] == 503
+
+
+# --- hostile requests through the handler -----------------------------------------------------------
+
+
+@pytest.mark.usefixtures("lambda_env")
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_a_lone_surrogate_in_the_auth_header_is_401_through_the_handler(
+    path: Path, database: Database
+) -> None:
+    event = copy.deepcopy(load_sample(path))
+    header = "unipile-auth" if event["rawPath"] == "/webhooks/unipile" else "x-hub-signature-256"
+    # As Lambda would hand it over after json.loads of a "\udc80" escape.
+    event["headers"][header] = event["headers"][header][:-1] + "\udc80"
+    response = invoke("webhook", event)
+    assert response["statusCode"] == 401, response
+    assert event_count(database) == 0
+
+
+@pytest.mark.usefixtures("lambda_env")
+def test_a_six_megabyte_unrecognised_body_is_stored_capped_with_its_hash(database: Database) -> None:
+    event = copy.deepcopy(load_sample(EVENTS_DIR / "webhook-messenger-echo.json"))
+    body = json.dumps({"object": "page", "entry": [{"id": "1", "blob": "x" * 6_000_000}]})
+    event["body"] = body
+    event["headers"]["x-hub-signature-256"] = sign(body.encode())
+    response = invoke("webhook", event)
+    assert (response["statusCode"], json.loads(response["body"])) == (200, {"stored": 1, "duplicates": 0})
+    row = database.fetch_one(
+        "SELECT event_type, octet_length(payload::text) AS size, payload->>'body_sha256' AS body_sha256 "
+        "FROM provider_events"
+    )
+    assert row is not None
+    assert row["event_type"] == "unrecognised"
+    assert row["size"] < 64 * 1024
+    assert row["body_sha256"] == hashlib.sha256(body.encode()).hexdigest()
+    # The provider's retry of the same body is recognised as the same event.
+    assert json.loads(invoke("webhook", event)["body"]) == {"stored": 0, "duplicates": 1}

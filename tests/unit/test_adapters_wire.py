@@ -191,8 +191,15 @@ def test_a_provider_echoing_the_token_is_redacted(caplog: pytest.LogCaptureFixtu
     def echo(request: httpx.Request) -> httpx.Response:
         token = request.headers.get("authorization", "") + request.headers.get("x-api-key", "")
         if request.url.path.startswith("/api/v1/chats"):
-            return httpx.Response(422, json={"status": 422, "type": "errors/x", "detail": f"bad key {token}"})
-        return httpx.Response(400, json={"error": {"code": 100, "message": f"invalid token {token}"}})
+            body = {
+                "status": 422,
+                "type": "errors/no_connection_with_recipient",
+                "detail": f"bad key {token}",
+            }
+            return httpx.Response(422, json=body)
+        # Documented refusals for this message: 100 on WhatsApp, 551 on Messenger.
+        code = 100 if b"messaging_product" in request.content else 551
+        return httpx.Response(400, json={"error": {"code": code, "message": f"invalid token {token}"}})
 
     client = make_http_client(SETTINGS, transport=httpx.MockTransport(echo))
     adapters = build_adapters(SETTINGS, client, StaticTokenSource(TOKENS))

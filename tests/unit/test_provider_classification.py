@@ -2,11 +2,14 @@
 
 Responses go through ``httpx.MockTransport``, so the real adapter code (request building,
 sending, parsing, classification) runs; only the socket is replaced. The tables here are
-transcribed from providers.md, not from the adapters.
+transcribed from providers.md and the providers' error documentation (the URLs the adapters'
+tables cite), not from the adapters. The one rule checked against the adapters' own tables is
+the converse: every code they do not list as provably-not-sent is ambiguous.
 """
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -16,11 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.providers.http import HttpAdapter, PausePolicy
-from shared.providers.messenger import MessengerSendAdapter
-from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind, SendOutcome
-from shared.providers.unipile import UnipileLinkedInAdapter
-from shared.providers.whatsapp import WhatsAppCloudAdapter
+from shared.providers.http import HttpAdapter, PausePolicy, Rule
+from shared.providers.messenger import MESSENGER_ERROR_RULES, MessengerSendAdapter
+from shared.providers.outcome import PROVABLY_NOT_SENT, Channel, OutboundMessage, OutcomeKind, SendOutcome
+from shared.providers.unipile import UNIPILE_ERROR_RULES, UnipileLinkedInAdapter, error_type
+from shared.providers.whatsapp import WHATSAPP_ERROR_RULES, WhatsAppCloudAdapter
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 PAUSES = PausePolicy()
@@ -122,15 +125,22 @@ WHATSAPP_CASES = [
     (132000, 400, P),
     (132001, 400, P),
     (132005, 400, P),
+    (132007, 400, P),
     (132012, 400, P),
     (132015, 400, P),
-    (132999, 400, P),
+    (132016, 400, P),
     (100, 400, P),
     # ambiguous
     (131000, 400, A),
     (131000, 500, A),
     (131016, 503, A),
     (131016, 400, A),
+    # Meta's "API Unknown: invalid request or possible server error"
+    (1, 400, A),
+    (2, 400, A),
+    # inside the template range, but not a documented template error
+    (132999, 400, A),
+    (132100, 400, A),
 ]
 
 
@@ -177,18 +187,23 @@ def test_whatsapp_5xx_with_a_not_sent_code_is_still_ambiguous() -> None:
     assert outcome.reason == "whatsapp:130429"
 
 
-def test_whatsapp_unknown_4xx_code_is_permanent_with_its_code() -> None:
-    outcome = send_with(Channel.WHATSAPP, 400, graph_error(999_001))
-    assert (outcome.kind, outcome.reason) == (P, "whatsapp:999001")
-
-
 @pytest.mark.parametrize("channel", [Channel.WHATSAPP, Channel.MESSENGER])
-def test_graph_http_429_retries_and_honours_retry_after(channel: Channel) -> None:
-    outcome = send_with(channel, 429, headers={"Retry-After": "17"})
-    assert outcome.kind is R
-    assert outcome.retry_after_seconds == 17
+def test_graph_unknown_4xx_code_is_ambiguous_with_its_code(channel: Channel) -> None:
+    outcome = send_with(channel, 400, graph_error(999_001))
+    assert (outcome.kind, outcome.reason, outcome.http_status) == (A, f"{channel.value}:999001", 400)
+    assert not outcome.provably_not_sent
+    assert "(#999001)" in outcome.detail
+
+
+@pytest.mark.parametrize(("channel", "code"), [(Channel.WHATSAPP, 4), (Channel.MESSENGER, 613)])
+def test_graph_http_429_retries_only_with_a_documented_code(channel: Channel, code: int) -> None:
+    documented = send_with(channel, 429, graph_error(code), headers={"Retry-After": "17"})
+    assert (documented.kind, documented.retry_after_seconds) == (R, 17)
+    # A bare 429 or an unlisted code proves nothing about what happened to the request.
+    bare = send_with(channel, 429, headers={"Retry-After": "17"})
+    assert (bare.kind, bare.reason, bare.retry_after_seconds) == (A, f"{channel.value}:http_429", None)
     with_unknown_code = send_with(channel, 429, graph_error(424242), headers={"Retry-After": "3"})
-    assert (with_unknown_code.kind, with_unknown_code.retry_after_seconds) == (R, 3)
+    assert (with_unknown_code.kind, with_unknown_code.reason) == (A, f"{channel.value}:424242")
 
 
 def test_retry_after_http_date_is_honoured() -> None:
@@ -202,14 +217,16 @@ def test_retry_after_wins_over_the_default_hint() -> None:
     assert outcome.retry_after_seconds == 2
 
 
-@pytest.mark.parametrize(
-    ("status", "kind"),
-    [(400, P), (404, P), (401, B), (403, B), (408, A), (429, R)],
-)
-def test_graph_4xx_without_an_error_body(status: int, kind: OutcomeKind) -> None:
-    outcome = send_with(Channel.WHATSAPP, status, "not json")
-    assert outcome.kind is kind
-    assert outcome.reason == f"whatsapp:http_{status}"
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 408, 409, 422, 429])
+@pytest.mark.parametrize("channel", [Channel.WHATSAPP, Channel.MESSENGER])
+def test_graph_4xx_without_an_error_body_is_ambiguous(channel: Channel, status: int) -> None:
+    for body in ("not json", None, {"error": {"message": "no code"}}, {"error": "a string"}):
+        outcome = send_with(channel, status, body)
+        assert (outcome.kind, outcome.reason, outcome.http_status) == (
+            A,
+            f"{channel.value}:http_{status}",
+            status,
+        )
 
 
 @pytest.mark.parametrize("status", [301, 302, 307])
@@ -222,12 +239,19 @@ def test_redirect_is_ambiguous(status: int) -> None:
 MESSENGER_CASES = [
     (613, None, R),
     (4, None, R),
+    (17, None, R),
+    (32, None, R),
     (2, None, A),
+    (1, None, A),
     (10, 2018278, P),
     (10, None, P),
     (551, 1545041, P),
     (190, None, B),
     (190, 460, B),
+    (230, None, B),
+    (368, None, B),
+    # not found in the Messenger docs as a rejection: ambiguous, never "not sent"
+    (100, 2018001, A),
 ]
 
 
@@ -305,19 +329,33 @@ def test_unipile_429_backs_off_long_unless_told_otherwise() -> None:
         Channel.LINKEDIN, 429, unipile_error(429, "too_many_requests"), headers={"Retry-After": "5"}
     )
     assert told.retry_after_seconds == 5
-    bare = send_with(Channel.LINKEDIN, 429)
-    assert (bare.kind, bare.reason) == (R, "unipile:http_429")
+    # Only the documented type proves the refusal; a bare 429 or another type does not.
+    bare = send_with(Channel.LINKEDIN, 429, headers={"Retry-After": "5"})
+    assert (bare.kind, bare.reason, bare.retry_after_seconds) == (A, "unipile:http_429", None)
+    other = send_with(Channel.LINKEDIN, 429, unipile_error(429, "slow_down"))
+    assert (other.kind, other.reason) == (A, "unipile:slow_down")
 
 
 @pytest.mark.parametrize(
     ("status", "body", "kind", "reason"),
     [
-        (422, unipile_error(422, "some_new_type"), P, "unipile:some_new_type"),
         (400, unipile_error(400, "invalid_parameters"), P, "unipile:invalid_parameters"),
+        (400, {"type": "provider/invalid_parameters", "status": 400}, P, "unipile:invalid_parameters"),
         (401, unipile_error(401, "missing_credentials"), B, "unipile:missing_credentials"),
         (403, unipile_error(403, "feature_not_subscribed"), B, "unipile:feature_not_subscribed"),
-        (404, None, P, "unipile:http_404"),
+        # unlisted types and bodies without a type: ambiguous, whatever the status
+        (422, unipile_error(422, "some_new_type"), A, "unipile:some_new_type"),
+        (422, unipile_error(422, "unprocessable_entity"), A, "unipile:unprocessable_entity"),
+        (401, unipile_error(401, "invalid_credentials"), A, "unipile:invalid_credentials"),
+        (403, unipile_error(403, "insufficient_permissions"), A, "unipile:insufficient_permissions"),
+        (404, unipile_error(404, "resource_not_found"), A, "unipile:resource_not_found"),
+        (400, None, A, "unipile:http_400"),
+        (401, None, A, "unipile:http_401"),
+        (403, None, A, "unipile:http_403"),
+        (404, None, A, "unipile:http_404"),
         (408, None, A, "unipile:http_408"),
+        (408, unipile_error(408, "too_many_requests"), A, "unipile:too_many_requests"),
+        (422, {"type": 42}, A, "unipile:http_422"),
         (502, None, A, "unipile:http_502"),
     ],
 )
@@ -449,3 +487,125 @@ def test_send_never_raises_on_odd_responses(channel: Channel) -> None:
     for response in odd:
         outcome = make_adapter(channel, lambda request, r=response: r).send(message(channel))  # type: ignore[misc]
         assert isinstance(outcome, SendOutcome)
+
+
+# --- Every code outside the provably-not-sent list is ambiguous ----------------------------------
+#
+# The property behind "an unknown code never frees a message": over thousands of generated
+# codes (a seeded sample, so a failure names a reproducible code) and every 4xx status a
+# provider might pair them with, nothing outside the adapters' documented refusals may come
+# back as retry_later, sender_blocked or permanent.
+
+PROPERTY_STATUSES = [400, 401, 403, 404, 405, 408, 409, 410, 413, 422, 429, 499]
+
+
+def freeing(table: dict[Any, Rule]) -> set[Any]:
+    return {code for code, rule in table.items() if rule.kind in PROVABLY_NOT_SENT}
+
+
+def generated_graph_codes(channel: Channel) -> list[int | str]:
+    listed = freeing(dict(WHATSAPP_ERROR_RULES if channel is Channel.WHATSAPP else MESSENGER_ERROR_RULES))
+    rng = random.Random(20240606)
+    near = [c + d for c in listed for d in (-1, 1)]  # neighbours of every documented code
+    edges: list[int] = [-1, 1, 2, 3, 99, 101, 131000, 132999, 133000, 2**31 - 1, 2**31, 2**63]
+    wide = [rng.randint(-(10**6), 10**7) for _ in range(1200)]
+    meta_ranges = [rng.randint(130000, 136000) for _ in range(800)]
+    codes: list[int | str] = [c for c in [*near, *edges, *wide, *meta_ranges] if c not in listed]
+    # The same unlisted codes, spelled as strings the parser also accepts.
+    codes += [f" {c} " for c in codes[:200]]
+    return codes
+
+
+def generated_unipile_types() -> list[str]:
+    listed = freeing(dict(UNIPILE_ERROR_RULES))
+    rng = random.Random(20240607)
+    alphabet = "abcdefghijklmnopqrstuvwxyz_"
+    made = ["".join(rng.choices(alphabet, k=rng.randint(1, 32))) for _ in range(2000)]
+    near = [t[:-1] for t in listed] + [f"{t}_v2" for t in listed] + [f"not_{t}" for t in listed]
+    edges = ["errors/", "errors/unprocessable_entity", "provider/unexpected_error", "api/invalid_auth_format"]
+    candidates = [*near, *edges, *made]
+    return [t for t in candidates if error_type(t) not in listed and error_type(f"errors/{t}") not in listed]
+
+
+class Scripted:
+    """One adapter per channel, answering whatever error the test sets next."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.status = 400
+        self.body: object = None
+        self.adapter = make_adapter(channel, lambda request: httpx.Response(self.status, json=self.body))
+
+    def send(self, channel: Channel, status: int, body: object) -> SendOutcome:
+        self.status, self.body = status, body
+        return self.adapter.send(message(channel))
+
+
+@pytest.mark.parametrize("channel", [Channel.WHATSAPP, Channel.MESSENGER])
+def test_every_unlisted_graph_code_is_ambiguous_on_every_4xx(channel: Channel) -> None:
+    scripted = Scripted(channel)
+    codes = generated_graph_codes(channel)
+    assert len(codes) > 2000
+    rng = random.Random(7)
+    for index, code in enumerate(codes):
+        # Every status for the first codes (neighbours of documented codes), then one drawn
+        # per code: thousands of codes, without multiplying the run time by every status.
+        statuses = PROPERTY_STATUSES if index < 60 else [rng.choice(PROPERTY_STATUSES)]
+        for status in statuses:
+            body = graph_error(0)
+            body["error"]["code"] = code
+            outcome = scripted.send(channel, status, body)
+            assert outcome.kind is A, (code, status, outcome)
+            assert not outcome.provably_not_sent
+            assert outcome.reason == f"{channel.value}:{str(code).strip()}", (code, outcome.reason)
+
+
+def test_every_unlisted_unipile_type_is_ambiguous_on_every_4xx() -> None:
+    scripted = Scripted(Channel.LINKEDIN)
+    types = generated_unipile_types()
+    assert len(types) > 1500
+    rng = random.Random(8)
+    for index, kind in enumerate(types):
+        statuses = PROPERTY_STATUSES if index < 60 else [rng.choice(PROPERTY_STATUSES)]
+        for status in statuses:
+            # Both spellings Unipile uses: RFC 7807 "errors/<type>" and the bare v1 type.
+            body = unipile_error(status, kind, v2=index % 2 == 0)
+            outcome = scripted.send(Channel.LINKEDIN, status, body)
+            assert outcome.kind is A, (kind, status, outcome)
+            assert not outcome.provably_not_sent
+            assert outcome.reason == f"unipile:{error_type(kind) or f'http_{status}'}", (kind, outcome.reason)
+
+
+@pytest.mark.parametrize("channel", list(Channel))
+@pytest.mark.parametrize("status", PROPERTY_STATUSES)
+def test_a_4xx_without_a_recognisable_error_body_is_ambiguous(channel: Channel, status: int) -> None:
+    scripted = Scripted(channel)
+    bodies: list[object] = [
+        None,
+        [],
+        "",
+        {},
+        {"error": None},
+        {"error": {"code": None}},
+        {"error": {"code": True}},
+        {"error": {"code": "not-a-number"}},
+        {"type": None, "status": status},
+        {"type": 42},
+        {"detail": "no type"},
+    ]
+    for body in bodies:
+        outcome = scripted.send(channel, status, body)
+        assert outcome.kind is A, (body, status, outcome)
+
+
+def test_every_rule_that_frees_a_message_cites_its_documentation() -> None:
+    tables: list[dict[Any, Rule]] = [
+        dict(WHATSAPP_ERROR_RULES),
+        dict(MESSENGER_ERROR_RULES),
+        dict(UNIPILE_ERROR_RULES),
+    ]
+    for table in tables:
+        for code, rule in table.items():
+            if rule.kind in PROVABLY_NOT_SENT:
+                assert rule.source.startswith("https://developer"), (code, rule)
+    with pytest.raises(ValueError, match="must cite"):
+        Rule(OutcomeKind.PERMANENT)

@@ -15,6 +15,7 @@ import pytest
 from shared.providers.outcome import Channel
 from shared.storage.db import DatabaseUnavailableError
 from shared.webhooks import (
+    UNRECOGNISED_PAYLOAD_MAX_BYTES,
     MalformedBodyError,
     ProviderEvent,
     StoreReport,
@@ -510,3 +511,76 @@ def test_unipile_other_events_are_unrecognised(doc: dict[str, Any]) -> None:
     [event] = parse_events(Channel.LINKEDIN, doc)
     assert event.event_type == "unrecognised"
     assert event.status is None
+
+
+# --- hostile requests -----------------------------------------------------------------------------
+
+LONE_SURROGATE = "\udc80"
+
+
+@pytest.mark.parametrize(
+    ("channel", "headers"),
+    [
+        (Channel.WHATSAPP, {"x-hub-signature-256": "sha256=" + LONE_SURROGATE * 64}),
+        (Channel.MESSENGER, {"x-hub-signature-256": sign(BODY)[:-1] + LONE_SURROGATE}),
+        (Channel.LINKEDIN, {"unipile-auth": UNIPILE_SECRET + LONE_SURROGATE}),
+        (Channel.LINKEDIN, {"unipile-auth": LONE_SURROGATE}),
+    ],
+    ids=["meta-all", "meta-last-char", "unipile-suffix", "unipile-only"],
+)
+def test_a_lone_surrogate_in_an_auth_header_is_401_not_a_crash(
+    deps: WebhookDeps, store: RecordingStore, channel: Channel, headers: dict[str, str]
+) -> None:
+    result = handle_request(deps, channel, headers, BODY.decode(), False)
+    assert result.status_code == 401
+    assert store.saved == []
+
+
+def test_signature_checks_answer_false_for_a_lone_surrogate() -> None:
+    assert not verify_meta_signature(META_SECRET, {"x-hub-signature-256": "sha256=" + LONE_SURROGATE}, BODY)
+    assert not verify_unipile_secret(UNIPILE_SECRET, {"unipile-auth": LONE_SURROGATE})
+
+
+@pytest.mark.parametrize("field", ["hub.verify_token", "hub.challenge"])
+def test_a_lone_surrogate_in_the_subscription_check_is_403(field: str) -> None:
+    query = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158201444"}
+    query[field] = query[field] + LONE_SURROGATE
+    assert verify_subscription(SECRETS, query).status_code == 403
+
+
+def test_a_text_body_with_a_lone_surrogate_is_400(deps: WebhookDeps, store: RecordingStore) -> None:
+    body = '{"object":"x","t":"' + LONE_SURROGATE + '"}'
+    result = handle_request(deps, Channel.WHATSAPP, {"x-hub-signature-256": sign(BODY)}, body, False)
+    assert result.status_code == 400
+    assert store.saved == []
+
+
+def test_an_oversized_unrecognised_payload_is_stored_as_a_summary(
+    deps: WebhookDeps, store: RecordingStore
+) -> None:
+    # 6 MB of a shape nothing reads, correctly signed: Lambda's request limit.
+    body = json.dumps({"object": "page", "entry": [{"blob": "x" * 6_000_000}]}).encode()
+    result = handle_webhook(deps, Channel.MESSENGER, {"x-hub-signature-256": sign(body)}, body)
+    assert result.status_code == 200
+    [(_, [event])] = store.saved
+    item = json.loads(body)["entry"][0]
+    whole = json.dumps(item, sort_keys=True, separators=(",", ":")).encode()
+    assert event.event_type == "unrecognised"
+    assert event.dedupe_key == "unrecognised:" + hashlib.sha256(whole).hexdigest(), "keyed on the whole item"
+    stored = json.dumps(event.payload).encode()
+    assert len(stored) < UNRECOGNISED_PAYLOAD_MAX_BYTES
+    assert event.payload["sendonce_truncated"] is True
+    assert event.payload["bytes"] == len(whole)
+    assert event.payload["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert event.payload["body_bytes"] == len(body)
+    assert event.payload["top_level_keys"] == ["blob"]
+    assert event.payload["head"].startswith('{"blob":"xxx')
+
+
+def test_an_unrecognised_payload_at_the_limit_is_kept_whole(deps: WebhookDeps, store: RecordingStore) -> None:
+    overhead = len(json.dumps({"blob": ""}, separators=(",", ":")))
+    item = {"blob": "x" * (UNRECOGNISED_PAYLOAD_MAX_BYTES - overhead)}
+    body = json.dumps({"object": "page", "entry": [item]}).encode()
+    handle_webhook(deps, Channel.MESSENGER, {"x-hub-signature-256": sign(body)}, body)
+    [(_, [event])] = store.saved
+    assert event.payload == item
