@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -30,6 +31,11 @@ def make_settings(db_url: str, aws: LocalAwsResources, provider_url: str, **over
         "db_connect_timeout_seconds": 3.0,
         "retry_base_seconds": 1.0,
         "retry_cap_seconds": 60.0,
+        # Unpaced unless a test configures pacing: the suites send thousands of messages
+        # through a handful of sender accounts.
+        "pacing_whatsapp": {},
+        "pacing_messenger": {},
+        "pacing_linkedin": {},
         **{field: secret_id for field, secret_id in aws.secret_ids.items()},
         **overrides,
     }
@@ -48,9 +54,11 @@ def function_env(settings: Settings, moto: MotoServer) -> dict[str, str]:
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
     }
-    for name, value in settings.model_dump(exclude={"database_url"}).items():
+    for name, value in settings.model_dump(mode="json", exclude={"database_url"}).items():
         if value is not None:
-            env[f"SENDONCE_{name.upper()}"] = str(value)
+            env[f"SENDONCE_{name.upper()}"] = (
+                json.dumps(value) if isinstance(value, dict | list) else str(value)
+            )
     return env
 
 

@@ -9,10 +9,39 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 UnknownPolicy = Literal["hold", "resend"]
+
+
+class ChannelPacing(BaseModel):
+    """A channel's pacing defaults, for sender accounts that set nothing themselves (JSON in
+    the environment, e.g. ``SENDONCE_PACING_LINKEDIN='{"min_spacing_seconds": 30}'``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_per_second: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+    min_spacing_seconds: float = Field(default=0.0, ge=0)
+    spacing_jitter_seconds: float = Field(default=0.0, ge=0)
+    daily_message_cap: int | None = Field(default=None, ge=0)
+    weekly_message_cap: int | None = Field(default=None, ge=0)
+    daily_invitation_cap: int | None = Field(default=None, ge=0)
+    weekly_invitation_cap: int | None = Field(default=None, ge=0)
+
+
+class SenderPauses(BaseModel):
+    """How long a sender is paused after a provider refused the sender itself, per cause (see
+    ``shared.providers.http.PausePolicy``). An operator's ``sendonce sender resume`` lifts any
+    pause early, e.g. once a revoked token was replaced."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    credentials: int = Field(default=3600, ge=60)
+    throttle: int = Field(default=6 * 3600, ge=60)
+    policy: int = Field(default=24 * 3600, ge=60)
+    quota: int = Field(default=24 * 3600, ge=60)
 
 
 class Settings(BaseSettings):
@@ -70,6 +99,28 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1, le=50)
     retry_base_seconds: float = Field(default=30.0, gt=0)
     retry_cap_seconds: float = Field(default=3600.0, gt=0)
+
+    # --- Pacing -----------------------------------------------------------------------------
+    # WhatsApp Cloud API: 80 messages/s per phone number by default (Meta, "Throughput",
+    # developers.facebook.com/docs/whatsapp/throughput); 20/s here leaves room for numbers
+    # shared with the WhatsApp Business app, whose limit is 20/s.
+    pacing_whatsapp: ChannelPacing = ChannelPacing(rate_per_second=20, burst=20)
+    # Messenger Send API: 300 calls/s per Page for text (providers.md); far below it.
+    pacing_messenger: ChannelPacing = ChannelPacing(rate_per_second=10, burst=10)
+    # LinkedIn through Unipile: "space actions randomly, about a minute apart, in working
+    # hours; at least 10-20 s between messages"; paid accounts about 80-100 invitations a day
+    # and about 200 a week (Unipile's LinkedIn limits guidance, providers.md).
+    pacing_linkedin: ChannelPacing = ChannelPacing(
+        min_spacing_seconds=30,
+        spacing_jitter_seconds=60,
+        daily_message_cap=100,
+        daily_invitation_cap=80,
+        weekly_invitation_cap=200,
+    )
+    throttle_recovery_seconds: float = Field(
+        default=300, gt=0, description="How long a throttled sender takes to climb back to its full rate."
+    )
+    sender_pause_seconds: SenderPauses = SenderPauses()
 
     # --- Sweeper / reconciliation -----------------------------------------------------------
     sweeper_timeout_seconds: int = Field(default=120, ge=10, le=900)

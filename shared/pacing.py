@@ -30,6 +30,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.config import Settings
+
 WEEK = timedelta(days=7)
 # The throttle factor never falls below this share of the configured rate: a sender that was
 # throttled still probes, slowly, so it recovers once the provider lets it.
@@ -411,6 +413,20 @@ class PacingPolicy:
 
 
 UNPACED = ChannelDefaults(rate_per_second=None, burst=None)
+
+
+def policy_from_settings(settings: Settings) -> PacingPolicy:
+    """The production policy: each channel's defaults and recovery time from ``Settings``."""
+    by_channel = {
+        "whatsapp": settings.pacing_whatsapp,
+        "messenger": settings.pacing_messenger,
+        "linkedin": settings.pacing_linkedin,
+    }
+    return PacingPolicy(
+        defaults={channel: ChannelDefaults(**pacing.model_dump()) for channel, pacing in by_channel.items()},
+        recovery_seconds=settings.throttle_recovery_seconds,
+    )
+
 
 _CONFIG_COLUMNS = tuple(SenderPacing.model_fields)
 

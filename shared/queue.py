@@ -297,9 +297,16 @@ class QueueRepository:
         )
 
     def pause_sender(self, sender_account_id: UUID, until: datetime, reason: str) -> None:
+        """A provider refused the sender itself (``reason`` is its code): pause it, recorded."""
         with self._db.connection() as conn:
             conn.execute(
-                sql.PAUSE_SENDER, {"sender_account_id": sender_account_id, "until": until, "reason": reason}
+                sql.PAUSE_SENDER,
+                {
+                    "sender_account_id": sender_account_id,
+                    "until": until,
+                    "reason": reason,
+                    "paused_by": "provider",
+                },
             )
 
     def writer_proved_unsent(self, queue_id: int, writer: str) -> bool:

@@ -18,6 +18,7 @@ from botocore.config import Config as BotoConfig
 from shared.config import Settings, load_settings
 from shared.dispatch import DispatchDeps
 from shared.idempotency import SendGuard
+from shared.pacing import policy_from_settings
 from shared.providers.registry import build_adapters, build_read_backs, make_http_client
 from shared.providers.secrets import TokenSource
 from shared.queue import QueueRepository
@@ -78,7 +79,7 @@ def build_guard(config: Settings) -> SendGuard:
 def build_dispatch_deps(config: Settings, db: Database) -> DispatchDeps:
     return DispatchDeps(
         settings=config,
-        queue=QueueRepository(db),
+        queue=QueueRepository(db, policy_from_settings(config)),
         guard=build_guard(config),
         adapters=build_adapters(config, make_http_client(config), TokenSource(config)),
     )
@@ -103,7 +104,7 @@ def database() -> Database:
 def build_sweep_deps(config: Settings, db: Database) -> SweepDeps:
     return SweepDeps(
         settings=config,
-        queue=QueueRepository(db),
+        queue=QueueRepository(db, policy_from_settings(config)),
         guard=build_guard(config),
         sqs=boto3.client("sqs") if config.failed_messages_queue_url else None,
         read_back=build_read_backs(config, make_http_client(config), TokenSource(config)),

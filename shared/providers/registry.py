@@ -6,6 +6,7 @@ its pool is sized so a dispatcher's ``send_concurrency`` threads never wait for 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import partial
 
 import httpx
@@ -47,6 +48,16 @@ def make_http_client(settings: Settings, *, transport: httpx.BaseTransport | Non
     )
 
 
+def pause_policy(settings: Settings) -> PausePolicy:
+    seconds = settings.sender_pause_seconds
+    return PausePolicy(
+        credentials=timedelta(seconds=seconds.credentials),
+        throttle=timedelta(seconds=seconds.throttle),
+        policy=timedelta(seconds=seconds.policy),
+        quota=timedelta(seconds=seconds.quota),
+    )
+
+
 def build_adapters(
     settings: Settings,
     client: httpx.Client,
@@ -55,7 +66,9 @@ def build_adapters(
     pauses: PausePolicy | None = None,
 ) -> dict[Channel, ProviderAdapter]:
     """One adapter per channel. ``tokens`` is a ``TokenSource`` (Secrets Manager) or a
-    ``StaticTokenSource``; it is asked on every send, so rotation needs no restart."""
+    ``StaticTokenSource``; it is asked on every send, so rotation needs no restart. Pause
+    lengths come from ``settings.sender_pause_seconds`` unless ``pauses`` is given."""
+    pauses = pauses or pause_policy(settings)
     graph_adapters = {Channel.WHATSAPP: WhatsAppCloudAdapter, Channel.MESSENGER: MessengerSendAdapter}
     adapters: dict[Channel, ProviderAdapter] = {
         channel: adapter(

@@ -251,11 +251,75 @@ SELECT EXISTS (
 ) AS proved
 """
 
+# A provider refused the sender: pause it (never shortening a longer pause) and record why.
 PAUSE_SENDER: LiteralString = """
-UPDATE sender_accounts
-SET paused_until = GREATEST(COALESCE(paused_until, now()), %(until)s),
-    pause_reason = %(reason)s, updated_at = now()
-WHERE id = %(sender_account_id)s
+WITH paused AS (
+    UPDATE sender_accounts
+    SET paused_until = GREATEST(COALESCE(paused_until, now()), %(until)s),
+        pause_reason = %(reason)s, paused_by = %(paused_by)s, updated_at = now()
+    WHERE id = %(sender_account_id)s
+    RETURNING id, paused_until
+)
+INSERT INTO sender_decisions (sender_account_id, action, decided_by, reason, paused_until)
+SELECT id, 'pause', %(paused_by)s, %(reason)s, paused_until FROM paused
+"""
+
+# --- sender accounts, for operators -----------------------------------------------------------
+
+SENDER_BY_NATURAL_KEY: LiteralString = """
+SELECT * FROM sender_accounts WHERE channel = %(channel)s::channel AND provider_account_id = %(provider_account_id)s
+"""
+
+CONFIGURE_SENDER: LiteralString = """
+WITH configured AS (
+    UPDATE sender_accounts
+    SET rate_per_second = %(rate_per_second)s, burst = %(burst)s,
+        min_spacing_seconds = %(min_spacing_seconds)s, spacing_jitter_seconds = %(spacing_jitter_seconds)s,
+        daily_message_cap = %(daily_message_cap)s, weekly_message_cap = %(weekly_message_cap)s,
+        daily_invitation_cap = %(daily_invitation_cap)s, weekly_invitation_cap = %(weekly_invitation_cap)s,
+        timezone = %(timezone)s, window_days = %(window_days)s::smallint[],
+        window_start = %(window_start)s, window_end = %(window_end)s,
+        warmup_started_at = %(warmup_started_at)s, warmup_days = %(warmup_days)s,
+        warmup_start_daily = %(warmup_start_daily)s,
+        -- A new configuration is judged afresh: a park computed from the old one is dropped.
+        next_slot_at = NULL, updated_at = now()
+    WHERE id = %(id)s
+    RETURNING id
+)
+INSERT INTO sender_decisions (sender_account_id, action, decided_by, reason)
+SELECT id, 'configure', %(operator)s, 'pacing configured' FROM configured
+RETURNING id
+"""
+
+# An operator's pause: 'infinity' when no end is given, so only a resume lifts it.
+OPERATOR_PAUSE_SENDER: LiteralString = """
+WITH paused AS (
+    UPDATE sender_accounts
+    SET paused_until = COALESCE(%(until)s::timestamptz, 'infinity'), pause_reason = %(reason)s,
+        paused_by = %(paused_by)s, updated_at = now()
+    WHERE id = %(id)s
+    RETURNING id, paused_until
+)
+INSERT INTO sender_decisions (sender_account_id, action, decided_by, reason, paused_until)
+SELECT id, 'pause', %(paused_by)s, %(reason)s, paused_until FROM paused
+RETURNING id
+"""
+
+RESUME_SENDER: LiteralString = """
+WITH resumed AS (
+    UPDATE sender_accounts
+    SET paused_until = NULL, pause_reason = NULL, paused_by = NULL, next_slot_at = NULL, updated_at = now()
+    WHERE id = %(id)s
+    RETURNING id
+)
+INSERT INTO sender_decisions (sender_account_id, action, decided_by, reason)
+SELECT id, 'resume', %(operator)s, 'resumed' FROM resumed
+RETURNING id
+"""
+
+SENDER_ROW_COUNTS: LiteralString = """
+SELECT count(*) AS pending, count(*) FILTER (WHERE scheduled_for <= %(now)s) AS due
+FROM send_queue WHERE sender_account_id = %(id)s AND status = 'pending'
 """
 
 # --- enqueue -------------------------------------------------------------------------------

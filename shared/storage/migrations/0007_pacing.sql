@@ -77,3 +77,15 @@ RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE AS $$
     END
     FROM (SELECT at AT TIME ZONE tz AS local) AS l
 $$;
+
+-- Every pause, resume and reconfiguration of a sender, with who and why.
+CREATE TABLE sender_decisions (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    sender_account_id uuid NOT NULL REFERENCES sender_accounts (id),
+    action            text NOT NULL CHECK (action IN ('pause', 'resume', 'configure')),
+    decided_by        text NOT NULL,
+    reason            text NOT NULL DEFAULT '',
+    paused_until      timestamptz,
+    decided_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX sender_decisions_by_sender ON sender_decisions (sender_account_id, decided_at);
