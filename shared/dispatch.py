@@ -267,9 +267,9 @@ def _deliver(
         tally.add(Metric.DUPLICATE_PREVENTED)
         logger.warning("completed idempotency record found: provider not called again", extra=_keys(message))
     with tally.timed(Stage.POSTGRES):
-        _settle(deps, message, result, tally)
-    if result.outcome.kind is OutcomeKind.SENDER_BLOCKED:
-        paused.pause(message.sender_account_id, _pause_end(result.outcome))
+        held_until = _settle(deps, message, result, tally)
+    if held_until is not None:
+        paused.pause(message.sender_account_id, held_until)
     return None
 
 
@@ -289,7 +289,11 @@ def _release_unsent(
     tally.add(Metric.RELEASED_UNSENT)
 
 
-def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, tally: Tally) -> None:
+def _settle(
+    deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, tally: Tally
+) -> datetime | None:
+    """Settle the row from its outcome; returns when its sender may send again if the provider
+    refused or throttled the sender itself (the invocation's other rows of it then wait too)."""
     outcome = result.outcome
     assert outcome is not None
     queue = deps.queue
@@ -316,7 +320,7 @@ def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, ta
                 "the idempotency record",
                 extra={**keys, "provider_message_id": outcome.provider_message_id},
             )
-        return
+        return None
 
     if outcome.kind is OutcomeKind.AMBIGUOUS:
         tally.add(Metric.AMBIGUOUS)
@@ -328,7 +332,7 @@ def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, ta
             writer=writer,
         )
         logger.warning("ambiguous outcome: row is unknown, never resent blindly", extra=keys)
-        return
+        return None
 
     if outcome.kind is OutcomeKind.PERMANENT:
         tally.add(Metric.FAILED)
@@ -336,7 +340,7 @@ def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, ta
             message, QueueStatus.FAILED, outcome=outcome, failure_reason=outcome.reason, writer=writer
         )
         logger.warning("permanent failure", extra=keys)
-        return
+        return None
 
     if outcome.kind is OutcomeKind.SENDER_BLOCKED:
         until = _pause_end(outcome)
@@ -348,7 +352,10 @@ def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, ta
             message, delay_seconds=delay, outcome=outcome, refund_attempt=True, writer=writer
         )
         logger.warning("sender paused", extra={**keys, "paused_until": until.isoformat()})
-        return
+        return until
+
+    if outcome.throttle is not None:
+        return _throttled(deps, message, outcome, writer, tally)
 
     # RETRY_LATER: provably not sent.
     if message.attempts >= message.max_attempts:
@@ -361,12 +368,42 @@ def _settle(deps: DispatchDeps, message: ClaimedMessage, result: GuardResult, ta
             writer=writer,
         )
         logger.warning("attempts exhausted", extra=keys)
-        return
+        return None
     policy = RetryPolicy(deps.settings.retry_base_seconds, deps.settings.retry_cap_seconds)
     delay = policy.delay_seconds(message.attempts, outcome.retry_after_seconds, deps.rng)
     tally.add(Metric.RETRIED)
     queue.settle_pending(message, delay_seconds=delay, outcome=outcome, writer=writer)
     logger.info("retry later", extra={**keys, "delay_seconds": round(delay, 1)})
+    return None
+
+
+# A throttle without a Retry-After hint: how long the sender (or the recipient) is held.
+DEFAULT_THROTTLE_HOLD = timedelta(seconds=5)
+
+
+def _throttled(
+    deps: DispatchDeps, message: ClaimedMessage, outcome: SendOutcome, writer: str | None, tally: Tally
+) -> datetime | None:
+    """Rate limiting is the sender's (or the pair's) problem, not the message's: the attempt is
+    refunded, so a throttle can never exhaust a message's attempts and end it ``failed``. A
+    sender-wide throttle halves the sender's rate and holds it until the Retry-After; only
+    that sender's rows wait (its other rows claimed by this invocation are released)."""
+    tally.add(Metric.THROTTLED)
+    hint = timedelta(seconds=outcome.retry_after_seconds) if outcome.retry_after_seconds is not None else None
+    hold = hint or DEFAULT_THROTTLE_HOLD
+    held_until: datetime | None = None
+    if outcome.throttle == "sender":
+        held_until = deps.queue.throttle_sender(message.sender_account_id, hold)
+    now = deps.queue.pacing.clock()
+    delay = max(hold.total_seconds(), (held_until - now).total_seconds() if held_until else 0.0)
+    deps.queue.settle_pending(
+        message, delay_seconds=delay, outcome=outcome, refund_attempt=True, writer=writer
+    )
+    logger.info(
+        "throttled; attempt not counted",
+        extra={**_keys(message), "reason": outcome.reason, "scope": outcome.throttle, "delay_seconds": delay},
+    )
+    return held_until
 
 
 def _pause_end(outcome: SendOutcome) -> datetime:

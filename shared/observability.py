@@ -25,6 +25,7 @@ class Metric(StrEnum):
     CLAIMED = "Claimed"
     SENT = "Sent"
     RETRIED = "Retried"
+    THROTTLED = "Throttled"
     FAILED = "Failed"
     AMBIGUOUS = "Ambiguous"
     DUPLICATE_PREVENTED = "DuplicatePrevented"

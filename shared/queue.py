@@ -36,6 +36,7 @@ from shared.pacing import (
     local_day_start,
     plan_batch,
     spend,
+    throttled,
 )
 from shared.providers.outcome import PROVABLY_NOT_SENT, OutboundMessage, SendOutcome
 from shared.storage import sql
@@ -180,6 +181,18 @@ class QueueRepository:
             }
             conn.execute(sql.SAVE_BUDGETS, _budget_params(budgets, now))
         return [ClaimedMessage(claim_token=claim_token, **row) for row in rows]
+
+    def throttle_sender(self, sender_account_id: UUID, hold: timedelta) -> datetime:
+        """A provider throttled the sender: lower its rate and hold it for ``hold``, under its
+        row lock like a claim. Returns when it may be claimed again."""
+        now = self._pacing.clock()
+        with self._db.connection() as conn, conn.transaction():
+            row = conn.execute(sql.LOCK_SENDER_BUDGET, {"sender_account_id": sender_account_id}).fetchone()
+            if row is None:
+                return now + hold
+            state = throttled(budget_state(row), now, hold)
+            conn.execute(sql.SAVE_THROTTLED_BUDGET, {**_budget_params({sender_account_id: state}, now)})
+        return state.next_slot_at or now + hold
 
     def next_claim_at(self) -> datetime | None:
         """After an empty claim: when a sender with due rows may be served next (now, if

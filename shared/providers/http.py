@@ -33,7 +33,14 @@ from typing import Any, ClassVar, Literal
 import httpx
 
 from shared.observability import logger
-from shared.providers.outcome import PROVABLY_NOT_SENT, Channel, OutboundMessage, OutcomeKind, SendOutcome
+from shared.providers.outcome import (
+    PROVABLY_NOT_SENT,
+    Channel,
+    OutboundMessage,
+    OutcomeKind,
+    SendOutcome,
+    ThrottleScope,
+)
 
 DETAIL_LIMIT = 500
 USER_AGENT = "sendonce/0.1"
@@ -171,6 +178,7 @@ class Rule:
     wait: timedelta | None = None
     pause: PauseCause | None = None
     source: str = ""
+    throttle: ThrottleScope | None = None
 
     def __post_init__(self) -> None:
         if self.kind in PROVABLY_NOT_SENT and not self.source.strip():
@@ -183,6 +191,13 @@ AMBIGUOUS = Rule(OutcomeKind.AMBIGUOUS)
 def retry(source: str, seconds: float | None = None) -> Rule:
     wait = timedelta(seconds=seconds) if seconds is not None else None
     return Rule(OutcomeKind.RETRY_LATER, wait=wait, source=source)
+
+
+def throttle(source: str, seconds: float | None = None, *, scope: ThrottleScope = "sender") -> Rule:
+    """A rate-limit answer: not sent, and it never spends one of the message's attempts. A
+    sender-wide throttle lowers the sender's rate (``shared.pacing.throttled``)."""
+    wait = timedelta(seconds=seconds) if seconds is not None else None
+    return Rule(OutcomeKind.RETRY_LATER, wait=wait, source=source, throttle=scope)
 
 
 def blocked(cause: PauseCause, source: str) -> Rule:
@@ -280,7 +295,9 @@ class HttpAdapter(ABC):
         rule = verdict.rule
         if rule.kind is OutcomeKind.RETRY_LATER:
             wait = verdict.retry_after if verdict.retry_after is not None else rule.wait
-            return SendOutcome.retry_later(wait, verdict.reason, verdict.detail, verdict.http_status)
+            return SendOutcome.retry_later(
+                wait, verdict.reason, verdict.detail, verdict.http_status, throttle=rule.throttle
+            )
         if rule.kind is OutcomeKind.SENDER_BLOCKED:
             until = self._clock() + self._pauses.for_cause(rule.pause or "credentials")
             return SendOutcome.sender_blocked(until, verdict.reason, verdict.detail, verdict.http_status)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from shared.providers.http import GraphAdapter, Rule, ambiguous, blocked, permanent, retry
+from shared.providers.http import GraphAdapter, Rule, ambiguous, blocked, permanent, throttle
 from shared.providers.outcome import Channel, OutboundMessage, SendOutcome
 
 MESSENGER_ERRORS = "https://developers.facebook.com/docs/messenger-platform/error-codes"
@@ -21,10 +21,10 @@ GRAPH_RATE_LIMITS = "https://developers.facebook.com/docs/graph-api/overview/rat
 # is ambiguous (GraphAdapter), never "provably not sent".
 MESSENGER_ERROR_RULES: Mapping[int, Rule] = {
     # Throttled: "any subsequent requests made by your app will fail" until the window passes.
-    613: retry(GRAPH_RATE_LIMITS, 60),  # "Calls to this api have exceeded the rate limit"
-    4: retry(GRAPH_ERRORS, 300),  # "API Too Many Calls": application request limit
-    17: retry(GRAPH_ERRORS, 300),  # "API User Too Many Calls"
-    32: retry(GRAPH_RATE_LIMITS, 300),  # Page-level throttling
+    613: throttle(GRAPH_RATE_LIMITS, 60),  # "Calls to this api have exceeded the rate limit"
+    4: throttle(GRAPH_ERRORS, 300),  # "API Too Many Calls": application request limit
+    17: throttle(GRAPH_ERRORS, 300),  # "API User Too Many Calls"
+    32: throttle(GRAPH_RATE_LIMITS, 300),  # Page-level throttling
     # Refused for this message.
     10: permanent(MESSENGER_ERRORS),  # every subcode, e.g. 2018278: outside the messaging window
     551: permanent(MESSENGER_ERRORS),  # "This person isn't available right now"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Literal, Protocol
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,6 +50,11 @@ class OutcomeKind(StrEnum):
 PROVABLY_NOT_SENT = frozenset({OutcomeKind.RETRY_LATER, OutcomeKind.SENDER_BLOCKED, OutcomeKind.PERMANENT})
 
 
+# Who a throttle answer is about: the sender account (its rate is lowered and its rows wait),
+# or one recipient (WhatsApp's pair rate limit: only that row waits).
+ThrottleScope = Literal["sender", "recipient"]
+
+
 class SendOutcome(BaseModel):
     """The classified result of one provider call."""
 
@@ -63,6 +68,8 @@ class SendOutcome(BaseModel):
     reason: str = Field(default="", description="Stable machine code, e.g. 'whatsapp:131026'.")
     detail: str = Field(default="", max_length=2000, description="Provider text; never carries a token.")
     http_status: int | None = None
+    # Set on retry_later outcomes that are rate limiting: they never spend an attempt.
+    throttle: ThrottleScope | None = None
 
     @property
     def provably_not_sent(self) -> bool:
@@ -81,7 +88,13 @@ class SendOutcome(BaseModel):
 
     @classmethod
     def retry_later(
-        cls, after: timedelta | None, reason: str, detail: str = "", http_status: int | None = None
+        cls,
+        after: timedelta | None,
+        reason: str,
+        detail: str = "",
+        http_status: int | None = None,
+        *,
+        throttle: ThrottleScope | None = None,
     ) -> SendOutcome:
         return cls(
             kind=OutcomeKind.RETRY_LATER,
@@ -89,6 +102,7 @@ class SendOutcome(BaseModel):
             reason=reason,
             detail=detail[:2000],
             http_status=http_status,
+            throttle=throttle,
         )
 
     @classmethod

@@ -37,8 +37,8 @@ from shared.providers.http import (
     blocked,
     json_body,
     permanent,
-    retry,
     retry_after,
+    throttle,
     truncate,
 )
 from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind, SendOutcome
@@ -51,7 +51,7 @@ ERROR_RESPONSES = "https://developer.unipile.com/v2.0/reference/error-responses"
 # Only types Unipile documents as a refusal of the request free a message; a type missing
 # here is ambiguous, never "provably not sent".
 UNIPILE_ERROR_RULES: Mapping[str, Rule] = {
-    "too_many_requests": retry(START_CHAT, 120),  # 429 "The provider cannot accept any more requests"
+    "too_many_requests": throttle(START_CHAT, 120),  # 429 "The provider cannot accept any more requests"
     # 422 "Unprocessable Entity": LinkedIn refuses this message.
     "no_connection_with_recipient": permanent(START_CHAT),  # "Recipient cannot be reached"
     "not_allowed_inmail": permanent(START_CHAT),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from shared.providers.http import GraphAdapter, Rule, ambiguous, blocked, permanent, retry
+from shared.providers.http import GraphAdapter, Rule, ambiguous, blocked, permanent, retry, throttle
 from shared.providers.outcome import Channel, OutboundMessage, SendOutcome
 
 # Meta's WhatsApp Cloud API error codes (title and meaning of every code below, HTTP status
@@ -23,11 +23,13 @@ GRAPH_ERRORS = "https://developers.facebook.com/docs/graph-api/guides/error-hand
 # is ambiguous (GraphAdapter), never "provably not sent".
 WHATSAPP_ERROR_RULES: Mapping[int, Rule] = {
     # Throttled: the request is refused and nothing is processed.
-    130429: retry(WA_ERRORS),  # "Rate limit hit": throughput reached; arrives as HTTP 400
-    131056: retry(WA_ERRORS, 10),  # "pair rate limit hit": about one message per 6 s per recipient
-    80007: retry(WA_ERRORS, 60),  # "Rate limit issues": the WABA reached its rate limit
-    4: retry(WA_ERRORS, 60),  # "API Too Many Calls": the app reached its call rate limit
-    17: retry(GRAPH_ERRORS, 60),  # "API User Too Many Calls": throttling
+    130429: throttle(WA_ERRORS),  # "Rate limit hit": throughput reached; arrives as HTTP 400
+    131056: throttle(
+        WA_ERRORS, 10, scope="recipient"
+    ),  # "pair rate limit hit": about one message per 6 s per recipient
+    80007: throttle(WA_ERRORS, 60),  # "Rate limit issues": the WABA reached its rate limit
+    4: throttle(WA_ERRORS, 60),  # "API Too Many Calls": the app reached its call rate limit
+    17: throttle(GRAPH_ERRORS, 60),  # "API User Too Many Calls": throttling
     131057: retry(WA_ERRORS, 300),  # "Account in maintenance mode" (e.g. a throughput upgrade)
     # The sender cannot send at all: pause it and alert.
     131048: blocked("throttle", WA_ERRORS),  # "Spam rate limit hit": message failed to send

@@ -159,6 +159,17 @@ FROM unnest(%(ids)s::uuid[], %(tokens)s::float8[], %(tokens_at)s::timestamptz[],
 WHERE s.id = b.id
 """
 
+# A throttle answer's new budget; unlike a claim, it does not count as serving the sender.
+SAVE_THROTTLED_BUDGET: LiteralString = """
+UPDATE sender_accounts s
+SET tokens = b.tokens, tokens_at = b.tokens_at, next_slot_at = b.next_slot_at,
+    throttle_factor = b.throttle_factor, throttled_at = b.throttled_at
+FROM unnest(%(ids)s::uuid[], %(tokens)s::float8[], %(tokens_at)s::timestamptz[],
+            %(next_slot_at)s::timestamptz[], %(throttle_factor)s::float8[], %(throttled_at)s::timestamptz[])
+     AS b(id, tokens, tokens_at, next_slot_at, throttle_factor, throttled_at)
+WHERE s.id = b.id
+"""
+
 # A throttle answer: the budget changes under the sender's row lock, as in a claim.
 LOCK_SENDER_BUDGET: LiteralString = """
 SELECT s.tokens, s.tokens_at, s.next_slot_at, s.throttle_factor, s.throttled_at

@@ -99,22 +99,49 @@ def test_permanent_rejection_fails_the_row_with_the_reason(
 def test_throttled_row_is_retried_with_backoff_then_sent(
     database: Database, deps: DispatchDeps, fake_provider: Any
 ) -> None:
+    """A throttle (WhatsApp 130429) holds the sender and its row, halves the sender's rate, and
+    does not spend the row's attempt; once the hold is over the row is sent."""
     enqueue(database, "whatsapp", ["15550000001"])
     fake_provider.set_faults([{"action": "rate_limit", "times": 1}])
     first = dispatch(deps, MANUAL, PLENTY)
     [row] = rows(database)
-    assert first.counts["Retried"] == 1
+    assert (first.counts["Throttled"], first.counts["Retried"]) == (1, 0)
     assert row["status"] == "pending"
-    assert row["attempts"] == 1
-    assert row["scheduled_for"] > row["updated_at"], "backoff pushed the row into the future"
+    assert row["attempts"] == 0, "a throttle never spends an attempt"
+    assert row["scheduled_for"] > row["updated_at"], "the row waits out the throttle"
+    sender = database.fetch_one("SELECT throttle_factor, next_slot_at FROM sender_accounts")
+    assert sender is not None and sender["throttle_factor"] == 0.5
+    assert sender["next_slot_at"] is not None and sender["next_slot_at"] > row["updated_at"]
     with database.connection() as conn:
         conn.execute("UPDATE send_queue SET scheduled_for = now()")
+        conn.execute("UPDATE sender_accounts SET next_slot_at = now()")
     second = dispatch(deps, MANUAL, PLENTY)
     [row] = rows(database)
     assert second.counts["Sent"] == 1
-    assert (row["status"], row["attempts"]) == ("sent", 2)
+    assert (row["status"], row["attempts"]) == ("sent", 1)
     attempts = database.fetch_all("SELECT outcome FROM send_attempts ORDER BY id")
     assert [a["outcome"] for a in attempts] == ["retry_later", "sent"]
+
+
+@pytest.mark.parametrize("channel", ["whatsapp", "messenger", "linkedin"])
+def test_throttles_never_end_a_message_failed(
+    database: Database, deps: DispatchDeps, fake_provider: Any, channel: str
+) -> None:
+    """Throttled more times than the row has attempts: it stays pending, never failed."""
+    address = {"whatsapp": "15550000001", "messenger": "psid-1", "linkedin": "ACoAA0001"}[channel]
+    enqueue(database, channel, [address])
+    fake_provider.set_faults([{"action": "rate_limit", "retry_after_seconds": 1}])
+    with database.connection() as conn:
+        conn.execute("UPDATE send_queue SET max_attempts = 2")
+    for _ in range(4):
+        assert dispatch(deps, MANUAL, PLENTY).counts["Throttled"] == 1
+        with database.connection() as conn:
+            conn.execute("UPDATE send_queue SET scheduled_for = now() WHERE status = 'pending'")
+            conn.execute("UPDATE sender_accounts SET next_slot_at = now()")
+    [row] = rows(database)
+    assert (row["status"], row["attempts"]) == ("pending", 0)
+    fake_provider.set_faults([])
+    assert dispatch(deps, MANUAL, PLENTY).counts["Sent"] == 1
 
 
 def test_attempts_exhausted_fail_the_row_and_reach_the_dead_letter_queue(
@@ -125,8 +152,9 @@ def test_attempts_exhausted_fail_the_row_and_reach_the_dead_letter_queue(
     guard: SendGuard,
     moto_server: Any,
 ) -> None:
-    enqueue(database, "linkedin", ["ACoAA0001"])
-    fake_provider.set_faults([{"action": "rate_limit"}])
+    enqueue(database, "whatsapp", ["15550000001"])
+    # 131057 "account in maintenance": not sent, retried, and (unlike a throttle) an attempt.
+    fake_provider.set_faults([{"action": "error_code", "code": 131057, "error_status": 400}])
     with database.connection() as conn:
         conn.execute("UPDATE send_queue SET max_attempts = 2")
     for _ in range(2):
@@ -144,9 +172,9 @@ def test_attempts_exhausted_fail_the_row_and_reach_the_dead_letter_queue(
     [message] = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
     record = json.loads(message["Body"])
     assert record["type"] == "sendonce.message_failed"
-    assert (record["queue_id"], record["attempts"], record["channel"]) == (row["id"], 2, "linkedin")
+    assert (record["queue_id"], record["attempts"], record["channel"]) == (row["id"], 2, "whatsapp")
     assert record["idempotency_key"] == row["idempotency_key"]
-    assert record["reason"] == "max attempts (2) reached; last: unipile:too_many_requests"
+    assert record["reason"] == "max attempts (2) reached; last: whatsapp:131057"
     assert "retry_later" in record["last_error"]
 
 
