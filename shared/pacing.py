@@ -223,24 +223,32 @@ def next_window_open(pacing: EffectivePacing, now: datetime) -> datetime:
         day = local.date() + timedelta(days=offset)
         candidate = _at(pacing, day, start)
         if candidate >= now and window_open(pacing, candidate):
-            return candidate.astimezone(UTC)
+            return candidate
     raise ValueError("the sending window never opens")  # pragma: no cover - validated config
 
 
 def _at(pacing: EffectivePacing, day: date, clock: time) -> datetime:
-    # fold=0 and zoneinfo's normalisation pick the first of two ambiguous instants and move a
-    # non-existent one (a DST gap) forward, which is what "open at 09:00" should mean.
+    """The first instant whose local wall-clock time on ``day`` is ``clock`` or later: for a
+    time in a DST gap (02:30 on a spring-forward night), the moment the clocks jump."""
     naive = datetime.combine(day, clock)
-    return naive.replace(tzinfo=pacing.zone).astimezone(UTC).astimezone(pacing.zone)
+    earlier = naive.replace(tzinfo=pacing.zone, fold=1).astimezone(UTC)
+    later = naive.replace(tzinfo=pacing.zone, fold=0).astimezone(UTC)
+    if earlier.astimezone(pacing.zone).replace(tzinfo=None) == naive:
+        return min(earlier, later) if later.astimezone(pacing.zone).replace(tzinfo=None) == naive else earlier
+    # In a gap: the two readings straddle the transition; walk to it by the minute.
+    instant = min(earlier, later)
+    while instant.astimezone(pacing.zone).replace(tzinfo=None) < naive:
+        instant += timedelta(minutes=1)
+    return instant
 
 
 def local_day_start(pacing: EffectivePacing, now: datetime) -> datetime:
     """Midnight of the sender's local day containing ``now``, as an aware UTC instant."""
-    return _at(pacing, _local(pacing, now).date(), time(0)).astimezone(UTC)
+    return _at(pacing, _local(pacing, now).date(), time(0))
 
 
 def next_local_day_start(pacing: EffectivePacing, now: datetime) -> datetime:
-    return _at(pacing, _local(pacing, now).date() + timedelta(days=1), time(0)).astimezone(UTC)
+    return _at(pacing, _local(pacing, now).date() + timedelta(days=1), time(0))
 
 
 # --- caps -------------------------------------------------------------------------------------
@@ -304,10 +312,13 @@ class Allowance:
     # new local day, the next spacing slot). The claim writes it to ``next_slot_at`` so the
     # sender is not locked and re-examined by every claim until then.
     retry_at: datetime | None = None
+    # Rate, burst and spacing bound all actions together; caps bound each action.
+    budget: int | None = None
 
     @property
     def total(self) -> int:
-        return sum(self.per_action.values())
+        combined = sum(self.per_action.values())
+        return combined if self.budget is None else min(self.budget, combined)
 
 
 def allowance(
@@ -342,7 +353,7 @@ def allowance(
         missing = 1.0 - tokens_now(pacing, state, now, recovery_seconds)
         rate = pacing.rate_per_second * throttle_factor(state, now, recovery_seconds)
         return Allowance(nothing, "rate", now + timedelta(seconds=max(0.0, missing) / rate))
-    return Allowance(per_action, limited_by)
+    return Allowance(per_action, limited_by, budget=budget)
 
 
 def spend(

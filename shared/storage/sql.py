@@ -302,11 +302,12 @@ SELECT id, 'configure', %(operator)s, 'pacing configured' FROM configured
 RETURNING id
 """
 
-# An operator's pause: 'infinity' when no end is given, so only a resume lifts it.
+# An operator's pause: the end of time when no end is given, so only a resume lifts it (not
+# 'infinity', which Python's datetime cannot hold).
 OPERATOR_PAUSE_SENDER: LiteralString = """
 WITH paused AS (
     UPDATE sender_accounts
-    SET paused_until = COALESCE(%(until)s::timestamptz, 'infinity'), pause_reason = %(reason)s,
+    SET paused_until = COALESCE(%(until)s::timestamptz, '9999-12-31 00:00:00+00'), pause_reason = %(reason)s,
         paused_by = %(paused_by)s, updated_at = now()
     WHERE id = %(id)s
     RETURNING id, paused_until

@@ -1,0 +1,293 @@
+"""Pacing in the claim, on real Postgres, with a frozen clock: what overlapping claims may take
+together, windows and caps at their edges, fairness between senders and campaigns, operator
+pauses, and a claim that stays O(batch) at a large backlog (checked with EXPLAIN ANALYZE)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, time, timedelta
+from typing import Any, LiteralString
+
+import psycopg
+import pytest
+
+from devstack.testing import enqueue_contacts
+from shared.pacing import ChannelDefaults, EffectivePacing, PacingPolicy, SenderPacing, window_open
+from shared.providers.outcome import Channel
+from shared.queue import ClaimedMessage, QueueRepository
+from shared.senders import configure_sender, pause_sender, resume_sender
+from shared.storage import sql
+from shared.storage.db import Database
+
+pytestmark = pytest.mark.integration
+LEASE = 600
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def db_now(database: Database) -> datetime:
+    row = database.fetch_one("SELECT now() AS now")
+    assert row is not None
+    now: datetime = row["now"]
+    return now
+
+
+def paced_queue(database: Database, clock: Clock, **defaults: ChannelDefaults) -> QueueRepository:
+    return QueueRepository(database, PacingPolicy(defaults=dict(defaults), clock=clock, rng=random.Random(3)))
+
+
+def claim(queue: QueueRepository, limit: int = 25) -> list[ClaimedMessage]:
+    return queue.claim_batch(uuid.uuid4(), limit, LEASE)
+
+
+def configure(database: Database, channel: str, sender: str, **pacing: Any) -> None:
+    configure_sender(database, Channel(channel), sender, SenderPacing(**pacing), operator="test")
+
+
+def phones(count: int, start: int = 0) -> list[str]:
+    return [f"1555{i:07d}" for i in range(start, start + count)]
+
+
+def test_the_sql_window_agrees_with_the_python_window(database: Database) -> None:
+    configs = [
+        SenderPacing(
+            timezone="Europe/Berlin", window_days=(1, 2, 3, 4, 5), window_start=time(9), window_end=time(18)
+        ),
+        SenderPacing(
+            timezone="America/New_York", window_start=time(22), window_end=time(6), window_days=(5,)
+        ),
+        SenderPacing(timezone="Pacific/Auckland", window_days=(6, 7)),
+        SenderPacing(timezone="Asia/Kolkata", window_start=time(9, 30), window_end=time(17, 45)),
+    ]
+    rng = random.Random(11)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    instants = [start + timedelta(minutes=rng.randrange(0, 366 * 24 * 60)) for _ in range(300)]
+    instants += [datetime(2026, 3, 29, 0, 59, tzinfo=UTC), datetime(2026, 10, 25, 0, 30, tzinfo=UTC)]
+    for config in configs:
+        pacing = EffectivePacing.merge(config, ChannelDefaults(rate_per_second=None, burst=None))
+        rows = database.fetch_all(
+            "SELECT t, sendonce_window_open(t, %(tz)s, %(days)s::smallint[], %(opens)s, %(closes)s) AS open"
+            " FROM unnest(%(instants)s::timestamptz[]) AS t",
+            {
+                "tz": config.timezone,
+                "days": list(config.window_days) if config.window_days else None,
+                "opens": config.window_start,
+                "closes": config.window_end,
+                "instants": instants,
+            },
+        )
+        disagree = [r["t"] for r in rows if r["open"] != window_open(pacing, r["t"])]
+        assert disagree == [], (config, disagree[:3])
+
+
+def test_overlapping_claims_together_never_exceed_the_senders_budget(database: Database) -> None:
+    """Eight claimers at one frozen instant share one bucket of 5; one second at 3/s later
+    three more tokens exist; a long wait refills only up to the burst."""
+    enqueue_contacts(database, "whatsapp", phones(200), sender="paced")
+    configure(database, "whatsapp", "paced", rate_per_second=3, burst=5)
+    clock = Clock(db_now(database) + timedelta(seconds=1))
+    queue = paced_queue(database, clock)
+
+    def race() -> int:
+        taken: list[int] = []
+        threads = [threading.Thread(target=lambda: taken.append(len(claim(queue)))) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sum(taken)
+
+    assert race() == 5
+    clock.advance(1)
+    assert race() == 3
+    clock.advance(0.2)
+    assert race() == 0
+    clock.advance(60)
+    assert race() == 5
+
+
+def test_a_closed_window_claims_nothing_until_it_opens(database: Database) -> None:
+    enqueue_contacts(database, "whatsapp", phones(5), sender="office")
+    opening = (db_now(database) + timedelta(minutes=1)).replace(microsecond=0)
+    configure(
+        database,
+        "whatsapp",
+        "office",
+        timezone="UTC",
+        window_start=opening.time(),
+        window_end=(opening + timedelta(hours=1)).time(),
+    )
+    clock = Clock(opening - timedelta(seconds=1))
+    queue = paced_queue(database, clock)
+    assert claim(queue) == []
+    assert queue.next_claim_at() is None, "nothing claimable: an idle dispatcher may stop"
+    clock.now = opening
+    assert len(claim(queue)) == 5
+
+
+def test_the_daily_cap_resets_at_the_senders_local_midnight(database: Database) -> None:
+    enqueue_contacts(database, "linkedin", [f"ACoAA{i:04d}" for i in range(10)], sender="li-account")
+    configure(database, "linkedin", "li-account", timezone="Asia/Tokyo", daily_message_cap=3)
+    # Tokyo is UTC+9 all year: its midnight is 15:00 UTC. Freeze just before the next one.
+    base = db_now(database) + timedelta(days=1)
+    midnight = base.replace(hour=15, minute=0, second=0, microsecond=0)
+    clock = Clock(midnight - timedelta(minutes=5))
+    queue = paced_queue(database, clock)
+    assert len(claim(queue)) == 3
+    assert len(claim(queue)) == 0
+    parked = database.fetch_one("SELECT next_slot_at FROM sender_accounts")
+    assert parked is not None and parked["next_slot_at"] > clock.now, "parked, not re-planned by every claim"
+    clock.now = midnight - timedelta(seconds=1)
+    database.fetch_one("UPDATE sender_accounts SET next_slot_at = NULL RETURNING id")
+    assert len(claim(queue)) == 0, "still the same local day"
+    database.fetch_one("UPDATE sender_accounts SET next_slot_at = NULL RETURNING id")
+    clock.now = midnight
+    assert len(claim(queue)) == 3
+
+
+def test_spacing_paces_a_linkedin_account_across_claimers(database: Database) -> None:
+    enqueue_contacts(database, "linkedin", [f"ACoAA{i:04d}" for i in range(10)], sender="spaced")
+    configure(database, "linkedin", "spaced", min_spacing_seconds=60, spacing_jitter_seconds=30)
+    clock = Clock(db_now(database) + timedelta(seconds=1))
+    queue = paced_queue(database, clock)
+    assert len(claim(queue)) == 1
+    assert len(claim(queue)) == 0
+    clock.advance(59)
+    assert len(claim(queue)) == 0
+    clock.advance(31)
+    assert len(claim(queue)) == 1
+
+
+def test_a_small_campaign_is_not_delayed_by_a_big_one_on_another_sender(database: Database) -> None:
+    enqueue_contacts(database, "whatsapp", phones(2000), sender="big-sender")
+    small = enqueue_contacts(database, "whatsapp", phones(10, start=5000), sender="small-sender")
+    queue = paced_queue(database, Clock(db_now(database) + timedelta(seconds=1)))
+    first = claim(queue)
+    assert len(first) <= 25
+    small_rows = database.fetch_all(
+        "SELECT status::text AS s FROM send_queue WHERE campaign_id = %(c)s", {"c": small}
+    )
+    assert {r["s"] for r in small_rows} == {"claimed"}, "all of the small campaign in the first claim"
+
+
+def test_campaigns_of_one_sender_take_turns(database: Database) -> None:
+    first = enqueue_contacts(database, "whatsapp", phones(100), sender="shared")
+    second = enqueue_contacts(database, "whatsapp", phones(100, start=1000), sender="shared")
+    queue = paced_queue(database, Clock(db_now(database) + timedelta(seconds=1)))
+    rows = claim(queue, limit=10)
+    by_campaign = Counter(
+        r["campaign_id"]
+        for r in database.fetch_all(
+            "SELECT campaign_id FROM send_queue WHERE id = ANY(%(ids)s)", {"ids": [m.queue_id for m in rows]}
+        )
+    )
+    assert by_campaign == {first: 5, second: 5}
+
+
+def test_an_operator_pause_holds_the_sender_until_resumed(database: Database) -> None:
+    enqueue_contacts(database, "whatsapp", phones(3), sender="paused-one")
+    pause_sender(database, Channel.WHATSAPP, "paused-one", until=None, reason="token revoked", operator="ana")
+    queue = paced_queue(database, Clock(db_now(database) + timedelta(seconds=1)))
+    assert claim(queue) == []
+    resume_sender(database, Channel.WHATSAPP, "paused-one", operator="ana")
+    assert len(claim(queue)) == 3
+    decisions = database.fetch_all("SELECT action, decided_by FROM sender_decisions ORDER BY id")
+    assert [(d["action"], d["decided_by"]) for d in decisions] == [
+        ("pause", "operator:ana"),
+        ("resume", "operator:ana"),
+    ]
+
+
+BACKLOG = 200_000
+SENDERS = 20
+
+
+def _large_backlog(database: Database) -> None:
+    """200,000 due rows over 20 senders and 40 campaigns, inserted in bulk (the enqueue path
+    is tested elsewhere; this is about the plan)."""
+    with database.connection() as conn, conn.transaction():
+        conn.execute(
+            "INSERT INTO sender_accounts (channel, provider_account_id)"
+            " SELECT 'whatsapp', 'bulk-' || g FROM generate_series(1, %(senders)s) g",
+            {"senders": SENDERS},
+        )
+        conn.execute(
+            "INSERT INTO campaigns (name, sender_account_id)"
+            " SELECT 'bulk', s.id FROM sender_accounts s, generate_series(1, 2)"
+        )
+        conn.execute(
+            "INSERT INTO campaign_senders (campaign_id, sender_account_id) SELECT id, sender_account_id FROM campaigns"
+        )
+        conn.execute(
+            "INSERT INTO contacts (channel, address)"
+            " SELECT 'whatsapp', (15550000000 + g)::text FROM generate_series(1, %(rows)s) g",
+            {"rows": BACKLOG},
+        )
+        conn.execute(
+            """
+            INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, scheduled_for)
+            SELECT cp.id, c.id, cp.sender_account_id, 'intro', 'hello', now() - interval '1 hour'
+            FROM (SELECT id, row_number() OVER () AS n FROM contacts) c
+            JOIN (SELECT id, sender_account_id, row_number() OVER () - 1 AS k FROM campaigns) cp
+              ON cp.k = c.n %% (2 * %(senders)s)
+            """,
+            {"senders": SENDERS},
+        )
+        conn.execute("ANALYZE")
+
+
+def _plan(database: Database, query: LiteralString, params: dict[str, Any]) -> dict[str, Any]:
+    """The executed plan of ``query``, in a transaction that is rolled back."""
+    plan: dict[str, Any] = {}
+    with database.connection() as conn, conn.transaction():
+        row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query, params).fetchone()
+        assert row is not None
+        plan = row["QUERY PLAN"][0]["Plan"]
+        raise psycopg.Rollback()
+    return plan
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [plan]
+    for child in plan.get("Plans", []):
+        found += _nodes(child)
+    return found
+
+
+def test_the_claim_reads_o_batch_rows_at_a_large_backlog(database: Database) -> None:
+    """With the planner's eyes: at 200,000 due rows no step of the claim scans the queue, and
+    the rows it reads from send_queue stay within a small multiple of the batch."""
+    _large_backlog(database)
+    now = db_now(database)
+    lock = _plan(database, sql.LOCK_DUE_SENDERS, {"now": now, "limit": 25})
+    senders = database.fetch_all("SELECT id FROM sender_accounts ORDER BY id LIMIT 25")
+    claim_params = {
+        "sender_ids": [s["id"] for s in senders],
+        "actions": ["message"] * len(senders),
+        "quotas": [2] * len(senders),
+        "totals": [2] * len(senders),
+        "now": now,
+        "claim_token": uuid.uuid4(),
+        "lease_seconds": LEASE,
+    }
+    claimed = _plan(database, sql.CLAIM_PLANNED, claim_params)
+    for plan in (lock, claimed):
+        queue_scans = [n for n in _nodes(plan) if n.get("Relation Name") == "send_queue"]
+        assert queue_scans, "the plan reads send_queue"
+        assert not [n for n in queue_scans if n["Node Type"] == "Seq Scan"], queue_scans
+        read = sum(n.get("Actual Rows", 0) * n.get("Actual Loops", 1) for n in queue_scans)
+        assert read <= 500, f"read {read} send_queue rows for a claim of at most 25"
