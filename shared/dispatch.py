@@ -377,8 +377,9 @@ def _settle(
     return None
 
 
-# A throttle without a Retry-After hint: how long the sender (or the recipient) is held.
-DEFAULT_THROTTLE_HOLD = timedelta(seconds=5)
+# A throttle without a Retry-After hint: how long the sender (or the recipient) is held. Short:
+# the halved rate and the emptied bucket already slow a paced sender down.
+DEFAULT_THROTTLE_HOLD = timedelta(seconds=1)
 
 
 def _throttled(
