@@ -31,11 +31,11 @@ record carries its writer, a fresh id per ``deliver_once``:
 
 from __future__ import annotations
 
-import threading
 import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -71,8 +71,10 @@ class BlockingDynamoDBPersistenceLayer(DynamoDBPersistenceLayer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Sends run on a thread pool; each thread's put carries the id of its own call.
-        self._current = threading.local()
+        # Sends run on a thread pool; each thread's put carries the id of its own call. A
+        # context variable, not a thread-local: a bounded client (shared.bounded_calls) makes
+        # the call, and so runs this hook, on a helper thread in a copy of the caller's context.
+        self._current: ContextVar[str | None] = ContextVar(f"sendonce_writer_{id(self)}", default=None)
         self.client.meta.events.register(
             "before-parameter-build.dynamodb.PutItem",
             self._stamp_writer,
@@ -81,15 +83,14 @@ class BlockingDynamoDBPersistenceLayer(DynamoDBPersistenceLayer):
 
     @contextmanager
     def writing_as(self, writer: str) -> Iterator[None]:
-        self._current.writer = writer
+        token = self._current.set(writer)
         try:
             yield
         finally:
-            self._current.writer = None
+            self._current.reset(token)
 
     def _writer(self) -> str | None:
-        writer: str | None = getattr(self._current, "writer", None)
-        return writer
+        return self._current.get()
 
     def _stamp_writer(self, params: dict[str, Any], **_: Any) -> None:
         writer = self._writer()
