@@ -37,8 +37,11 @@ pytestmark = pytest.mark.integration
 
 GENEROUS_SECONDS = 20.0
 # Per-socket timeouts above the drip interval: without a call budget each read succeeds.
-PROVIDER_TIMEOUTS = {"provider_connect_timeout_seconds": 0.5, "provider_read_timeout_seconds": 1.0}
-DYNAMODB_TIMEOUTS = {
+PROVIDER_TIMEOUTS: dict[str, Any] = {
+    "provider_connect_timeout_seconds": 0.5,
+    "provider_read_timeout_seconds": 1.0,
+}
+DYNAMODB_TIMEOUTS: dict[str, Any] = {
     "dynamodb_connect_timeout_seconds": 0.5,
     "dynamodb_read_timeout_seconds": 1.0,
     "dynamodb_max_attempts": 2,
@@ -91,7 +94,7 @@ def timed_send(settings: Settings, message: OutboundMessage) -> tuple[SendOutcom
 
 
 def test_provider_call_cut_at_its_budget_is_ambiguous(whatsapp_drip: DripServer) -> None:
-    settings = Settings(graph_api_base_url=whatsapp_drip.url, **PROVIDER_TIMEOUTS)
+    settings = Settings.model_validate({"graph_api_base_url": whatsapp_drip.url, **PROVIDER_TIMEOUTS})
     assert settings.provider_call_budget_seconds == 3.0
     outcome, elapsed = timed_send(settings, whatsapp_message())
     assert elapsed < GENEROUS_SECONDS < whatsapp_drip.drip_seconds / 2
@@ -152,7 +155,7 @@ def drip_dynamodb(monkeypatch: pytest.MonkeyPatch, dynamodb_drip: DripServer) ->
     """The dispatcher's DynamoDB client, pointed at the drip server by endpoint override."""
     for name, value in {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": dynamodb_drip.url}.items():
         monkeypatch.setenv(name, value)
-    settings = Settings(**DYNAMODB_TIMEOUTS)
+    settings = Settings.model_validate(DYNAMODB_TIMEOUTS)
     assert settings.dynamodb_call_budget_seconds == 3.0
     return dynamodb_client(settings)
 
