@@ -10,6 +10,7 @@ reachability from the settled states over fault-free edges; a state outside that
 
 from __future__ import annotations
 
+import itertools
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from tests.model.send_protocol import (
     DELETE,
     FORGET,
     NO_WRITER,
+    RESEND_RECORDED,
     SWEEPER,
     Event,
     Record,
@@ -49,12 +51,27 @@ class Trace:
     def render(self) -> str:
         lines = [f"{n:3}. {step.text}" for n, step in enumerate(self.steps, 1)]
         if self.cycle_from is not None:
-            lines.insert(self.cycle_from, "     -- stuck from here: every fault-free continuation cycles, e.g.:")
+            lines.insert(
+                self.cycle_from, "     -- stuck from here: every fault-free continuation cycles, e.g.:"
+            )
         return "\n".join([*lines, f"     then: {self.final}"] if self.final else lines)
 
     def accepting_calls(self) -> list[str]:
         """The invocations whose provider call was accepted, in order."""
-        return [s.names[s.event[1]] for s in self.steps if s.event[0] == "call" and s.event[3]]
+        return [self.steps[k].names[self.steps[k].event[1]] for k in self.acceptances()]
+
+    def acceptances(self) -> list[int]:
+        """Indices of the steps where the provider accepted the key."""
+        return [k for k, s in enumerate(self.steps) if s.event[0] == "call" and s.event[3]]
+
+    def resend_decisions(self) -> list[int]:
+        """Indices of the steps that recorded a resend decision."""
+        return [
+            k
+            for k, s in enumerate(self.steps)
+            if (s.event[0] == "resend" and s.event[3])
+            or (s.event[0] == "apply" and s.event[5] == RESEND_RECORDED)
+        ]
 
     def removals_of_another_writers_record(self) -> list[str]:
         """Deletes that landed on a record written by someone other than the request's writer."""
@@ -63,9 +80,9 @@ class Trace:
             if step.event[0] != "apply":
                 continue
             request, before, answer = step.event[1], step.event[2], step.event[4]
-            if request[0] in (DELETE, FORGET) and answer == "deleted" and before is not None:
-                if before[-1] != request[1]:
-                    found.append(step.text)
+            removal = request[0] in (DELETE, FORGET) and answer == "deleted"
+            if removal and before is not None and before[-1] != request[1]:
+                found.append(step.text)
         return found
 
     def verbs(self) -> list[str]:
@@ -87,9 +104,11 @@ class Exploration:
     stuck_trace: Trace | None = None
     transitions: set[Transition] = field(default_factory=set)
     findings: dict[str, Trace] = field(default_factory=dict)  # the shortest trace of each
+    steps_taken: set[str] = field(default_factory=set)  # kinds of step taken somewhere
     complete: bool = True  # False when the search stopped at the first violation
 
     def summary(self) -> str:
+        findings = f"; findings: {'; '.join(sorted(self.findings))}" if self.findings else ""
         verdict = (
             f"VIOLATION ({self.violation}) at depth {len(self.counterexample.steps) if self.counterexample else '?'}"
             if self.violation
@@ -98,7 +117,7 @@ class Exploration:
         scope = "" if self.complete else " (stopped at the first violation)"
         return (
             f"{self.label}: {self.states:,} states, {self.edges:,} edges, depth {self.depth}, "
-            f"{self.seconds:.1f} s{scope}; {verdict}; bounds: {self.bounds}"
+            f"{self.seconds:.1f} s{scope}; {verdict}{findings}; bounds: {self.bounds}"
         )
 
 
@@ -108,7 +127,9 @@ class Explorer:
         self.states: list[State] = []
         self.parent = array("q")
 
-    def explore(self, label: str, *, stop_at_violation: bool = True, check_liveness: bool = True) -> Exploration:
+    def explore(
+        self, label: str, *, stop_at_violation: bool = True, check_liveness: bool = True
+    ) -> Exploration:
         started = time.perf_counter()
         model = self.model
         result = Exploration(label=label, bounds=model.bounds.describe())
@@ -120,6 +141,7 @@ class Explorer:
         offsets = array("q")
         targets = array("q")
         transitions: set[Transition] = set()
+        steps_taken: set[str] = set()
         first_violation = -1
         findings: dict[str, tuple[int, State]] = {}
         edges = 0
@@ -129,6 +151,7 @@ class Explorer:
             offsets.append(len(targets))
             for edge in model.successors(state):
                 edges += 1
+                steps_taken.add(edge.event[0])
                 transitions.update(edge.transitions)
                 if edge.finding and edge.finding not in findings:
                     findings[edge.finding] = (head, edge.state)
@@ -154,6 +177,7 @@ class Explorer:
         result.fault_free_edges = len(targets)
         result.depth = max(depth)
         result.transitions = transitions
+        result.steps_taken = steps_taken
         for finding, (source, reached) in findings.items():
             result.findings[finding] = self.trace_to(source, then=reached)
         if first_violation >= 0:
@@ -223,7 +247,7 @@ class Explorer:
         invocations = 0
         steps: list[Step] = []
         hops: list[tuple[State, State, bool]] = [
-            (self.states[a], self.states[b], False) for a, b in zip(path, path[1:], strict=False)
+            (self.states[a], self.states[b], False) for a, b in itertools.pairwise(path)
         ]
         if then is not None:
             hops.append((self.states[target], then, True))
@@ -243,11 +267,31 @@ class Explorer:
                 if ident not in names:
                     invocations += 1
                     names[ident] = f"W{invocations}"
-            conditional = self.model.design.conditional_removal
-            steps.append(Step(edge.event, dict(names), describe(edge.event, names, conditional)))
+            steps.append(Step(edge.event, dict(names), describe(edge.event, names)))
             names = {mapping[ident]: name for ident, name in names.items() if ident in mapping}
             final = successor
         return Trace(steps, render_state(final, names), len(path) - 1 if onward else None)
+
+
+def follow(model: SendProtocol, steps: list[str]) -> tuple[int, State]:
+    """Replay a trace given as step texts (as ``Trace.render`` words them) on ``model``: how
+    many steps it can take in that order, and the state after the last one taken."""
+    state = initial_state()
+    names: dict[int, str] = {}
+    invocations = 0
+    for taken, wanted in enumerate(steps):
+        for edge in model.successors(state):
+            fresh = {ident: name for ident, name in names.items()}
+            count = invocations
+            if edge.event[0] == "claim":
+                count += 1
+                fresh[edge.event[1]] = f"W{count}"
+            if describe(edge.event, fresh) == wanted:
+                state, names, invocations = edge.state, fresh, count
+                break
+        else:
+            return taken, state
+    return len(steps), state
 
 
 # --- readable steps ----------------------------------------------------------------------------
@@ -271,17 +315,15 @@ def _record(record: Record, names: dict[int, str]) -> str:
     return f"INPROGRESS({_name(record[1], names)})"
 
 
-def _request(request: Request, names: dict[int, str], conditional: bool = True) -> str:
+def _request(request: Request, names: dict[int, str]) -> str:
+    """Worded the same whatever the design: a recorded trace replays on the design and on its
+    mutants alike, and the landing step shows what the condition did."""
     op, writer, outcome, _ = request
     suffix = f", {outcome}" if outcome else ""
-    condition = " if INPROGRESS" if op == DELETE else ""
-    if op in (DELETE, FORGET) and not conditional:
-        condition = " UNCONDITIONALLY"
-    return f"{op}({_name(writer, names)}{suffix}){condition}"
+    return f"{op}({_name(writer, names)}{suffix})"
 
 
-def describe(event: Event, names: dict[int, str], conditional: bool = True) -> str:
-    """One step in words. ``conditional``: whether removals are conditional (the design's)."""
+def describe(event: Event, names: dict[int, str]) -> str:
     verb = event[0]
     who = _name(event[1], names) if len(event) > 1 and isinstance(event[1], int) else ""
     if verb == "claim":
@@ -317,10 +359,12 @@ def describe(event: Event, names: dict[int, str], conditional: bool = True) -> s
     if verb == "sweep_release":
         writer = _name(event[2], names)
         proof = f"holds proof for {writer}" if event[3] else f"has NO proof for {writer}"
-        return f"sweeper {proof} and sends {_request((DELETE, event[2], None, SWEEPER), names, conditional)}"
+        return f"sweeper {proof} and sends {_request((DELETE, event[2], None, SWEEPER), names)}"
     if verb == "sweep_settle":
         target = event[3]
-        return f"sweeper settles {who}'s row: " + (f"sending -> {target}" if target else "CAS refused, the row moved on")
+        return f"sweeper settles {who}'s row: " + (
+            f"sending -> {target}" if target else "CAS refused, the row moved on"
+        )
     if verb == "evidence":
         return "reconciler finds evidence (webhook, read-back or COMPLETED sent): unknown -> sent"
     if verb == "operator_fail":
@@ -338,7 +382,7 @@ def describe(event: Event, names: dict[int, str], conditional: bool = True) -> s
         if isinstance(answer, tuple):
             answer = f"conflict with {_record(answer[1], names)}"
         text = (
-            f"DynamoDB applies {issuer}'s {_request(request, names, conditional)}: "
+            f"DynamoDB applies {issuer}'s {_request(request, names)}: "
             f"{_record(before, names)} -> {_record(after, names)}, answer {answer}"
         )
         if reaction is None:
@@ -348,7 +392,7 @@ def describe(event: Event, names: dict[int, str], conditional: bool = True) -> s
         return f"{text}; {issuer} {reaction}"
     if verb == "timeout":
         _, actor, request, fate, then = event
-        return f"{_name(actor, names)} times out on {_request(request, names, conditional)} ({fate}) and {then}"
+        return f"{_name(actor, names)} times out on {_request(request, names)} ({fate}) and {then}"
     if verb == "kill":
         detail = f" ({event[2]})" if event[2] else ""
         return f"{_name(event[1], names)} is KILLED{detail}"

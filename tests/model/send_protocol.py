@@ -121,6 +121,7 @@ class Edge(NamedTuple):
 
 ACCEPTED_THEN_FAILED = "a message the provider accepted was settled failed by a dispatcher"
 SENT_WITHOUT_ACCEPTANCE = "a row was settled sent although the provider never accepted the key"
+RESEND_RECORDED = "records the resend decision and requeues"
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,9 @@ class Design:
 
 
 def initial_state() -> State:
-    return State(Row(PENDING, None, 0, False), None, (), None, None, (), (), Flags(0, False, False, False, 0, ""), 0)
+    return State(
+        Row(PENDING, None, 0, False), None, (), None, None, (), (), Flags(0, False, False, False, 0, ""), 0
+    )
 
 
 def awaited_request(actor: Actor | None, kind: str) -> Request | None:
@@ -197,7 +200,7 @@ def _writer(record: Record) -> int | None:
 
 
 def _with(items: tuple[Any, ...], index: int, item: Any) -> tuple[Any, ...]:
-    return items[:index] + (item,) + items[index + 1 :]
+    return (*items[:index], item, *items[index + 1 :])
 
 
 def _without(items: tuple[Any, ...], index: int) -> tuple[Any, ...]:
@@ -314,7 +317,9 @@ class SendProtocol:
                         ("put_while_claimed", i),
                         False,
                         (),
-                        state._replace(workers=_with(state.workers, index, waiting), bag=_bag_add(state.bag, put)),
+                        state._replace(
+                            workers=_with(state.workers, index, waiting), bag=_bag_add(state.bag, put)
+                        ),
                     )
                 )
             elif row.status is CLAIMED and row.token == i and not row.expired:
@@ -332,7 +337,12 @@ class SendProtocol:
                 )
             else:
                 out.append(
-                    Edge(("mark_sending_refused", i), False, (), state._replace(workers=_without(state.workers, index)))
+                    Edge(
+                        ("mark_sending_refused", i),
+                        False,
+                        (),
+                        state._replace(workers=_without(state.workers, index)),
+                    )
                 )
             if row.status is CLAIMED and row.token == i:
                 out.append(
@@ -341,7 +351,8 @@ class SendProtocol:
                         False,
                         ((CLAIMED, PENDING),),
                         state._replace(
-                            row=Row(PENDING, None, row.attempts - 1, False), workers=_without(state.workers, index)
+                            row=Row(PENDING, None, row.attempts - 1, False),
+                            workers=_without(state.workers, index),
                         ),
                     )
                 )
@@ -375,7 +386,9 @@ class SendProtocol:
             return row.status is SENDING and row.token == i, ()
         return row.status is CLAIMED and row.token == i, ((CLAIMED, SENDING),)
 
-    def _settle(self, state: State, index: int, kind: OutcomeKind, *, replayed: bool, out: list[Edge]) -> None:
+    def _settle(
+        self, state: State, index: int, kind: OutcomeKind, *, replayed: bool, out: list[Edge]
+    ) -> None:
         i = state.workers[index][0]
         row, flags, proofs = state.row, state.flags, state.proofs
         if not replayed:  # the attempt row is written whether or not the CAS wins
@@ -441,7 +454,9 @@ class SendProtocol:
                 return state._replace(workers=_with(workers, index, (i, "call", None, 0))), "goes on to call"
             record = answer[1]
             if record[0] == COMPLETED:
-                return state._replace(workers=_with(workers, index, (i, "replay", record[1], 0))), "replays it"
+                return state._replace(
+                    workers=_with(workers, index, (i, "replay", record[1], 0))
+                ), "replays it"
             holder = record[1]
             if holder == i:
                 return (
@@ -459,10 +474,15 @@ class SendProtocol:
                     if proven
                     else "sends a delete of it WITHOUT proof",
                 )
-            return state._replace(workers=_without(workers, index)), "makes no call and leaves the row to the sweeper"
+            return state._replace(
+                workers=_without(workers, index)
+            ), "makes no call and leaves the row to the sweeper"
         if pc == "release":
             return (
-                state._replace(workers=_with(workers, index, (i, "put", 1, 1)), bag=_bag_add(state.bag, (PUT, i, None, i))),
+                state._replace(
+                    workers=_with(workers, index, (i, "put", 1, 1)),
+                    bag=_bag_add(state.bag, (PUT, i, None, i)),
+                ),
                 "puts again",
             )
         if pc == "cleanup":
@@ -490,7 +510,9 @@ class SendProtocol:
         if alive and not (self.bounds.paused_workers and self._fault_allowed(state)):
             return
         expired = state._replace(row=row._replace(expired=True))
-        out.append(Edge(("expire", row.token, alive), alive, (), self._spend_fault(expired) if alive else expired))
+        out.append(
+            Edge(("expire", row.token, alive), alive, (), self._spend_fault(expired) if alive else expired)
+        )
 
     # --- the sweeper --------------------------------------------------------------------------
 
@@ -553,7 +575,10 @@ class SendProtocol:
             new_row = Row(UNKNOWN, token, row.attempts, False)
             flags = flags._replace(past_unknown=True)
         return Edge(
-            ("sweep_settle", token, seen, target), False, ((SENDING, target),), state._replace(row=new_row, flags=flags)
+            ("sweep_settle", token, seen, target),
+            False,
+            ((SENDING, target),),
+            state._replace(row=new_row, flags=flags),
         )
 
     def _sweeper_answer(self, state: State, answer: Any) -> tuple[State, str]:
@@ -581,7 +606,12 @@ class SendProtocol:
                     )
                 )
             out.append(
-                Edge(("operator_fail", row.token), False, ((UNKNOWN, FAILED),), state._replace(row=row._replace(status=FAILED)))
+                Edge(
+                    ("operator_fail", row.token),
+                    False,
+                    ((UNKNOWN, FAILED),),
+                    state._replace(row=row._replace(status=FAILED)),
+                )
             )
             if (
                 state.decider is None
@@ -612,7 +642,12 @@ class SendProtocol:
             and not state.flags.maybe_delivered
         ):
             out.append(
-                Edge(("redrive", row.token), False, ((FAILED, PENDING),), state._replace(row=Row(PENDING, None, 0, False)))
+                Edge(
+                    ("redrive", row.token),
+                    False,
+                    ((FAILED, PENDING),),
+                    state._replace(row=Row(PENDING, None, 0, False)),
+                )
             )
 
     def _commit_resend(self, state: State, token: int | None, forgotten: Record) -> Edge:
@@ -623,7 +658,9 @@ class SendProtocol:
             ("resend", token, forgotten, True),
             False,
             ((UNKNOWN, PENDING),),
-            state._replace(row=Row(PENDING, None, row.attempts, False), flags=state.flags._replace(accepts=0)),
+            state._replace(
+                row=Row(PENDING, None, row.attempts, False), flags=state.flags._replace(accepts=0)
+            ),
         )
 
     def _decider_answer(self, state: State, answer: Any) -> tuple[State, str]:
@@ -633,7 +670,7 @@ class SendProtocol:
         if answer != "deleted":
             return idle, "rolls back"
         edge = self._commit_resend(idle, token, (None, writer))
-        return edge.state, "records the resend decision and requeues" if edge.transitions else "finds the row moved on"
+        return edge.state, RESEND_RECORDED if edge.transitions else "finds the row moved on"
 
     # --- the environment: DynamoDB, timeouts, kills ------------------------------------------
 
@@ -689,10 +726,17 @@ class SendProtocol:
                 continue
             answered, reaction = self._answer(landed, waiter, answer)
             transitions = _row_change(landed, answered)
-            out.append(Edge(("apply", request, state.record, record, answer, reaction), False, transitions, answered))
+            out.append(
+                Edge(("apply", request, state.record, record, answer, reaction), False, transitions, answered)
+            )
             if self._fault_allowed(state):
                 out.append(
-                    Edge(("apply", request, state.record, record, answer, "lost"), True, (), self._spend_fault(landed))
+                    Edge(
+                        ("apply", request, state.record, record, answer, "lost"),
+                        True,
+                        (),
+                        self._spend_fault(landed),
+                    )
                 )
 
     def _actors(self, state: State) -> list[tuple[str, int, Actor]]:
@@ -728,7 +772,7 @@ class SendProtocol:
             for fate, bag, fault in fates:
                 base = state._replace(bag=bag)
                 if tries < self.bounds.dynamo_attempts:
-                    retried = actor[:3] + (tries + 1,)
+                    retried = (*actor[:3], tries + 1)
                     nxt = self._replace_actor(base, kind, index, retried)._replace(bag=_bag_add(bag, request))
                     then = "retries the same request"
                 elif kind == "worker":
@@ -755,7 +799,11 @@ class SendProtocol:
                     )
                 )
                 if self._orphans(state) < self.bounds.orphans:
-                    out.append(Edge(("kill", _actor_id(kind, actor), "its request still in flight"), True, (), killed))
+                    out.append(
+                        Edge(
+                            ("kill", _actor_id(kind, actor), "its request still in flight"), True, (), killed
+                        )
+                    )
             else:
                 out.append(Edge(("kill", _actor_id(kind, actor), ""), True, (), killed))
 
@@ -784,40 +832,50 @@ def canonical(state: State) -> tuple[State, dict[int, int]]:
     flight whose identities appear nowhere else and that tie on everything else; such states
     may keep two names, which costs a duplicate state, never a missed one."""
     mapping: dict[int, int] = {}
+    order: list[int] = []  # identities in order of appearance
     row = state.row
-    if row.token is not None:
-        mapping[row.token] = 0
     record = state.record
-    if record is not None and record[-1] >= 0 and record[-1] not in mapping:
-        mapping[record[-1]] = len(mapping)
+    if row.token is not None:
+        order.append(row.token)
+    if record is not None and record[-1] >= 0:
+        order.append(record[-1])
     for worker in state.workers:
-        if worker[0] not in mapping:
-            mapping[worker[0]] = len(mapping)
-        if worker[1] == "release" and worker[2] not in mapping:
-            mapping[worker[2]] = len(mapping)
+        order.append(worker[0])
+        if worker[1] == "release":
+            order.append(worker[2])
     for actor in (state.sweeper, state.decider):
         if actor is not None:
-            token = actor[1]
-            if token is not None and token not in mapping:
-                mapping[token] = len(mapping)
+            if actor[1] is not None:
+                order.append(actor[1])
             datum = _writer(actor[2]) if actor[0] == "observe" else actor[2]
-            if datum is not None and datum >= 0 and datum not in mapping:
-                mapping[datum] = len(mapping)
+            if datum is not None and datum >= 0:
+                order.append(datum)
+    for ident in order:
+        if ident not in mapping:
+            mapping[ident] = len(mapping)
     bag = state.bag
-    if any(r[1] not in mapping or (r[3] >= 0 and r[3] not in mapping) for r in bag):
-        big = 1 << 30
-        for r in sorted(bag, key=lambda r: (r[0], r[2] or "", mapping.get(r[1], big), mapping.get(r[3], big))):
-            if r[1] >= 0 and r[1] not in mapping:
-                mapping[r[1]] = len(mapping)
-            if r[3] >= 0 and r[3] not in mapping:
-                mapping[r[3]] = len(mapping)
+    for r in bag:
+        if r[1] not in mapping or (r[3] >= 0 and r[3] not in mapping):
+            big = 1 << 30
+            for r in sorted(
+                bag, key=lambda r: (r[0], r[2] or "", mapping.get(r[1], big), mapping.get(r[3], big))
+            ):
+                if r[1] >= 0 and r[1] not in mapping:
+                    mapping[r[1]] = len(mapping)
+                if r[3] >= 0 and r[3] not in mapping:
+                    mapping[r[3]] = len(mapping)
+            break
     proofs = state.proofs
-    if (
-        state.next_id == len(mapping)
-        and all(old == new for old, new in mapping.items())
-        and all(p in mapping for p in proofs)
-    ):
-        return state, mapping  # already canonical: bag and proofs are kept sorted
+    if state.next_id == len(mapping):
+        for old, new in mapping.items():
+            if old != new:
+                break
+        else:
+            for proof in proofs:
+                if proof not in mapping:
+                    break
+            else:
+                return state, mapping  # already canonical: bag and proofs are kept sorted
 
     def lab(ident: Any) -> Any:
         if ident is None or ident < 0:
