@@ -370,7 +370,9 @@ def describe(event: Event, names: dict[int, str]) -> str:
     if verb == "operator_fail":
         return "operator resolves the row as failed: unknown -> failed"
     if verb == "resend_forget":
-        return f"resend decision begins: reads K = {_record(event[2], names)}, sends forget({_name(event[2][-1], names)})"
+        seen = event[2]
+        forget = _request((FORGET, seen[-1], seen[0], DECIDER), names)
+        return f"resend decision begins: reads K = {_record(seen, names)}, sends {forget}"
     if verb == "resend":
         result = "unknown -> pending" if event[3] else "CAS refused, the row moved on"
         return f"resend decision recorded: {result}"

@@ -18,7 +18,7 @@ Actors (each numbered step is one transition; any live actor may be killed betwe
   a read of K, including the conditional delete of an INPROGRESS record that has PROOF.
 * the decider: reconciler evidence and the operator's ``fail``, each one CAS; the ``resend``
   decision (reconciler policy or operator), which reads K, forgets it conditionally on the
-  writer it saw and moves ``unknown -> pending`` in one transaction; redrive.
+  writer and status it saw and moves ``unknown -> pending`` in one transaction; redrive.
 * the environment: every DynamoDB request is a copy in a bag of requests in flight and lands
   whenever the environment chooses. A landed request's answer reaches its caller or is lost.
   A caller whose answer does not come times out and, like botocore, sends the same request
@@ -60,21 +60,26 @@ PROVIDER_RESULTS: tuple[tuple[OutcomeKind, bool], ...] = (
 # Outcomes the dispatcher stores as COMPLETED; the others delete the record and are PROOF.
 STORED_OUTCOMES = frozenset({OutcomeKind.SENT, OutcomeKind.AMBIGUOUS})
 MODEL_PROVABLY_NOT_SENT = frozenset(kind for kind, _ in PROVIDER_RESULTS) - STORED_OUTCOMES
+# Attempt outcomes that are PROOF that a writer delivered nothing: its put failed for good, or
+# its call was provably not sent.
+MODEL_PROOF_OF_NO_DELIVERY = frozenset({"not_called", *(kind.value for kind in MODEL_PROVABLY_NOT_SENT)})
 
 INPROGRESS = "INPROGRESS"
 COMPLETED = "COMPLETED"
 PUT = "put"
 COMPLETE = "complete"
 DELETE = "delete"  # conditional on (writer, INPROGRESS)
-FORGET = "forget"  # the resend decision's delete, conditional on the writer it observed
+FORGET = "forget"  # the resend decision's delete, conditional on the writer and status it observed
 
 SWEEPER = -1
 DECIDER = -2
 NO_WRITER = -3  # an item created by an unconditional UpdateItem has no writer attribute
 
-# A record is None, (INPROGRESS, writer) or (COMPLETED, outcome, writer); a request is
-# (op, writer, outcome or None, issuer); a worker is (id, pc, datum, tries); the sweeper and
-# the decider are None (idle) or (pc, token, datum, tries).
+# A record is None, (INPROGRESS, writer) or (COMPLETED, outcome, writer). A request is
+# (op, writer, completion outcome or forget's observed status or None, issuer). A worker is
+# (id, pc, datum, tries). The sweeper and the decider are None (idle) or (pc, token, datum,
+# tries), the datum being the record they read (sweeper ``observe``, decider ``forget``) or
+# the writer whose record they delete.
 Record = tuple[Any, ...] | None
 Request = tuple[str, int, Any, int]
 Actor = tuple[Any, ...]
@@ -147,7 +152,7 @@ class Design:
     """The safeguards. All on is the design as specified; each one off is a mutant."""
 
     # Every dispatcher and sweeper delete is conditional on (writer, INPROGRESS), and a
-    # resend's forget on the writer it observed.
+    # resend's forget on the writer and status it observed.
     conditional_removal: bool = True
     # COMPLETED is written only over INPROGRESS(own writer).
     conditional_completion: bool = True
@@ -191,8 +196,14 @@ def awaited_request(actor: Actor | None, kind: str) -> Request | None:
     if pc == "release":
         return (DELETE, datum, None, SWEEPER)
     if pc == "forget":
-        return (FORGET, datum, None, DECIDER)
+        return _forget_request(datum)
     return None
+
+
+def _forget_request(seen: Record) -> Request:
+    """The resend decision's delete: conditional on the writer and the status it observed."""
+    assert seen is not None
+    return (FORGET, seen[-1], seen[0], DECIDER)
 
 
 def _writer(record: Record) -> int | None:
@@ -478,6 +489,10 @@ class SendProtocol:
                 workers=_without(workers, index)
             ), "makes no call and leaves the row to the sweeper"
         if pc == "release":
+            if answer != "deleted":
+                return state._replace(
+                    workers=_without(workers, index)
+                ), "makes no call and leaves the row to the sweeper"
             return (
                 state._replace(
                     workers=_with(workers, index, (i, "put", 1, 1)),
@@ -491,7 +506,9 @@ class SendProtocol:
 
     def _worker_gives_up(self, state: State, index: int) -> State:
         i, pc, datum, _ = state.workers[index]
-        if pc in ("put", "release"):  # the store is unavailable: clean up, no call
+        if pc == "release":  # the delete raised: the row is left to the sweeper, no call
+            return state._replace(workers=_without(state.workers, index))
+        if pc == "put":  # the store is unavailable: clean up, no call
             return state._replace(
                 workers=_with(state.workers, index, (i, "cleanup", None, 1)),
                 bag=_bag_add(state.bag, (DELETE, i, None, i)),
@@ -585,10 +602,10 @@ class SendProtocol:
         assert state.sweeper is not None
         _, token, writer, _ = state.sweeper
         idle = state._replace(sweeper=None)
-        if answer != "deleted":
-            return idle, "leaves the row for its next run"
-        edge = self._sweep_settle(idle, token, PENDING, (INPROGRESS, writer))
-        return edge.state, "returns the row to pending" if edge.transitions else "finds the row moved on"
+        # Refused: the record changed since it was read, and the row is judged as read.
+        target = PENDING if answer == "deleted" else UNKNOWN
+        edge = self._sweep_settle(idle, token, target, (INPROGRESS, writer))
+        return edge.state, f"settles the row {target}" if edge.transitions else "finds the row moved on"
 
     # --- reconciler, operator, redrive ----------------------------------------------------------
 
@@ -622,15 +639,14 @@ class SendProtocol:
                 if record is None:
                     out.append(self._commit_resend(state, row.token, None))
                 else:
-                    writer = record[-1]
                     out.append(
                         Edge(
                             ("resend_forget", row.token, record),
                             False,
                             (),
                             state._replace(
-                                decider=("forget", row.token, writer, 1),
-                                bag=_bag_add(state.bag, (FORGET, writer, None, DECIDER)),
+                                decider=("forget", row.token, record, 1),
+                                bag=_bag_add(state.bag, _forget_request(record)),
                             ),
                         )
                     )
@@ -665,11 +681,11 @@ class SendProtocol:
 
     def _decider_answer(self, state: State, answer: Any) -> tuple[State, str]:
         assert state.decider is not None
-        _, token, writer, _ = state.decider
+        _, token, seen, _ = state.decider
         idle = state._replace(decider=None)
         if answer != "deleted":
             return idle, "rolls back"
-        edge = self._commit_resend(idle, token, (None, writer))
+        edge = self._commit_resend(idle, token, seen)
         return edge.state, RESEND_RECORDED if edge.transitions else "finds the row moved on"
 
     # --- the environment: DynamoDB, timeouts, kills ------------------------------------------
@@ -689,7 +705,7 @@ class SendProtocol:
             return None, "deleted"
         if op == DELETE and record == (INPROGRESS, writer):
             return None, "deleted"
-        if op == FORGET and record is not None and record[-1] == writer:
+        if op == FORGET and record is not None and record[-1] == writer and record[0] == outcome:
             return None, "deleted"
         return record, "refused"
 
@@ -847,7 +863,7 @@ def canonical(state: State) -> tuple[State, dict[int, int]]:
         if actor is not None:
             if actor[1] is not None:
                 order.append(actor[1])
-            datum = _writer(actor[2]) if actor[0] == "observe" else actor[2]
+            datum = _writer(actor[2]) if actor[0] in ("observe", "forget") else actor[2]
             if datum is not None and datum >= 0:
                 order.append(datum)
     for ident in order:
@@ -895,7 +911,7 @@ def canonical(state: State) -> tuple[State, dict[int, int]]:
         if actor is None:
             actors.append(None)
         else:
-            datum = lab_record(actor[2]) if actor[0] == "observe" else lab(actor[2])
+            datum = lab_record(actor[2]) if actor[0] in ("observe", "forget") else lab(actor[2])
             actors.append((actor[0], lab(actor[1]), datum, actor[3]))
     if bag:
         bag = tuple(sorted(((r[0], lab(r[1]), r[2], lab(r[3])) for r in bag), key=_request_key))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared import queue
 from shared.idempotency import RecordState
 from shared.providers.outcome import PROVABLY_NOT_SENT, OutcomeKind
 from shared.queue import ALLOWED_TRANSITIONS
@@ -25,6 +26,7 @@ from tests.model.send_protocol import (
     ACCEPTED_THEN_FAILED,
     COMPLETED,
     INPROGRESS,
+    MODEL_PROOF_OF_NO_DELIVERY,
     MODEL_PROVABLY_NOT_SENT,
     PROVIDER_RESULTS,
     SENT_WITHOUT_ACCEPTANCE,
@@ -83,6 +85,14 @@ def test_the_model_classifies_outcomes_as_the_code_does() -> None:
     assert MODEL_PROVABLY_NOT_SENT == PROVABLY_NOT_SENT
     assert not any(accepted for kind, accepted in PROVIDER_RESULTS if kind in PROVABLY_NOT_SENT)
     assert [RecordState.INPROGRESS.value, RecordState.COMPLETED.value] == [INPROGRESS, COMPLETED]
+
+
+def test_the_model_takes_as_proof_what_the_code_takes_as_proof() -> None:
+    """The attempt outcomes that let a record be released (``shared.queue``, issue 6)."""
+    proof = getattr(queue, "PROOF_OF_NO_DELIVERY", None)
+    if proof is None:
+        pytest.skip("shared.queue.PROOF_OF_NO_DELIVERY comes with the issue 6 implementation")
+    assert set(proof) == MODEL_PROOF_OF_NO_DELIVERY
 
 
 # --- the design as specified ----------------------------------------------------------------------
