@@ -10,7 +10,7 @@ TOOLS_VENV := .venv-tools
 SAM := $(TOOLS_VENV)/bin/sam
 STAMP := $(VENV)/.installed
 
-.PHONY: help install pgbouncer demo test test-unit test-integration test-chaos test-infra lint typecheck bench sam-build clean
+.PHONY: help install pgbouncer demo test test-unit test-model test-integration test-chaos test-infra lint typecheck bench sam-build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -40,17 +40,21 @@ $(SAM): requirements-tools.txt
 demo: $(STAMP)  ## Run the local stack end to end: Postgres, moto, fake provider, overlapping dispatchers
 	$(PY) -m devstack.demo
 
-test: $(STAMP) $(SAM) pgbouncer  ## Run every suite: lint, types, unit, integration, chaos, infra
+test: $(STAMP) $(SAM) pgbouncer  ## Run every suite: lint, types, unit, model, integration, chaos, infra
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy shared devstack functions/*/app.py tests
 	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/model
 	$(PY) -m pytest tests/integration
 	$(PY) -m pytest tests/chaos
 	PATH="$(CURDIR)/$(TOOLS_VENV)/bin:$$PATH" $(PY) -m pytest tests/infra
 
 test-unit: $(STAMP)  ## Unit tests only
 	$(PY) -m pytest tests/unit
+
+test-model: $(STAMP)  ## Model-check the send protocol (every interleaving within bounds; docs/model.md)
+	$(PY) -m pytest tests/model
 
 test-integration: $(STAMP) pgbouncer  ## Integration tests (real Postgres, moto)
 	$(PY) -m pytest tests/integration
