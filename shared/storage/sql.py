@@ -426,7 +426,9 @@ WHERE q.id = %(queue_id)s
 # Holds the row while a decision forgets its idempotency record and requeues it, so nothing
 # can claim or change it in between.
 LOCK_FOR_DECISION: LiteralString = """
-SELECT id FROM send_queue
+SELECT id, claimed_at, claimed_at + make_interval(secs => %(lease_seconds)s) AS lease_ends_at,
+       claimed_at IS NULL OR claimed_at + make_interval(secs => %(lease_seconds)s) < now() AS lease_over
+FROM send_queue
 WHERE id = %(queue_id)s AND status = %(expected_status)s::queue_status
   AND claim_token IS NOT DISTINCT FROM %(claim_token)s
 FOR UPDATE
