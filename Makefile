@@ -10,7 +10,7 @@ TOOLS_VENV := .venv-tools
 SAM := $(TOOLS_VENV)/bin/sam
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-unit test-integration test-chaos test-infra lint typecheck bench sam-build clean
+.PHONY: help install pgbouncer demo test test-unit test-model test-integration test-chaos test-infra lint typecheck bench sam-build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -22,7 +22,15 @@ $(STAMP): pyproject.toml layers/deps/requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-install: $(STAMP)  ## Create .venv with the pinned dependencies
+install: $(STAMP) pgbouncer  ## Create .venv with the pinned dependencies (and the pgbouncer binary)
+
+# The pooler tests (tests/integration/test_pgbouncer.py) start PgBouncer themselves but install
+# nothing; this is the one place that does. Debian package, needs root (CI runs as root).
+pgbouncer:  ## Install the pgbouncer binary the integration tests run in front of Postgres
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || { \
+	  echo "installing pgbouncer (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    -o DPkg::Lock::Timeout=600 pgbouncer; }
 
 $(SAM): requirements-tools.txt
 	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON_BOOTSTRAP) -m venv $(TOOLS_VENV)
@@ -32,11 +40,12 @@ $(SAM): requirements-tools.txt
 demo: $(STAMP)  ## Run the local stack end to end: Postgres, moto, fake provider, overlapping dispatchers
 	$(PY) -m devstack.demo
 
-test: $(STAMP) $(SAM)  ## Run every suite: lint, types, unit, integration, chaos, infra
+test: $(STAMP) $(SAM) pgbouncer  ## Run every suite: lint, types, unit, model, integration, chaos, infra
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy shared devstack functions/*/app.py tests
 	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/model
 	$(PY) -m pytest tests/integration
 	$(PY) -m pytest tests/chaos
 	PATH="$(CURDIR)/$(TOOLS_VENV)/bin:$$PATH" $(PY) -m pytest tests/infra
@@ -44,7 +53,10 @@ test: $(STAMP) $(SAM)  ## Run every suite: lint, types, unit, integration, chaos
 test-unit: $(STAMP)  ## Unit tests only
 	$(PY) -m pytest tests/unit
 
-test-integration: $(STAMP)  ## Integration tests (real Postgres, moto)
+test-model: $(STAMP)  ## Model-check the send protocol (every interleaving within bounds; docs/model.md)
+	$(PY) -m pytest tests/model
+
+test-integration: $(STAMP) pgbouncer  ## Integration tests (real Postgres, moto)
 	$(PY) -m pytest tests/integration
 
 test-chaos: $(STAMP)  ## Overlap, crash and stale-lease tests across OS processes

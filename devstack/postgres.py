@@ -49,7 +49,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _run_as_user() -> str | None:
+def run_as_user() -> str | None:
     if os.geteuid() != 0:
         return None
     for name in ("postgres", "sendonce-pg"):
@@ -76,7 +76,7 @@ class EmbeddedPostgres(Service):
         self.port = port or free_port()
         self.durable = durable
         self.bin_dir = find_bin_dir()
-        self._user = _run_as_user()
+        self._user = run_as_user()
         self._started = False
 
     @property

@@ -71,6 +71,15 @@ def expire_leases(db: Database) -> None:
         )
 
 
+def outlive_claims(db: Database) -> None:
+    """Move every row's last claim a day into the past: every invocation that claimed one has
+    long been stopped by Lambda, so decisions that wait for that (a resend, a redrive) may act."""
+    with db.connection() as conn:
+        conn.execute(
+            "UPDATE send_queue SET claimed_at = claimed_at - interval '1 day' WHERE claimed_at IS NOT NULL"
+        )
+
+
 def enqueue_contacts(
     db: Database,
     channel: str,

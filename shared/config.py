@@ -64,6 +64,34 @@ class Settings(BaseSettings):
     )
     db_pool_max_size: int = Field(default=10, ge=1, le=100)
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    db_pool_wait_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="Dispatcher: longest wait for a pooled connection on the send path (in the stop margin).",
+    )
+    db_statement_timeout_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        le=60,
+        description="Dispatcher: Postgres statement_timeout of its connections (in the stop margin).",
+    )
+    db_behind_pooler: bool = Field(
+        default=False,
+        description=(
+            "The URL points at a transaction-mode pooler (PgBouncer, RDS Proxy): statement_timeout "
+            "cannot travel as a startup option and must be a role default, checked at each dispatch."
+        ),
+    )
+    db_prepare_threshold: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "psycopg prepare_threshold: executions before a statement is prepared server-side. "
+            "None never prepares, which transaction-mode poolers without prepared-statement "
+            "support (PgBouncer < 1.21) require."
+        ),
+    )
 
     # --- DynamoDB idempotency store ----------------------------------------------------------
     idempotency_table: str = Field(default="sendonce-idempotency", min_length=3)
@@ -158,21 +186,30 @@ class Settings(BaseSettings):
             raise ValueError(
                 "dispatcher_timeout_seconds must be more than twice the stop-claiming margin "
                 f"({self.stop_claiming_margin_ms / 1000:.1f}s: provider call budget plus two DynamoDB "
-                "call budgets plus 5s), or invocations cannot finish a send"
+                "call budgets plus two Postgres statement budgets plus 5s), or invocations cannot "
+                "finish a send"
             )
         return self
 
     @property
     def provider_call_budget_seconds(self) -> float:
-        """Worst-case wall time of one provider call (connect + write + read + pool wait)."""
+        """Wall-clock budget of one provider call (pool wait, connect, write and read together),
+        enforced as a deadline by ``shared.providers.deadline``."""
         return self.provider_connect_timeout_seconds * 2 + self.provider_read_timeout_seconds * 2
 
     @property
     def dynamodb_call_budget_seconds(self) -> float:
-        """Worst case of one DynamoDB call with its retries."""
+        """Wall-clock budget of one DynamoDB call with its retries and backoff, enforced by
+        ``shared.bounded_calls.BoundedClient``."""
         return (
             self.dynamodb_connect_timeout_seconds + self.dynamodb_read_timeout_seconds
         ) * self.dynamodb_max_attempts
+
+    @property
+    def postgres_statement_budget_seconds(self) -> float:
+        """Worst case of one send-path statement: the wait for a pooled connection, then the
+        statement itself, cancelled by Postgres at ``statement_timeout``."""
+        return self.db_pool_wait_seconds + self.db_statement_timeout_seconds
 
     @property
     def lease_seconds(self) -> int:
@@ -183,10 +220,27 @@ class Settings(BaseSettings):
     @property
     def stop_claiming_margin_ms(self) -> int:
         """An invocation stops claiming (and releases claimed rows unsent) when less than this is
-        left, so every send it starts, with both of its DynamoDB writes, finishes or times out
-        before Lambda's deadline."""
-        # The provider call sits between two DynamoDB calls (INPROGRESS, then COMPLETED).
-        return int((self.provider_call_budget_seconds + 2 * self.dynamodb_call_budget_seconds + 5) * 1000)
+        left, so every send it starts, with both of its DynamoDB writes and both of its
+        Postgres statements, finishes or times out before Lambda's deadline."""
+        # Per message, each bounded by its own budget: mark_sending, the INPROGRESS write, the
+        # provider call, the COMPLETED write, the settle statement.
+        return int(
+            (
+                self.provider_call_budget_seconds
+                + 2 * self.dynamodb_call_budget_seconds
+                + 2 * self.postgres_statement_budget_seconds
+                + 5
+            )
+            * 1000
+        )
+
+    @property
+    def stale_release_budget_ms(self) -> int:
+        """Extra time a send needs to release a record left by a writer Postgres proves
+        delivered nothing: the proof read, the conditional delete and the second put. A send
+        starts that detour only with this much to spare beyond the stop-claiming margin;
+        otherwise it leaves the row to the sweeper, which releases the record itself."""
+        return int((2 * self.dynamodb_call_budget_seconds + self.postgres_statement_budget_seconds) * 1000)
 
     @property
     def unknown_policies(self) -> dict[str, UnknownPolicy]:

@@ -210,6 +210,9 @@ def _deliver(
             provider_seconds = time.perf_counter() - started
 
     def proves_unsent(writer: str) -> bool:
+        spare = remaining.get_remaining_time_in_millis() - settings.stop_claiming_margin_ms
+        if spare < settings.stale_release_budget_ms:
+            return False  # no time for the detour: the sweeper releases it instead
         return queue.writer_proved_unsent(message.queue_id, writer)
 
     gate_started = time.perf_counter()

@@ -38,11 +38,11 @@ explicit, recorded resend decision. The writer id also settles the cases Powerto
 
 from __future__ import annotations
 
-import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -77,8 +77,11 @@ class BlockingDynamoDBPersistenceLayer(DynamoDBPersistenceLayer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Sends run on a thread pool; each thread's put carries the id of its own call.
-        self._current = threading.local()
+        # Sends run on a thread pool; each thread's put carries the id of its own call. A
+        # context variable, not a thread-local: a bounded client (shared.bounded_calls) makes
+        # the call, and so runs this hook, on a helper thread in a copy of the caller's context.
+        self._current: ContextVar[str | None] = ContextVar(f"sendonce_writer_{id(self)}", default=None)
+        self._conflict: ContextVar[str | None] = ContextVar(f"sendonce_conflict_{id(self)}", default=None)
         self.client.meta.events.register(
             "before-parameter-build.dynamodb.PutItem",
             self._stamp_writer,
@@ -87,21 +90,19 @@ class BlockingDynamoDBPersistenceLayer(DynamoDBPersistenceLayer):
 
     @contextmanager
     def writing_as(self, writer: str) -> Iterator[None]:
-        self._current.writer = writer
-        self._current.conflict_writer = None
+        token = self._current.set(writer)
+        self._conflict.set(None)
         try:
             yield
         finally:
-            self._current.writer = None
+            self._current.reset(token)
 
     def _writer(self) -> str | None:
-        writer: str | None = getattr(self._current, "writer", None)
-        return writer
+        return self._current.get()
 
     def conflicting_writer(self) -> str | None:
-        """The writer of the record this thread's last put ran into, if it named one."""
-        writer: str | None = getattr(self._current, "conflict_writer", None)
-        return writer
+        """The writer of the record this call's last put ran into, if it named one."""
+        return self._conflict.get()
 
     def _stamp_writer(self, params: dict[str, Any], **_: Any) -> None:
         writer = self._writer()
@@ -117,7 +118,7 @@ class BlockingDynamoDBPersistenceLayer(DynamoDBPersistenceLayer):
         except IdempotencyItemAlreadyExistsError as exc:
             if self._is_own_inprogress(exc.__cause__):
                 return  # botocore retried our put after its response was lost
-            self._current.conflict_writer = _writer_of(exc.__cause__)
+            self._conflict.set(_writer_of(exc.__cause__))
             raise
 
     def _is_own_inprogress(self, cause: BaseException | None) -> bool:

@@ -166,8 +166,7 @@ def _reconcile_one(
         resend
         and message.attempts < message.max_attempts
         and requeue(
-            deps.queue,
-            deps.guard,
+            deps,
             message.queue_id,
             message.claim_token,
             message.idempotency_key,
@@ -249,8 +248,7 @@ def _hold_for_collision(db: Database, message: ClaimedMessage, claimed: tuple[st
 
 
 def requeue(
-    queue: QueueRepository,
-    guard: SendGuard,
+    deps: ReconcileDeps,
     queue_id: int,
     claim_token: UUID | None,
     idempotency_key: str,
@@ -263,11 +261,27 @@ def requeue(
 
     For an ``unknown`` row this deliberately accepts the risk of a second delivery, so its
     idempotency record is forgotten, unless that record proves the message was sent.
+
+    Never while the invocation that last claimed the row may still be running (its lease has
+    not run out): it could still be about to call the provider, and forgetting its record
+    then would let a second call through. The model check found that duplicate (issue 6).
     """
-    params = {"queue_id": queue_id, "claim_token": claim_token, "expected_status": source.value}
+    queue, guard = deps.queue, deps.guard
+    params = {
+        "queue_id": queue_id,
+        "claim_token": claim_token,
+        "expected_status": source.value,
+        "lease_seconds": deps.settings.lease_seconds,
+    }
     with queue.db.connection() as conn, conn.transaction():
-        if conn.execute(sql.LOCK_FOR_DECISION, params).fetchone() is None:
+        locked = conn.execute(sql.LOCK_FOR_DECISION, params).fetchone()
+        if locked is None:
             return False
+        if not locked["lease_over"]:
+            raise DecisionError(
+                f"row {queue_id} was claimed at {locked['claimed_at']:%Y-%m-%d %H:%M:%S %Z}; the invocation "
+                f"that claimed it may run until {locked['lease_ends_at']:%H:%M:%S %Z}: decide after that"
+            )
         if source is QueueStatus.UNKNOWN:
             record = guard.lookup(idempotency_key)
             if (
@@ -362,8 +376,7 @@ def resolve(
         record_decision(deps.queue.db, queue_id, QueueStatus.UNKNOWN, QueueStatus.FAILED, who, reason)
         return QueueStatus.FAILED.value
     if not requeue(
-        deps.queue,
-        deps.guard,
+        deps,
         queue_id,
         message.claim_token,
         message.idempotency_key,
@@ -410,16 +423,20 @@ def redrive(
         if record.state is not RecordState.ABSENT:
             report.skipped[queue_id] = f"idempotency record is {record.state.value}"
             continue
-        if requeue(
-            deps.queue,
-            deps.guard,
-            queue_id,
-            row["claim_token"],
-            row["idempotency_key"],
-            QueueStatus.FAILED,
-            f"operator:{operator}",
-            "redrive after the cause was fixed",
-        ):
+        try:
+            requeued = requeue(
+                deps,
+                queue_id,
+                row["claim_token"],
+                row["idempotency_key"],
+                QueueStatus.FAILED,
+                f"operator:{operator}",
+                "redrive after the cause was fixed",
+            )
+        except DecisionError as exc:
+            report.skipped[queue_id] = str(exc)
+            continue
+        if requeued:
             report.requeued.append(queue_id)
     return report
 

@@ -15,6 +15,7 @@ import boto3
 from aws_lambda_powertools.utilities import parameters
 from botocore.config import Config as BotoConfig
 
+from shared.bounded_calls import BoundedClient
 from shared.config import Settings, load_settings
 from shared.dispatch import DispatchDeps
 from shared.idempotency import SendGuard
@@ -49,19 +50,28 @@ def database_url(config: Settings) -> str:
     raise ConfigurationError("set DATABASE_URL or SENDONCE_DATABASE_SECRET_ID")
 
 
-def build_database(config: Settings) -> Database:
+def build_database(config: Settings, *, send_path: bool = False) -> Database:
+    """``send_path``: the dispatcher's database, whose statements and pool waits are in the
+    stop-claiming margin and therefore bounded. Other functions run long statements on
+    purpose (large enqueues, migrations, operator queries) and keep Postgres' defaults."""
     return Database(
         database_url(config),
         max_size=config.db_pool_max_size,
         connect_timeout_seconds=config.db_connect_timeout_seconds,
+        pool_wait_seconds=config.db_pool_wait_seconds if send_path else None,
+        statement_timeout_seconds=config.db_statement_timeout_seconds if send_path else None,
+        behind_pooler=config.db_behind_pooler,
+        prepare_threshold=config.db_prepare_threshold,
     )
 
 
 def dynamodb_client(config: Settings) -> Any:
     """Explicit, short timeouts with bounded standard-mode retries: the defaults (60 s reads,
-    legacy retries) could spend a whole invocation on one write; the total is in the budget.
-    ``total_max_attempts`` counts the first request; botocore's ``max_attempts`` would not."""
-    return boto3.client(
+    legacy retries) could spend a whole invocation on one write. ``total_max_attempts`` counts
+    the first request; botocore's ``max_attempts`` would not. Those bound each socket
+    operation and attempt; ``BoundedClient`` bounds the call, backoff included, to the
+    budget the stop-claiming margin counts."""
+    client = boto3.client(
         "dynamodb",
         config=BotoConfig(
             connect_timeout=config.dynamodb_connect_timeout_seconds,
@@ -69,6 +79,7 @@ def dynamodb_client(config: Settings) -> Any:
             retries={"mode": "standard", "total_max_attempts": config.dynamodb_max_attempts},
         ),
     )
+    return BoundedClient(client, config.dynamodb_call_budget_seconds)
 
 
 def build_guard(config: Settings) -> SendGuard:
@@ -101,6 +112,10 @@ def database() -> Database:
     return cached("database", lambda: build_database(settings()))
 
 
+def dispatch_database() -> Database:
+    return cached("dispatch-database", lambda: build_database(settings(), send_path=True))
+
+
 def build_sweep_deps(config: Settings, db: Database) -> SweepDeps:
     return SweepDeps(
         settings=config,
@@ -116,7 +131,7 @@ def sweep_deps() -> SweepDeps:
 
 
 def dispatch_deps() -> DispatchDeps:
-    return cached("dispatch", lambda: build_dispatch_deps(settings(), database()))
+    return cached("dispatch", lambda: build_dispatch_deps(settings(), dispatch_database()))
 
 
 def build_webhook_deps(config: Settings, db: Database) -> WebhookDeps:

@@ -28,6 +28,7 @@ DynamoDB write still admits only one provider call per idempotency key.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from shared.storage import sql
 from shared.webhooks import ProviderEventStore
 
 SQS_BATCH = 10
+SWEEPER_LEASE = "sweeper"
 BACKFILL_LOOKBACK_SECONDS = 24 * 3600
 
 
@@ -113,14 +115,22 @@ def _stale_grace(settings: Settings) -> int:
 
 @contextmanager
 def _single_flight(deps: SweepDeps) -> Iterator[bool]:
-    with deps.queue.db.connection() as conn:
-        row = conn.execute(sql.SWEEPER_TRY_LOCK).fetchone()
-        acquired = bool(row and row["locked"])
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                conn.execute(sql.SWEEPER_UNLOCK)
+    """One sweeper at a time, by a lease row rather than a session advisory lock: behind a
+    transaction-mode pooler the lock and the unlock could run in different server sessions,
+    leaking the lock (or, sharing a session, letting two sweepers both take it). A row is
+    the same through any pooler and needs no connection held open for the sweep. Its expiry
+    is the sweeper's Lambda timeout: the lease is taken after the invocation started, so it
+    outlives a holder Lambda killed. (Overlap, if a CLI sweep outlived it, is only wasted
+    work: every transition is a compare-and-set.)"""
+    db = deps.queue.db
+    lease = {"name": SWEEPER_LEASE, "holder": uuid.uuid4()}
+    acquired = db.fetch_one(sql.ACQUIRE_LEASE, {**lease, "seconds": deps.settings.sweeper_timeout_seconds})
+    try:
+        yield acquired is not None
+    finally:
+        if acquired is not None:
+            with db.connection() as conn:
+                conn.execute(sql.RELEASE_LEASE, lease)
 
 
 def _count(deps: SweepDeps, query: LiteralString, params: dict[str, Any]) -> int:

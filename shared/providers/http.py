@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 
 from shared.observability import logger
+from shared.providers.deadline import call_deadline
 from shared.providers.outcome import (
     PROVABLY_NOT_SENT,
     Channel,
@@ -240,12 +241,15 @@ class HttpAdapter(ABC):
         *,
         pauses: PausePolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
+        call_budget_seconds: float | None = None,
     ) -> None:
         self._client = client
         self._base_url = base_url.rstrip("/")
         self._token = token
         self._pauses = pauses or PausePolicy()
         self._clock = clock
+        # Enforced only by a client on ``DeadlineTransport`` (``registry.make_http_client``).
+        self._call_budget = call_budget_seconds
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self._base_url!r})"
@@ -268,7 +272,8 @@ class HttpAdapter(ABC):
             return SendOutcome.retry_later(None, f"{self.provider}:request_not_built", _safe(exc, token))
 
         try:
-            response = self._client.send(request)
+            with call_deadline(self._call_budget):
+                response = self._client.send(request)
         except Exception as exc:
             outcome = exception_outcome(exc)
             if outcome.reason == "network:unexpected_error":
@@ -415,8 +420,11 @@ class GraphAdapter(HttpAdapter):
         *,
         pauses: PausePolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
+        call_budget_seconds: float | None = None,
     ) -> None:
-        super().__init__(client, base_url, token, pauses=pauses, clock=clock)
+        super().__init__(
+            client, base_url, token, pauses=pauses, clock=clock, call_budget_seconds=call_budget_seconds
+        )
         self._api_version = api_version.strip("/")
 
     def __repr__(self) -> str:

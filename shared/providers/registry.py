@@ -12,6 +12,7 @@ from functools import partial
 import httpx
 
 from shared.config import Settings
+from shared.providers.deadline import DeadlineTransport
 from shared.providers.http import USER_AGENT, PausePolicy, build_timeout
 from shared.providers.messenger import MessengerSendAdapter
 from shared.providers.outcome import Channel, ProviderAdapter
@@ -32,19 +33,22 @@ def provider_timeout(settings: Settings) -> httpx.Timeout:
 
 
 def make_http_client(settings: Settings, *, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """On ``DeadlineTransport`` unless a test hands in another transport: the adapters' call
+    budget (``call_deadline``) is enforced at the socket by it."""
     # Headroom over send_concurrency: a pool wait would spend the call budget for nothing.
     connections = settings.send_concurrency * 2
+    limits = httpx.Limits(
+        max_connections=connections,
+        max_keepalive_connections=connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+    )
     return httpx.Client(
         timeout=provider_timeout(settings),
-        limits=httpx.Limits(
-            max_connections=connections,
-            max_keepalive_connections=connections,
-            keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
-        ),
+        limits=limits,
         # A redirected POST would be resent elsewhere: never follow one.
         follow_redirects=False,
         headers={"User-Agent": USER_AGENT},
-        transport=transport,
+        transport=transport or DeadlineTransport(limits),
     )
 
 
@@ -77,6 +81,7 @@ def build_adapters(
             partial(tokens.token_for, channel),
             settings.graph_api_version,
             pauses=pauses,
+            call_budget_seconds=settings.provider_call_budget_seconds,
         )
         for channel, adapter in graph_adapters.items()
     }
@@ -85,6 +90,7 @@ def build_adapters(
         settings.unipile_base_url,
         partial(tokens.token_for, Channel.LINKEDIN),
         pauses=pauses,
+        call_budget_seconds=settings.provider_call_budget_seconds,
     )
     return adapters
 

@@ -50,6 +50,7 @@ def migrate(
     migrations = bundled_migrations() if migrations is None else migrations
     applied: list[str] = []
     with db.connection() as conn, conn.transaction():
+        conn.execute(sql.MIGRATIONS_NO_STATEMENT_TIMEOUT)
         conn.execute(sql.MIGRATIONS_LOCK)
         conn.execute(sql.MIGRATIONS_TABLE)
         done = {row["version"]: row["checksum"] for row in conn.execute(sql.APPLIED_MIGRATIONS)}

@@ -18,6 +18,9 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 """
+# Schema changes on a large table may legitimately run long: lift a role-default statement
+# timeout (set for poolers, see docs/deploy.md) for the migration's own transaction only.
+MIGRATIONS_NO_STATEMENT_TIMEOUT: LiteralString = "SET LOCAL statement_timeout = 0"
 # Serialises concurrent migrators (two deploys, or a deploy racing `make demo`).
 MIGRATIONS_LOCK: LiteralString = "SELECT pg_advisory_xact_lock(hashtext('sendonce.migrations'))"
 APPLIED_MIGRATIONS: LiteralString = "SELECT version, checksum FROM schema_migrations ORDER BY version"
@@ -26,6 +29,10 @@ RECORD_MIGRATION: LiteralString = (
 )
 
 PING: LiteralString = "SELECT 1"
+# What this session really runs with (a startup option, a role default, a pooler's setting).
+STATEMENT_TIMEOUT_MS: LiteralString = (
+    "SELECT setting::bigint AS statement_timeout_ms FROM pg_settings WHERE name = 'statement_timeout'"
+)
 
 # --- claim ---------------------------------------------------------------------------------
 
@@ -415,8 +422,20 @@ QUEUE_ROW: LiteralString = "SELECT * FROM send_queue WHERE id = %(queue_id)s"
 
 # A lock held by one sweeper at a time; others skip the run (every change is a CAS anyway,
 # so this saves work rather than providing safety).
-SWEEPER_TRY_LOCK: LiteralString = "SELECT pg_try_advisory_lock(hashtext('sendonce.sweeper')) AS locked"
-SWEEPER_UNLOCK: LiteralString = "SELECT pg_advisory_unlock(hashtext('sendonce.sweeper'))"
+# Single flight by a lease row, not a session advisory lock (see migration 0006): taken only
+# if nobody holds it or the holder's lease ran out; returns a row only when taken.
+ACQUIRE_LEASE: LiteralString = """
+INSERT INTO single_flight_leases AS lease (name, holder, acquired_at, expires_at)
+VALUES (%(name)s, %(holder)s, now(), now() + make_interval(secs => %(seconds)s))
+ON CONFLICT (name) DO UPDATE
+SET holder = EXCLUDED.holder, acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at
+WHERE lease.expires_at <= now()
+RETURNING holder
+"""
+# Only the holder releases, so a holder that outlived its lease cannot free its successor's.
+RELEASE_LEASE: LiteralString = (
+    "DELETE FROM single_flight_leases WHERE name = %(name)s AND holder = %(holder)s"
+)
 
 # `claimed` rows were never offered to a provider (that happens only after `sending` is
 # committed), so an expired claim goes straight back to the queue with its attempt refunded.
@@ -589,7 +608,9 @@ WHERE q.id = %(queue_id)s
 # Holds the row while a decision forgets its idempotency record and requeues it, so nothing
 # can claim or change it in between.
 LOCK_FOR_DECISION: LiteralString = """
-SELECT id FROM send_queue
+SELECT id, claimed_at, claimed_at + make_interval(secs => %(lease_seconds)s) AS lease_ends_at,
+       claimed_at IS NULL OR claimed_at + make_interval(secs => %(lease_seconds)s) < now() AS lease_over
+FROM send_queue
 WHERE id = %(queue_id)s AND status = %(expected_status)s::queue_status
   AND claim_token IS NOT DISTINCT FROM %(claim_token)s
 FOR UPDATE

@@ -30,7 +30,7 @@ from shared.events import DispatchRequest
 from shared.idempotency import GuardResult, ProvesUnsent, SendGuard
 from shared.providers.outcome import SendOutcome
 from shared.queue import ClaimedMessage, QueueRepository
-from shared.runtime import build_dispatch_deps, database, settings
+from shared.runtime import build_dispatch_deps, dispatch_database, settings
 
 
 def _stop_self(sig: signal.Signals) -> None:
@@ -64,7 +64,7 @@ class PauseBeforeGate(SendGuard):
 
 def main(mode: str) -> int:
     config = settings()
-    deps = build_dispatch_deps(config, database())
+    deps = build_dispatch_deps(config, dispatch_database())
     if mode == "kill-after-send":
         deps.queue = KillAfterSend(deps.queue.db)
     elif mode == "pause-before-sending":

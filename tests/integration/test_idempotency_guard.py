@@ -365,3 +365,22 @@ def test_dispatcher_client_makes_at_most_the_attempts_the_budget_counts(
     with pytest.raises(BotoCoreError):
         client.get_item(TableName=aws.idempotency_table, Key={"id": {"S": "any"}})
     assert lossy.dropped["GetItem"] == attempts
+
+
+def test_dispatcher_client_stamps_the_writer_from_its_helper_thread(
+    monkeypatch: pytest.MonkeyPatch, aws: LocalAwsResources, lossy: LossyProxy, guard: SendGuard
+) -> None:
+    """The dispatcher's client runs each call on a helper thread (its wall-clock budget). The
+    writer id must reach the put's hook there, or a retry after a lost answer meets an
+    unsigned record, takes it for a rival's, and the message is not sent."""
+    for name, value in {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": lossy.endpoint}.items():
+        monkeypatch.setenv(name, value)
+    lossy.lose_responses("PutItem", 1)
+    bounded = SendGuard.for_table(
+        aws.idempotency_table, 3600, boto3_client=dynamodb_client(Settings(dynamodb_max_attempts=2))
+    )
+    send = CountingSend(SendOutcome.sent("wamid.lost-answer"))
+    result = bounded.deliver_once(KEY, send)
+    assert (lossy.dropped["PutItem"], lossy.forwarded["PutItem"]) == (1, 1), "the put was retried"
+    assert result.verdict is GuardVerdict.CALLED
+    assert send.calls == 1

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from devstack.aws import LocalAwsResources
-from devstack.testing import make_settings
+from devstack.testing import make_settings, outlive_claims
 from shared.enqueue import enqueue_campaign
 from shared.events import EnqueueRequest
 from shared.idempotency import RecordState, SendGuard
@@ -89,6 +89,7 @@ def to_status(
                 else f"{outcome.provider_message_id}-{m.queue_id}"
             )
             queue.settle_sent(m, outcome.model_copy(update={"provider_message_id": unique}))
+    outlive_claims(queue.db)
     return messages
 
 
@@ -238,6 +239,24 @@ def test_operator_decisions_are_applied_and_recorded(
     assert decision is not None and decision["decided_by"] == "operator:alice"
     with pytest.raises(DecisionError, match="only unknown rows"):
         resolve(deps, m.queue_id, action, "bob", "again")
+
+
+def test_a_resend_waits_until_the_invocation_that_claimed_the_row_has_stopped(
+    database: Database, queue: QueueRepository, guard: SendGuard, deps: ReconcileDeps
+) -> None:
+    """A worker paused past its lease could still call the provider; forgetting its record
+    then lets a second call through (the model check's counterexample). So a resend, or a
+    redrive, refuses until the last claim's lease has run out."""
+    enqueue(database)
+    [m] = to_status(queue, guard, QueueStatus.UNKNOWN, SendOutcome.ambiguous("x"))
+    with database.connection() as conn:
+        conn.execute("UPDATE send_queue SET claimed_at = now()")
+    with pytest.raises(DecisionError, match="may run until"):
+        resolve(deps, m.queue_id, OperatorAction.RESEND, "alice", "impatient")
+    assert status_of(database, m.queue_id) == "unknown"
+    assert guard.lookup(m.idempotency_key).state is RecordState.COMPLETED, "the record was not forgotten"
+    outlive_claims(database)
+    assert resolve(deps, m.queue_id, OperatorAction.RESEND, "alice", "after the lease") == "pending"
 
 
 def test_operator_cannot_touch_sent_rows(

@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
 
@@ -16,8 +15,9 @@ from devstack.testing import enqueue_contacts, expire_leases, make_settings
 from shared.idempotency import KEY_PREFIX, BlockingDynamoDBPersistenceLayer, SendGuard
 from shared.providers.outcome import SendOutcome
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
+from shared.storage import sql
 from shared.storage.db import Database
-from shared.sweeper import SweepDeps, sweep
+from shared.sweeper import SWEEPER_LEASE, SweepDeps, sweep
 
 pytestmark = pytest.mark.integration
 
@@ -170,10 +170,13 @@ def test_unreadable_store_changes_nothing(
 
 
 @pytest.fixture
-def held_sweeper_lock(db_url: str) -> Iterator[None]:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(hashtext('sendonce.sweeper'))")
-        yield
+def held_sweeper_lock(database: Database) -> Iterator[None]:
+    """Another sweeper is mid-run: it holds the single-flight lease."""
+    lease = {"name": SWEEPER_LEASE, "holder": uuid.uuid4()}
+    assert database.fetch_one(sql.ACQUIRE_LEASE, {**lease, "seconds": 120}) is not None
+    yield
+    with database.connection() as conn:
+        conn.execute(sql.RELEASE_LEASE, lease)
 
 
 def test_a_second_sweeper_skips_while_one_runs(
@@ -221,3 +224,14 @@ def test_failed_rows_are_dead_lettered_once_with_their_details(
     assert first["attempts"] == 1
     assert first["idempotency_key"].startswith("so1-")
     assert "undeliverable" in first["last_error"]
+
+
+def test_a_killed_sweepers_lease_expires(
+    database: Database, sweeper: SweepDeps, held_sweeper_lock: None
+) -> None:
+    """A sweeper Lambda killed mid-run never releases its lease; its expiry frees it."""
+    assert not sweep(sweeper).ran
+    with database.connection() as conn:
+        conn.execute("UPDATE single_flight_leases SET expires_at = now() - interval '1 second'")
+    assert sweep(sweeper).ran
+    assert sweep(sweeper).ran, "a finished sweep releases its lease"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from devstack.fake_provider import FakeProvider
-from devstack.testing import TEST_TOKENS, enqueue_contacts
+from devstack.testing import TEST_TOKENS, enqueue_contacts, outlive_claims
 from shared.config import Settings
 from shared.dispatch import DispatchDeps, dispatch
 from shared.events import DispatchRequest
@@ -117,6 +117,7 @@ def test_dispatcher_settles_unknown_codes_unknown_and_redrive_refuses_them(
         assert record.outcome is not None and record.outcome.kind is OutcomeKind.AMBIGUOUS
 
     reconcile = ReconcileDeps(settings, queue, guard)
+    outlive_claims(database)
     # Even an operator's "fail" does not make them redrivable: the attempt was ambiguous.
     for row in rows.values():
         resolve(reconcile, row["id"], OperatorAction.FAIL, "alice", "gave up waiting for evidence")

@@ -92,8 +92,23 @@ def test_a_timeout_too_short_for_a_provider_call_is_rejected_at_cold_start() -> 
 
 def test_stop_margin_includes_both_dynamodb_writes() -> None:
     settings = Settings()
-    expected = settings.provider_call_budget_seconds + 2 * settings.dynamodb_call_budget_seconds + 5
+    expected = (
+        settings.provider_call_budget_seconds
+        + 2 * settings.dynamodb_call_budget_seconds
+        + 2 * settings.postgres_statement_budget_seconds
+        + 5
+    )
     assert settings.stop_claiming_margin_ms == int(expected * 1000)
+
+
+def test_stop_margin_includes_both_postgres_statements_and_their_pool_waits() -> None:
+    """mark_sending and the settle statement each wait for a pooled connection, then run
+    under statement_timeout: both are in the margin (71 s with the defaults)."""
+    base = Settings()
+    assert base.postgres_statement_budget_seconds == 2 + 3
+    assert base.stop_claiming_margin_ms == 71_000
+    slower = Settings(dispatcher_timeout_seconds=300, db_pool_wait_seconds=3, db_statement_timeout_seconds=5)
+    assert slower.stop_claiming_margin_ms - base.stop_claiming_margin_ms == 2 * (1 + 2) * 1000
 
 
 def test_powertools_kill_switch_is_refused_at_cold_start(monkeypatch: pytest.MonkeyPatch) -> None:
