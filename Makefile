@@ -68,7 +68,7 @@ test-infra: $(STAMP) $(SAM)  ## cfn-lint, sam validate --lint, sam build, templa
 lint: $(STAMP)  ## ruff and mypy
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy shared devstack functions/*/app.py tests
 
-bench: $(STAMP)  ## Throughput and per-stage time of overlapping dispatchers against the fake provider
+bench: $(STAMP)  ## Benchmarks: throughput, pacing, fairness, claim at scale (BENCH_ARGS="pacing --rate 30")
 	$(PY) -m devstack.bench $(BENCH_ARGS)
 
 sam-build: $(SAM)  ## sam build (needs python3.12 on PATH, found by scripts/find-python.sh)

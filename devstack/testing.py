@@ -108,3 +108,41 @@ def enqueue_contacts(
         ),
     )
     return campaign
+
+
+def build_backlog(db: Database, rows: int, *, senders: int) -> None:
+    """``rows`` due rows spread over ``senders`` WhatsApp senders with two campaigns each,
+    inserted in bulk with SQL (fast at a million rows; the enqueue path is tested on its own),
+    then analysed, as a settled production table would be."""
+    with db.connection() as conn, conn.transaction():
+        conn.execute(
+            "INSERT INTO sender_accounts (channel, provider_account_id)"
+            " SELECT 'whatsapp', 'bulk-' || g FROM generate_series(1, %(senders)s) g",
+            {"senders": senders},
+        )
+        conn.execute(
+            "INSERT INTO campaigns (name, sender_account_id)"
+            " SELECT 'bulk', s.id FROM sender_accounts s, generate_series(1, 2)"
+        )
+        conn.execute(
+            "INSERT INTO campaign_senders (campaign_id, sender_account_id)"
+            " SELECT id, sender_account_id FROM campaigns"
+        )
+        conn.execute(
+            "INSERT INTO contacts (channel, address)"
+            " SELECT 'whatsapp', (15550000000 + g)::text FROM generate_series(1, %(rows)s) g",
+            {"rows": rows},
+        )
+        conn.execute(
+            """
+            INSERT INTO send_queue
+                (campaign_id, contact_id, sender_account_id, message_type, body, scheduled_for)
+            SELECT cp.id, c.id, cp.sender_account_id, 'intro', 'hello', now() - interval '1 hour'
+            FROM (SELECT id, row_number() OVER () AS n FROM contacts) c
+            JOIN (SELECT id, sender_account_id, row_number() OVER () - 1 AS k FROM campaigns) cp
+              ON cp.k = c.n %% (2 * %(senders)s)
+            """,
+            {"senders": senders},
+        )
+    with db.connection() as conn:
+        conn.execute("VACUUM ANALYZE")

@@ -14,7 +14,7 @@ from typing import Any, LiteralString
 import psycopg
 import pytest
 
-from devstack.testing import enqueue_contacts
+from devstack.testing import build_backlog, enqueue_contacts
 from shared.pacing import ChannelDefaults, EffectivePacing, PacingPolicy, SenderPacing, window_open
 from shared.providers.outcome import Channel
 from shared.queue import ClaimedMessage, QueueRepository
@@ -216,40 +216,6 @@ BACKLOG = 200_000
 SENDERS = 20
 
 
-def _large_backlog(database: Database) -> None:
-    """200,000 due rows over 20 senders and 40 campaigns, inserted in bulk (the enqueue path
-    is tested elsewhere; this is about the plan)."""
-    with database.connection() as conn, conn.transaction():
-        conn.execute(
-            "INSERT INTO sender_accounts (channel, provider_account_id)"
-            " SELECT 'whatsapp', 'bulk-' || g FROM generate_series(1, %(senders)s) g",
-            {"senders": SENDERS},
-        )
-        conn.execute(
-            "INSERT INTO campaigns (name, sender_account_id)"
-            " SELECT 'bulk', s.id FROM sender_accounts s, generate_series(1, 2)"
-        )
-        conn.execute(
-            "INSERT INTO campaign_senders (campaign_id, sender_account_id) SELECT id, sender_account_id FROM campaigns"
-        )
-        conn.execute(
-            "INSERT INTO contacts (channel, address)"
-            " SELECT 'whatsapp', (15550000000 + g)::text FROM generate_series(1, %(rows)s) g",
-            {"rows": BACKLOG},
-        )
-        conn.execute(
-            """
-            INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, scheduled_for)
-            SELECT cp.id, c.id, cp.sender_account_id, 'intro', 'hello', now() - interval '1 hour'
-            FROM (SELECT id, row_number() OVER () AS n FROM contacts) c
-            JOIN (SELECT id, sender_account_id, row_number() OVER () - 1 AS k FROM campaigns) cp
-              ON cp.k = c.n %% (2 * %(senders)s)
-            """,
-            {"senders": SENDERS},
-        )
-        conn.execute("ANALYZE")
-
-
 def _plan(database: Database, query: LiteralString, params: dict[str, Any]) -> dict[str, Any]:
     """The executed plan of ``query``, in a transaction that is rolled back."""
     plan: dict[str, Any] = {}
@@ -271,7 +237,7 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
 def test_the_claim_reads_o_batch_rows_at_a_large_backlog(database: Database) -> None:
     """With the planner's eyes: at 200,000 due rows no step of the claim scans the queue, and
     the rows it reads from send_queue stay within a small multiple of the batch."""
-    _large_backlog(database)
+    build_backlog(database, BACKLOG, senders=SENDERS)
     now = db_now(database)
     lock = _plan(database, sql.LOCK_DUE_SENDERS, {"now": now, "limit": 25})
     senders = database.fetch_all("SELECT id FROM sender_accounts ORDER BY id LIMIT 25")

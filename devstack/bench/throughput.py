@@ -1,4 +1,5 @@
-"""``make bench``: messages through overlapping dispatcher processes against the fake provider.
+"""The throughput scenario: messages through overlapping dispatcher processes against the fake
+provider.
 
 For each (dispatchers, provider latency) configuration it enqueues N messages into a fresh
 database on an embedded Postgres (fsync on), starts the dispatchers as separate OS processes
@@ -11,28 +12,24 @@ running the real handler, and reports:
 * peak RSS of a dispatcher process;
 * ratios between configurations (scaling with processes, cost of latency).
 
-``make bench BENCH_ARGS="--messages 5000 --dispatchers 1 4 8 --latency-ms 0 50"``
+``python -m devstack.bench throughput --messages 5000 --dispatchers 1 4 8 --latency-ms 0 50``
 Results are also written as JSON to bench-results/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 from rich.table import Table
 
-from devstack.stack import ROOT, LocalStack
-from devstack.terminal import make_console
+from devstack.bench.common import DISPATCH_EVENT, console, summary, write_results
+from devstack.stack import LocalStack
 from devstack.testing import enqueue_contacts
 from shared.queue import QueueRepository
-
-console = make_console()
 
 
 @dataclass
@@ -57,9 +54,10 @@ def run_one(messages: int, dispatchers: int, latency_ms: int, concurrency: int) 
         addresses = [f"1555{i:07d}" for i in range(messages)]
         enqueue_contacts(stack.db, "whatsapp", addresses, sender="bench-sender", body="benchmark message")
         stack.provider.set_faults({"latency_ms": latency_ms})
-        event = ROOT / "events" / "dispatcher-scheduled.json"
         started = time.perf_counter()
-        invocations = [stack.spawn("dispatcher", event, log_name=f"bench-{n}") for n in range(dispatchers)]
+        invocations = [
+            stack.spawn("dispatcher", DISPATCH_EVENT, log_name=f"bench-{n}") for n in range(dispatchers)
+        ]
         reports = [inv.finish(timeout=1800) for inv in invocations]
         wall = time.perf_counter() - started
 
@@ -91,17 +89,14 @@ def run_one(messages: int, dispatchers: int, latency_ms: int, concurrency: int) 
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--dispatchers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--latency-ms", type=int, nargs="+", default=[0, 50])
     parser.add_argument("--concurrency", type=int, default=8, help="sends in flight per dispatcher")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
-    args = parser.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> int:
     results: list[BenchResult] = []
     for latency in args.latency_ms:
         for dispatchers in args.dispatchers:
@@ -142,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     for line in ratios(results):
         console.print(line)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps([asdict(r) for r in results], indent=2))
-    console.print(f"written {path}")
+    write_results("throughput", results)
+    best = max(results, key=lambda r: r.messages_per_second)
+    summary(
+        "throughput",
+        f"best {best.messages_per_second:.1f} msg/s ({best.dispatchers} dispatchers, {best.latency_ms} ms), "
+        f"duplicates {sum(r.duplicates for r in results)}",
+    )
     return 0 if all(r.duplicates == 0 and r.sent == r.messages for r in results) else 1
 
 
@@ -172,7 +169,3 @@ def ratios(results: list[BenchResult]) -> list[str]:
                 f"{slow.messages_per_second / fast.messages_per_second:.2f}x throughput"
             )
     return lines
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""``make bench``: the benchmarks, one module per scenario (see ``python -m devstack.bench --help``)."""
