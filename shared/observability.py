@@ -2,10 +2,17 @@
 
 Dispatch threads count into a ``Tally``; the handler's thread turns it into EMF metrics once
 per invocation, so metric emission never races and every figure is also in the return value.
+
+Contact data stays out of logs. Nothing here logs an address or a message body on purpose,
+and every log line also passes through ``PiiScrubbingFormatter``: the last defence against an
+address that reaches a log by way of an error message (a database constraint's DETAIL, a
+provider's error text). It masks the recipient forms sendonce stores: phone numbers as digit
+runs, Messenger PSIDs and LinkedIn (Unipile) member ids.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -14,9 +21,29 @@ from contextlib import contextmanager
 from enum import StrEnum
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+from aws_lambda_powertools.logging.types import LogRecord
 from aws_lambda_powertools.metrics import MetricUnit
 
-logger = Logger()
+# A standalone run of 8-20 digits (phone numbers in E.164 digits, Messenger PSIDs), not part
+# of a longer token (a hex idempotency key, a timestamp, a decimal, a UUID).
+_DIGIT_RUN = re.compile(r"(?<![\w.:/-])\+?(\d{3})\d{3,15}(\d{2})(?![\w.:/-])")
+# LinkedIn member ids as Unipile returns them (``ACoAAA...``, ``ACwAAA...``).
+_LINKEDIN_ID = re.compile(r"\bAC[a-z]A[A-Za-z0-9_-]{6,}")
+
+
+def scrub(text: str) -> str:
+    """``text`` with recipient identifiers masked: first 3 and last 2 digits of a number kept."""
+    text = _DIGIT_RUN.sub(lambda m: f"{m.group(1)}***{m.group(2)}", text)
+    return _LINKEDIN_ID.sub(lambda m: f"{m.group(0)[:5]}***", text)
+
+
+class PiiScrubbingFormatter(LambdaPowertoolsFormatter):
+    def serialize(self, log: LogRecord) -> str:
+        return scrub(super().serialize(log))
+
+
+logger = Logger(logger_formatter=PiiScrubbingFormatter())
 metrics = Metrics(namespace="sendonce")
 tracer = Tracer()
 

@@ -100,11 +100,18 @@ def sweep(deps: SweepDeps) -> SweepReport:
         suspects = detect_duplicates(deps.queue.db)
         report.duplicates_suspected = len(suspects)
         if suspects:
-            logger.error("suspected duplicate deliveries", extra={"suspects": suspects[:20]})
+            logger.error(
+                "suspected duplicate deliveries", extra={"suspects": _without_recipients(suspects[:20])}
+            )
         report.unknown_rows = _count(deps, sql.UNKNOWN_ROWS, {})
     _emit(report)
     logger.info("sweep finished", extra={"report": report.model_dump()})
     return report
+
+
+def _without_recipients(suspects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Suspects as logged: queue ids and keys to investigate with, not the person's address."""
+    return [{key: value for key, value in suspect.items() if key != "recipient"} for suspect in suspects]
 
 
 def _stale_grace(settings: Settings) -> int:
@@ -265,13 +272,15 @@ def publish_dead_letters(deps: SweepDeps) -> int:
 
 
 def dead_letter_record(row: dict[str, Any]) -> dict[str, Any]:
+    """What the failed-messages queue keeps for 14 days: ids to look the message up with
+    (``sendonce audit``), never the recipient's address or the message text."""
     return {
         "type": "sendonce.message_failed",
         "queue_id": row["queue_id"],
         "idempotency_key": row["idempotency_key"],
         "campaign_id": str(row["campaign_id"]),
         "channel": row["channel"],
-        "recipient": row["recipient"],
+        "contact_id": str(row["contact_id"]),
         "message_type": row["message_type"],
         "attempts": row["attempts"],
         "reason": row["failure_reason"],

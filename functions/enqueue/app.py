@@ -13,7 +13,7 @@ settings()  # validate configuration at cold start
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)  # responses name contacts
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = parse_event(EnqueueRequest, event)
     return enqueue_campaign(database(), request, max_attempts=settings().max_attempts).model_dump(mode="json")

@@ -485,7 +485,7 @@ WHERE status IN ('claimed', 'sending') AND lease_expires_at < now() - make_inter
 UNKNOWN_ROWS: LiteralString = "SELECT count(*) AS n FROM send_queue WHERE status = 'unknown'"
 
 DEAD_LETTER_BATCH: LiteralString = """
-SELECT q.id AS queue_id, q.idempotency_key, q.campaign_id, c.channel::text AS channel, c.address AS recipient,
+SELECT q.id AS queue_id, q.idempotency_key, q.campaign_id, c.channel::text AS channel, q.contact_id,
        q.message_type, q.attempts, q.failure_reason, q.last_error, q.updated_at AS failed_at
 FROM send_queue q JOIN contacts c ON c.id = q.contact_id
 WHERE q.status = 'failed' AND q.dead_lettered_at IS NULL
