@@ -10,15 +10,17 @@ TOOLS_VENV := .venv-tools
 SAM := $(TOOLS_VENV)/bin/sam
 STAMP := $(VENV)/.installed
 
-.PHONY: help install pgbouncer demo test test-unit test-model test-integration test-chaos test-infra lint typecheck bench sam-build clean
+.PHONY: help install lock pgbouncer demo test test-unit test-model test-integration test-chaos test-infra lint typecheck bench sam-build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
+# Installs are from the locks, every package checked against its hash. The dev lock holds the
+# runtime packages too, at the same versions as the layer's lock.
 $(STAMP): pyproject.toml layers/deps/requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==25.3
-	$(PY) -m pip install --quiet -r layers/deps/requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
@@ -34,8 +36,15 @@ pgbouncer:  ## Install the pgbouncer binary the integration tests run in front o
 
 $(SAM): requirements-tools.txt
 	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON_BOOTSTRAP) -m venv $(TOOLS_VENV)
-	$(TOOLS_VENV)/bin/pip install --quiet -r requirements-tools.txt
+	$(TOOLS_VENV)/bin/pip install --quiet --require-hashes -r requirements-tools.txt
 	@touch $(SAM)
+
+UV_COMPILE := $(TOOLS_VENV)/bin/uv pip compile --generate-hashes --python-version 3.12 --quiet
+
+lock: $(SAM)  ## Regenerate the locks (with hashes) after editing a *.in file of pins
+	$(UV_COMPILE) layers/deps/requirements.in -o layers/deps/requirements.txt
+	$(UV_COMPILE) requirements-dev.in -o requirements-dev.txt
+	$(UV_COMPILE) requirements-tools.in -o requirements-tools.txt
 
 demo: $(STAMP)  ## Run the local stack end to end: Postgres, moto, fake provider, overlapping dispatchers
 	$(PY) -m devstack.demo

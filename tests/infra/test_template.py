@@ -270,6 +270,31 @@ def test_build_layer_has_linux_x86_64_py312_dependencies(built: Path, template: 
         )
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_build_layer_holds_exactly_the_locked_packages(built: Path) -> None:
+    """The layer is built from the lock, and nothing else: every package at its locked version
+    (and so with its locked hash, which pip checks while building)."""
+    lock = (ROOT / "layers" / "deps" / "requirements.txt").read_text()
+    locked = {
+        (_canonical(name), version)
+        for name, version in re.findall(r"^([A-Za-z0-9_.\-]+)==([^\s\\]+)", lock, flags=re.MULTILINE)
+    }
+    assert locked and lock.count("--hash=sha256:") >= len(locked), "every locked package carries its hashes"
+    installed = {
+        (
+            _canonical(info.name.removesuffix(".dist-info").rsplit("-", 1)[0]),
+            info.name.removesuffix(".dist-info").rsplit("-", 1)[1],
+        )
+        for info in (built / "DependenciesLayer" / "python").glob("*.dist-info")
+    }
+    assert installed == locked, (
+        f"not locked: {sorted(installed - locked)}; missing: {sorted(locked - installed)}"
+    )
+
+
 # --- functions -------------------------------------------------------------------------------
 
 
