@@ -10,7 +10,7 @@ TOOLS_VENV := .venv-tools
 SAM := $(TOOLS_VENV)/bin/sam
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lock pgbouncer demo test test-unit test-model test-integration test-chaos test-infra lint typecheck bench sam-build clean
+.PHONY: help install lock pgbouncer up down env demo test test-unit test-model test-integration test-chaos test-infra lint typecheck bench sam-build clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -45,6 +45,15 @@ lock: $(SAM)  ## Regenerate the locks (with hashes) after editing a *.in file of
 	$(UV_COMPILE) layers/deps/requirements.in -o layers/deps/requirements.txt
 	$(UV_COMPILE) requirements-dev.in -o requirements-dev.txt
 	$(UV_COMPILE) requirements-tools.in -o requirements-tools.txt
+
+up: $(STAMP)  ## Start the local stack and keep it running (Postgres, moto, fake provider); prints its env
+	@$(PY) -m devstack.up start
+
+down: $(STAMP)  ## Stop the local stack started by `make up`
+	@$(PY) -m devstack.up stop
+
+env: $(STAMP)  ## Print the running local stack's environment: eval "$$(make -s env)"
+	@$(PY) -m devstack.up env
 
 demo: $(STAMP)  ## Run the local stack end to end: Postgres, moto, fake provider, overlapping dispatchers
 	$(PY) -m devstack.demo

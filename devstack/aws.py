@@ -102,6 +102,11 @@ class LocalAwsResources:
     secret_ids: dict[str, str]
 
 
+def secret_name(prefix: str, field_name: str) -> str:
+    """The secret a ``*_secret_id`` setting names in a stack with this prefix."""
+    return f"{prefix}/{field_name.removesuffix('_secret_id').replace('_', '-')}"
+
+
 def provision(endpoint: str | None, prefix: str = "sendonce") -> LocalAwsResources:
     """Create what template.yaml creates: the idempotency table (Powertools layout, TTL on
     ``expiration``), the failed-messages queue and the provider secrets."""
@@ -123,7 +128,7 @@ def provision(endpoint: str | None, prefix: str = "sendonce") -> LocalAwsResourc
     secrets = aws_client("secretsmanager", endpoint)
     secret_ids: dict[str, str] = {}
     for field_name, value in TEST_SECRETS.items():
-        name = f"{prefix}/{field_name.removesuffix('_secret_id').replace('_', '-')}"
+        name = secret_name(prefix, field_name)
         try:
             secrets.create_secret(Name=name, SecretString=value)
         except secrets.exceptions.ResourceExistsException:

@@ -176,7 +176,8 @@ def ref_name(expr: Any) -> str:
 
 
 def event_files() -> list[Path]:
-    return sorted(p for p in EVENTS_DIR.glob("*.json"))
+    # env.json is the environment for `sam local invoke --env-vars`, not an event.
+    return sorted(p for p in EVENTS_DIR.glob("*.json") if p.name != "env.json")
 
 
 def model_for(path: Path) -> type[BaseModel]:
