@@ -69,7 +69,9 @@ def unsettled(stack: LocalStack) -> int:
 
 
 def has_claimed_a_batch(dispatcher: Invocation) -> bool:
-    return '"claimed batch"' in dispatcher.stderr_path.read_text(errors="replace")
+    return '"claimed batch"' in dispatcher.stdout_path.read_text(
+        errors="replace"
+    )  # Powertools logs to stdout
 
 
 # The stall check below fails the test when nothing settles for STALL_SECONDS, so a long run
