@@ -39,12 +39,18 @@ TEST_SECRETS: Mapping[str, str] = {
 }
 
 
-def wait_for_port(port: int, timeout_seconds: float = 30.0) -> None:
+def wait_for_port(
+    port: int, timeout_seconds: float = 30.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Until something listens on the port. Given the ``process`` that should, a process that
+    exited fails at once, so ``timeout_seconds`` can be generous enough for a busy machine."""
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited ({process.returncode}) before listening on {port}")
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_seconds}s")
 
@@ -70,7 +76,9 @@ class MotoServer(Service):
             stderr=subprocess.STDOUT,
             env={**os.environ, **FAKE_CREDENTIALS},
         )
-        wait_for_port(self.port)
+        # About a second when idle; a loaded machine may take many times that. A moto that
+        # died is reported at once instead.
+        wait_for_port(self.port, timeout_seconds=300, process=self._process)
         return self
 
     def stop(self) -> None:

@@ -130,15 +130,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _drain_retries(stack: LocalStack) -> None:
+    """Further invocations for rows put back with a backoff, or released unsent by an
+    invocation that ran out of time (on a busy machine), each once the earliest row is due.
+    It ends when nothing is pending, or when an invocation finds nothing it can claim (the
+    verdict then names the rows left)."""
     queue = QueueRepository(stack.db)
-    for _ in range(10):
+    while True:
         pending, wait = queue.next_pending()
         if not pending:
             return
-        time.sleep(max(0.0, min(wait, 5.0)) + 0.1)
-        stack.spawn(
+        time.sleep(max(0.0, min(wait, 60.0)) + 0.1)
+        report = stack.spawn(
             "dispatcher", ROOT / "events" / "dispatcher-scheduled.json", log_name="dispatcher-retry"
         ).finish()
+        if not report["counts"]["Claimed"]:
+            return
 
 
 def _report(stack: LocalStack, results: list[dict[str, object]], elapsed: float) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
-import time
 from collections import Counter
 from typing import Any
 
@@ -12,12 +12,12 @@ import pytest
 from botocore.config import Config as BotoConfig
 
 from devstack.aws import LocalAwsResources, aws_client
-from devstack.lambda_context import LocalLambdaContext
 from devstack.lossy_proxy import LossyProxy
 from devstack.testing import enqueue_contacts, expire_leases
 from shared.dispatch import DispatchDeps, dispatch
 from shared.events import DispatchRequest
 from shared.idempotency import RecordState, SendGuard
+from shared.providers.outcome import Channel, OutboundMessage, ProviderAdapter, SendOutcome
 from shared.queue import QueueRepository
 from shared.storage.db import Database, DatabaseUnavailableError
 from shared.sweeper import SweepDeps, sweep
@@ -37,6 +37,8 @@ class Remaining:
 
 
 PLENTY = Remaining(10 * 60 * 1000)
+# A hang guard for waits on another thread: never reached when the code under test is right.
+HANG_GUARD_SECONDS = 120
 
 
 def enqueue(
@@ -205,7 +207,9 @@ def test_accepted_but_unanswered_sends_become_unknown_and_are_never_resent(
     database: Database, deps: DispatchDeps, fake_provider: Any, action: str
 ) -> None:
     enqueue(database, "whatsapp", ["15550000009"])
-    fake_provider.set_faults([{"action": action, "hold_ms": 8000}])
+    # Held far longer than the read timeout (5 s), so the client gives up first however slow
+    # the machine is.
+    fake_provider.set_faults([{"action": action, "hold_ms": 600_000}])
     report = dispatch(deps, MANUAL, PLENTY)
     assert report.counts["Ambiguous"] == 1
     assert [r["status"] for r in rows(database)] == ["unknown"]
@@ -327,6 +331,33 @@ def test_max_batches_bounds_an_invocation(database: Database, deps: DispatchDeps
     assert (report.batches, report.counts["Sent"], report.stopped_because) == (1, 10, "max_batches reached")
 
 
+class AnswerHeldBack:
+    """The real adapter, with its answer held back until the test releases it: the provider
+    has accepted the message, and the invocation is still waiting for the response."""
+
+    def __init__(self, adapter: ProviderAdapter) -> None:
+        self.adapter = adapter
+        self.channel = adapter.channel
+        self.accepted = threading.Event()
+        self.release = threading.Event()
+
+    def send(self, message: OutboundMessage) -> SendOutcome:
+        outcome = self.adapter.send(message)
+        self.accepted.set()
+        self.release.wait(HANG_GUARD_SECONDS)
+        return outcome
+
+
+class DeadlineOnCue:
+    """A Lambda context with plenty of time left until the test lets its deadline pass."""
+
+    def __init__(self) -> None:
+        self.passed = threading.Event()
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 0 if self.passed.is_set() else PLENTY.millis
+
+
 def test_send_that_outlives_its_deadline_is_not_rerun_by_a_second_invocation(
     database: Database, deps: DispatchDeps, fake_provider: Any, queue: QueueRepository, guard: SendGuard
 ) -> None:
@@ -334,19 +365,22 @@ def test_send_that_outlives_its_deadline_is_not_rerun_by_a_second_invocation(
     rescuer then hands the row to invocation B. B finds the INPROGRESS record and does not
     call; A finishes; the sweeper settles the row from A's COMPLETED record."""
     enqueue(database, "whatsapp", ["15550000042"])
-    fake_provider.set_faults([{"action": "latency", "ms": 2500}])
-    short_lived = LocalLambdaContext(timeout_seconds=60)
-    first = threading.Thread(target=dispatch, args=(deps, MANUAL, short_lived))
+    in_flight = AnswerHeldBack(deps.adapters[Channel.WHATSAPP])
+    invocation_a = dataclasses.replace(deps, adapters={**deps.adapters, Channel.WHATSAPP: in_flight})
+    deadline = DeadlineOnCue()
+    first = threading.Thread(target=dispatch, args=(invocation_a, MANUAL, deadline))
     first.start()
-    deadline = time.monotonic() + 30
-    while not any(r["status"] == "sending" for r in rows(database)):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    time.sleep(0.5)  # the call is in flight at the provider
-    with database.connection() as conn:  # the rescuer every seed incident had
-        conn.execute("UPDATE send_queue SET status = 'pending', claim_token = NULL, lease_expires_at = NULL")
-    second = dispatch(deps, MANUAL, PLENTY)
-    first.join()
+    try:
+        assert in_flight.accepted.wait(HANG_GUARD_SECONDS), "the provider never received the message"
+        deadline.passed.set()
+        with database.connection() as conn:  # the rescuer every seed incident had
+            conn.execute(
+                "UPDATE send_queue SET status = 'pending', claim_token = NULL, lease_expires_at = NULL"
+            )
+        second = dispatch(deps, MANUAL, PLENTY)
+    finally:
+        in_flight.release.set()
+        first.join(HANG_GUARD_SECONDS)
     assert second.counts["DuplicatePrevented"] == 1
     assert second.counts["Sent"] == 0
     assert sum(accepted(fake_provider).values()) == 1

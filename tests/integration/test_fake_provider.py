@@ -45,6 +45,9 @@ SENDERS = {
     Channel.LINKEDIN: "unipile-acct-1",
 }
 CHANNELS = list(Channel)
+# How long a wait gives up after: a hang guard, never reached when the code under test is
+# right, however busy the machine is.
+HANG_GUARD_SECONDS = 300
 
 
 # The session's fake provider and control client (tests/conftest.py), under shorter names.
@@ -85,6 +88,21 @@ def adapters(fake: FakeProvider, client: httpx.Client) -> dict[Channel, Provider
 def impatient(fake: FakeProvider) -> Iterator[dict[Channel, ProviderAdapter]]:
     """Adapters whose read timeout is far shorter than the fake's hold."""
     settings = settings_for(fake.url, provider_read_timeout_seconds=0.5)
+    with make_http_client(settings) as http:
+        yield build_adapters(settings, http, StaticTokenSource(TOKENS))
+
+
+@pytest.fixture
+def patient(fake: FakeProvider) -> Iterator[dict[Channel, ProviderAdapter]]:
+    """Adapters with the longest timeouts Settings allows, for tests about what the fake
+    accepts rather than how fast: on a busy machine a short timeout would turn a slow answer
+    into an ambiguous outcome."""
+    settings = settings_for(
+        fake.url,
+        provider_connect_timeout_seconds=30.0,
+        provider_read_timeout_seconds=60.0,
+        send_concurrency=64,
+    )
     with make_http_client(settings) as http:
         yield build_adapters(settings, http, StaticTokenSource(TOKENS))
 
@@ -217,7 +235,9 @@ def test_accept_then_drop_is_ambiguous_but_was_sent(
 def test_accept_then_timeout_is_ambiguous_but_was_sent(
     channel: Channel, fake: FakeProvider, impatient: dict[Channel, ProviderAdapter]
 ) -> None:
-    fake.set_faults([{"action": "accept_then_timeout", "hold_ms": 3000}])
+    # Held far past the 0.5 s read timeout, so the client gives up first however slow the
+    # machine is; the fake's stop() ends the hold.
+    fake.set_faults([{"action": "accept_then_timeout", "hold_ms": 600_000}])
     outcome = impatient[channel].send(message(channel))
     assert (outcome.kind, outcome.reason) == (OutcomeKind.AMBIGUOUS, "network:read_timeout")
     assert [e["fault"] for e in fake.ledger()] == ["accept_then_timeout"]
@@ -226,11 +246,11 @@ def test_accept_then_timeout_is_ambiguous_but_was_sent(
 def test_latency_past_the_read_timeout_is_ambiguous_and_lands_later(
     fake: FakeProvider, control: FakeProviderClient, impatient: dict[Channel, ProviderAdapter]
 ) -> None:
-    fake.set_faults({"latency_ms": 1500})
+    fake.set_faults({"latency_ms": 3000})  # six times the read timeout: the client gives up first
     outcome = impatient[Channel.WHATSAPP].send(message(Channel.WHATSAPP))
     assert outcome.kind is OutcomeKind.AMBIGUOUS
     # The fake finishes processing after the client gave up: exactly the ambiguous case.
-    [entry] = control.wait_for_ledger(1)
+    [entry] = control.wait_for_ledger(1, timeout_seconds=HANG_GUARD_SECONDS)
     assert entry["fault"] is None
 
 
@@ -444,19 +464,17 @@ def test_control_client(
     assert control.ledger() == [] and control.stats()["requests_total"] == 0
 
 
-def test_many_concurrent_connections(
-    fake: FakeProvider, client: httpx.Client, adapters: dict[Channel, ProviderAdapter]
-) -> None:
+def test_many_concurrent_connections(fake: FakeProvider, patient: dict[Channel, ProviderAdapter]) -> None:
     fake.set_faults({"latency_ms": 20})
     outcomes: list[OutcomeKind] = []
     lock = threading.Lock()
-    start = threading.Barrier(64)
+    start = threading.Barrier(64, timeout=HANG_GUARD_SECONDS)
 
     def worker(n: int) -> None:
         start.wait()
         channel = CHANNELS[n % 3]
         for i in range(10):
-            kind = adapters[channel].send(message(channel, f"r{n}-{i}")).kind
+            kind = patient[channel].send(message(channel, f"r{n}-{i}")).kind
             with lock:
                 outcomes.append(kind)
 
@@ -478,7 +496,11 @@ _CLIENT_PROCESS = textwrap.dedent(
     from shared.providers.secrets import StaticTokenSource
 
     url, worker, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    settings = Settings(graph_api_base_url=url, unipile_base_url=url, send_concurrency=8)
+    # Timeouts as long as Settings allows: a busy machine answers slowly, and this is about
+    # what the fake accepts from many processes, not how fast.
+    settings = Settings(graph_api_base_url=url, unipile_base_url=url, send_concurrency=8,
+                        provider_connect_timeout_seconds=30, provider_read_timeout_seconds=60,
+                        dispatcher_timeout_seconds=900)
     tokens = {"whatsapp": "test-whatsapp-token", "messenger": "test-messenger-token",
               "linkedin": "test-unipile-key"}
     with make_http_client(settings) as client:
@@ -527,7 +549,7 @@ def test_stop_releases_held_requests() -> None:
                 target=lambda: outcomes.append(adapter.send(message(Channel.WHATSAPP)).kind)
             )
             sender.start()
-            FakeProviderClient(fake.url).wait_for_ledger(1)
+            FakeProviderClient(fake.url).wait_for_ledger(1, timeout_seconds=HANG_GUARD_SECONDS)
             fake.stop()
             sender.join(timeout=120)
         assert outcomes == [OutcomeKind.AMBIGUOUS]
@@ -561,7 +583,7 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
         while not ready.exists():
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "the fake never became ready"

@@ -128,7 +128,7 @@ def test_handler_with_the_database_down_fails_fast_and_clearly(stack: LocalStack
     )
     invocation = stack.spawn("dispatcher", EVENTS / "dispatcher-scheduled.json", env=env)
     with pytest.raises(RuntimeError):
-        invocation.finish(timeout=60)
+        invocation.finish()
     error = invocation.error()
     assert error["errorType"] == "DatabaseUnavailableError"
     assert "127.0.0.1:1/nowhere is unreachable" in error["errorMessage"]
@@ -138,4 +138,4 @@ def test_bad_configuration_fails_at_cold_start_with_the_field_name(stack: LocalS
     env = stack.env(SENDONCE_BATCH_SIZE="lots")
     invocation = stack.spawn("dispatcher", EVENTS / "dispatcher-scheduled.json", env=env)
     with pytest.raises(RuntimeError, match="batch_size"):
-        invocation.finish(timeout=60)
+        invocation.finish()

@@ -35,29 +35,56 @@ pytestmark = pytest.mark.integration
 KEY = "so1-" + "a" * 64
 
 
+# How long a held send or a waiting test gives up after: a hang guard, never reached when the
+# code under test is right, however slow the machine.
+HANG_GUARD_SECONDS = 120
+
+
 class CountingSend:
-    def __init__(self, outcome: SendOutcome | Exception, hold_seconds: float = 0.0) -> None:
+    """A provider call that counts itself. With ``release`` its first call stays in flight
+    (``in_flight`` set) until the test releases it, so a second caller meets it mid-call
+    however slowly the threads are scheduled."""
+
+    def __init__(self, outcome: SendOutcome | Exception, release: threading.Event | None = None) -> None:
         self.outcome = outcome
-        self.hold_seconds = hold_seconds
+        self.release = release
+        self.in_flight = threading.Event()
         self.calls = 0
         self.lock = threading.Lock()
 
     def __call__(self) -> SendOutcome:
         with self.lock:
             self.calls += 1
-        time.sleep(self.hold_seconds)
+            first = self.calls == 1
+        self.in_flight.set()
+        if self.release is not None and first:
+            self.release.wait(HANG_GUARD_SECONDS)
         if isinstance(self.outcome, Exception):
             raise self.outcome
         return self.outcome
 
 
 def racing_verdicts(guard: SendGuard, send: CountingSend, callers: int) -> list[GuardVerdict]:
-    """``callers`` threads deliver the same key at once; their verdicts, in finishing order."""
+    """``callers`` threads deliver the same key at once; their verdicts, in finishing order.
+    A caller that gets to send holds its call open until every other caller has its verdict,
+    so each of them meets the record while the call is in flight, not after it completed."""
     verdicts: list[GuardVerdict] = []
-    threads = [
-        threading.Thread(target=lambda: verdicts.append(guard.deliver_once(KEY, send).verdict))
-        for _ in range(callers)
-    ]
+    answered = threading.Condition()
+
+    def send_once_the_others_answered() -> SendOutcome:
+        with answered:
+            # Two callers that both got to send wait for each other: the hang guard ends the
+            # wait and the test fails on the call count, as it must.
+            answered.wait_for(lambda: len(verdicts) >= callers - 1, HANG_GUARD_SECONDS)
+        return send()
+
+    def caller() -> None:
+        verdict = guard.deliver_once(KEY, send_once_the_others_answered).verdict
+        with answered:
+            verdicts.append(verdict)
+            answered.notify_all()
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -111,7 +138,7 @@ def test_adapter_exception_is_stored_as_ambiguous_not_deleted(guard: SendGuard) 
 
 
 def test_concurrent_callers_only_one_calls(guard: SendGuard) -> None:
-    send = CountingSend(SendOutcome.sent("wamid.c"), hold_seconds=0.5)
+    send = CountingSend(SendOutcome.sent("wamid.c"))
     verdicts = racing_verdicts(guard, send, callers=6)
     assert send.calls == 1
     assert verdicts.count(GuardVerdict.CALLED) == 1
@@ -142,16 +169,30 @@ def test_control_stock_powertools_reruns_a_send_that_outlived_its_deadline(
     """The failure this project must not have, demonstrated on stock Powertools: once the
     first invocation's deadline passes, a second caller gets to call the provider again."""
     client = aws_client("dynamodb", moto_server.endpoint)
-    send = CountingSend(SendOutcome.sent("wamid.slow"), hold_seconds=2.0)
+    release = threading.Event()
+    send = CountingSend(SendOutcome.sent("wamid.slow"), release=release)
     short_lived = LocalLambdaContext(timeout_seconds=0.5)
     first = threading.Thread(
         target=_stock_powertools_send, args=(aws.idempotency_table, client, short_lived, send)
     )
     first.start()
-    time.sleep(1.0)  # the first invocation's deadline has passed; it is still sending
-    _stock_powertools_send(aws.idempotency_table, client, LocalLambdaContext(), send)
-    first.join()
+    try:
+        assert send.in_flight.wait(HANG_GUARD_SECONDS), "the first call never started"
+        _wait_until_inprogress_expired(client, aws.idempotency_table)  # it is still sending
+        _stock_powertools_send(aws.idempotency_table, client, LocalLambdaContext(), send)
+    finally:
+        release.set()
+        first.join(HANG_GUARD_SECONDS)
     assert send.calls == 2
+
+
+def _wait_until_inprogress_expired(client: Any, table: str) -> None:
+    """Until the first invocation's deadline, as Powertools stored it in the record, is past
+    by DynamoDB's own comparison (``in_progress_expiration < now`` in milliseconds)."""
+    key = {"id": {"S": f"{KEY_PREFIX}#" + _md5_key()}}
+    expires_ms = int(client.get_item(TableName=table, Key=key)["Item"]["in_progress_expiration"]["N"])
+    while int(time.time() * 1000) <= expires_ms:
+        time.sleep(0.05)
 
 
 def test_guard_blocks_a_send_that_outlived_its_deadline(aws: LocalAwsResources, moto_server: Any) -> None:
@@ -159,12 +200,19 @@ def test_guard_blocks_a_send_that_outlived_its_deadline(aws: LocalAwsResources, 
     second caller is refused for the whole dedupe window."""
     client = aws_client("dynamodb", moto_server.endpoint)
     guard = SendGuard.for_table(aws.idempotency_table, 7 * 24 * 3600, boto3_client=client)
-    send = CountingSend(SendOutcome.sent("wamid.slow"), hold_seconds=2.0)
+    release = threading.Event()
+    send = CountingSend(SendOutcome.sent("wamid.slow"), release=release)
+    short_lived = LocalLambdaContext(timeout_seconds=0.5)  # the first invocation's deadline
     first = threading.Thread(target=guard.deliver_once, args=(KEY, send))
     first.start()
-    time.sleep(1.0)
-    second = guard.deliver_once(KEY, send)
-    first.join()
+    try:
+        assert send.in_flight.wait(HANG_GUARD_SECONDS), "the first call never started"
+        while short_lived.get_remaining_time_in_millis() > 0:
+            time.sleep(0.05)
+        second = guard.deliver_once(KEY, send)
+    finally:
+        release.set()
+        first.join(HANG_GUARD_SECONDS)
     assert second.verdict is GuardVerdict.IN_PROGRESS
     assert send.calls == 1
     item = client.get_item(TableName=aws.idempotency_table, Key={"id": {"S": f"{KEY_PREFIX}#" + _md5_key()}})
@@ -196,12 +244,16 @@ def test_lookup_raises_rather_than_reporting_absent_when_store_is_down(moto_serv
 
 
 def test_in_progress_record_is_reported(guard: SendGuard) -> None:
-    holder = CountingSend(SendOutcome.sent("wamid.h"), hold_seconds=1.0)
+    release = threading.Event()
+    holder = CountingSend(SendOutcome.sent("wamid.h"), release=release)
     t = threading.Thread(target=guard.deliver_once, args=(KEY, holder))
     t.start()
-    time.sleep(0.4)
-    assert guard.lookup(KEY).state is RecordState.INPROGRESS
-    t.join()
+    try:
+        assert holder.in_flight.wait(HANG_GUARD_SECONDS), "the call never started"
+        assert guard.lookup(KEY).state is RecordState.INPROGRESS
+    finally:
+        release.set()
+        t.join(HANG_GUARD_SECONDS)
     assert guard.lookup(KEY).state is RecordState.COMPLETED
 
 
@@ -290,13 +342,13 @@ def test_failed_write_never_releases_a_rival_record(
 
     def rival_send() -> SendOutcome:
         rival_sending.set()
-        finish_rival.wait(30)
+        finish_rival.wait(HANG_GUARD_SECONDS)
         return SendOutcome.sent("wamid.rival")
 
     rival = threading.Thread(target=guard.deliver_once, args=(KEY, rival_send))
     rival.start()
     try:
-        assert rival_sending.wait(30)
+        assert rival_sending.wait(HANG_GUARD_SECONDS)
         lossy.lose_responses("PutItem", 2)
         through_lossy = SendGuard.for_table(aws.idempotency_table, 3600, boto3_client=lossy_client(lossy))
         send = CountingSend(SendOutcome.sent("wamid.ours"))
@@ -307,7 +359,7 @@ def test_failed_write_never_releases_a_rival_record(
         assert guard.lookup(KEY).state is RecordState.INPROGRESS
     finally:
         finish_rival.set()
-        rival.join(30)
+        rival.join(HANG_GUARD_SECONDS)
     assert guard.lookup(KEY).state is RecordState.COMPLETED
 
 
@@ -339,13 +391,13 @@ def test_writer_is_per_thread_when_puts_interleave(aws: LocalAwsResources, moto_
     shared across threads, the loser would take the winner's record for its own and send too."""
     client = aws_client("dynamodb", moto_server.endpoint)
     guard = SendGuard.for_table(aws.idempotency_table, 3600, boto3_client=client)
-    both_set = threading.Barrier(2, timeout=10)
+    both_set = threading.Barrier(2, timeout=HANG_GUARD_SECONDS)
 
     def hold(**_: Any) -> None:
         both_set.wait()
 
     client.meta.events.register("provide-client-params.dynamodb.PutItem", hold)
-    send = CountingSend(SendOutcome.sent("wamid.once"), hold_seconds=0.5)
+    send = CountingSend(SendOutcome.sent("wamid.once"))
     verdicts = racing_verdicts(guard, send, callers=2)
     assert send.calls == 1, verdicts
     assert sorted(verdicts) == sorted([GuardVerdict.CALLED, GuardVerdict.IN_PROGRESS])
