@@ -106,7 +106,7 @@ class PgBouncer(Service):
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Everything it says also goes to its logfile (see ``log``).
         try:
-            wait_for_port(self.port, timeout_seconds=30)
+            wait_for_port(self.port, timeout_seconds=300)  # a busy machine starts it slowly
         except TimeoutError as exc:
             self.stop()
             raise RuntimeError(f"pgbouncer did not start:\n{self.log[-2000:]}") from exc

@@ -2,15 +2,14 @@
 timeout: a drip server answers one byte every 0.8 s, under every read timeout used here, so a
 call ends early only if a wall-clock budget ends it.
 
-The assertions are on the budget arithmetic, never on a race: a whole dripped answer takes
-``drip_seconds`` (at least 40 s), the budget is about 3 s, and a call must return in well under
-half the drip (20 s), which a busy machine cannot fail.
+Nothing here is timed. Each test asserts what only the budget can produce: an outcome or an
+error that names the budget, where without it the dripped answer (``drip_seconds``, at least
+40 s) would have arrived whole and the call would have succeeded.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -35,15 +34,15 @@ from shared.storage.db import Database, DatabaseUnavailableError
 
 pytestmark = pytest.mark.integration
 
-GENEROUS_SECONDS = 20.0
-# Per-socket timeouts above the drip interval: without a call budget each read succeeds.
+# Per-socket timeouts far above the drip interval (0.8 s), so a busy machine cannot make one
+# fire: without a call budget each read succeeds.
 PROVIDER_TIMEOUTS: dict[str, Any] = {
     "provider_connect_timeout_seconds": 0.5,
-    "provider_read_timeout_seconds": 1.0,
+    "provider_read_timeout_seconds": 2.5,
 }
 DYNAMODB_TIMEOUTS: dict[str, Any] = {
     "dynamodb_connect_timeout_seconds": 0.5,
-    "dynamodb_read_timeout_seconds": 1.0,
+    "dynamodb_read_timeout_seconds": 2.5,
     "dynamodb_max_attempts": 2,
 }
 WHATSAPP_ACCEPTED = json.dumps(
@@ -83,21 +82,19 @@ def whatsapp_message() -> OutboundMessage:
     )
 
 
-def timed_send(settings: Settings, message: OutboundMessage) -> tuple[SendOutcome, float]:
+def call_provider(settings: Settings, message: OutboundMessage) -> SendOutcome:
     client = make_http_client(settings)
     adapter = build_adapters(settings, client, StaticTokenSource(TEST_TOKENS))[Channel.WHATSAPP]
-    started = time.monotonic()
     try:
-        return adapter.send(message), time.monotonic() - started
+        return adapter.send(message)
     finally:
         client.close()
 
 
 def test_provider_call_cut_at_its_budget_is_ambiguous(whatsapp_drip: DripServer) -> None:
     settings = Settings.model_validate({"graph_api_base_url": whatsapp_drip.url, **PROVIDER_TIMEOUTS})
-    assert settings.provider_call_budget_seconds == 3.0
-    outcome, elapsed = timed_send(settings, whatsapp_message())
-    assert elapsed < GENEROUS_SECONDS < whatsapp_drip.drip_seconds / 2
+    assert settings.provider_call_budget_seconds == 6.0
+    outcome = call_provider(settings, whatsapp_message())
     # The request was written and the provider started answering: it may have sent.
     assert outcome.kind is OutcomeKind.AMBIGUOUS, outcome
     assert outcome.reason == "network:read_timeout"
@@ -139,12 +136,10 @@ def test_dispatcher_settles_a_call_cut_at_its_budget_unknown(
         guard=guard,
         adapters=build_adapters(settings, client, StaticTokenSource(TEST_TOKENS)),
     )
-    started = time.monotonic()
     try:
         report = dispatch(deps, DispatchRequest(source="sendonce.manual"), Plenty())
     finally:
         client.close()
-    assert time.monotonic() - started < GENEROUS_SECONDS
     row = database.fetch_one("SELECT status::text AS status, failure_reason FROM send_queue")
     assert row == {"status": "unknown", "failure_reason": "network:read_timeout"}
     assert report.counts["Ambiguous"] == 1
@@ -156,15 +151,13 @@ def drip_dynamodb(monkeypatch: pytest.MonkeyPatch, dynamodb_drip: DripServer) ->
     for name, value in {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": dynamodb_drip.url}.items():
         monkeypatch.setenv(name, value)
     settings = Settings.model_validate(DYNAMODB_TIMEOUTS)
-    assert settings.dynamodb_call_budget_seconds == 3.0
+    assert settings.dynamodb_call_budget_seconds == 6.0
     return dynamodb_client(settings)
 
 
 def test_dynamodb_call_cut_at_its_budget(drip_dynamodb: Any, dynamodb_drip: DripServer) -> None:
-    started = time.monotonic()
-    with pytest.raises(CallBudgetExceededError, match="GetItem did not finish within its 3s budget"):
+    with pytest.raises(CallBudgetExceededError, match="GetItem did not finish within its 6s budget"):
         drip_dynamodb.get_item(TableName="sendonce-idempotency", Key={"id": {"S": "any"}})
-    assert time.monotonic() - started < GENEROUS_SECONDS < dynamodb_drip.drip_seconds / 2
     assert dynamodb_drip.requests == 1
 
 
@@ -178,9 +171,7 @@ def test_gate_on_a_dripping_store_calls_no_provider(drip_dynamodb: Any, dynamodb
         calls.append("called")
         return SendOutcome.ambiguous("test:unreachable", "")
 
-    started = time.monotonic()
     result = guard.deliver_once(f"drip-{uuid.uuid4().hex}", send)
-    assert time.monotonic() - started < GENEROUS_SECONDS
     assert result.verdict is GuardVerdict.STORE_UNAVAILABLE
     assert calls == []
     assert not result.own_record_released
@@ -190,9 +181,7 @@ def test_statement_timeout_cancels_a_long_statement(db_url: str) -> None:
     db = Database(db_url, max_size=1, statement_timeout_seconds=1)
     try:
         db.ping()  # the option took effect: the server reports the timeout the margin counts
-        started = time.monotonic()
         with pytest.raises(DatabaseUnavailableError, match="statement timeout"):
             db.fetch_one("SELECT pg_sleep(60)")
-        assert time.monotonic() - started < GENEROUS_SECONDS
     finally:
         db.close()

@@ -354,6 +354,7 @@ def test_unipile_read_back(
     fake: FakeProvider, client: httpx.Client, adapters: dict[Channel, ProviderAdapter]
 ) -> None:
     linkedin = adapters[Channel.LINKEDIN]
+    since = datetime.now(UTC) - timedelta(seconds=1)  # read-back looks for sends after this
     first = linkedin.send(message(Channel.LINKEDIN, "ACoAA1", "first"))
     second = linkedin.send(message(Channel.LINKEDIN, "ACoAA1", "second"))
     assert first.provider_thread_id == second.provider_thread_id is not None
@@ -368,7 +369,6 @@ def test_unipile_read_back(
     reader = build_read_backs(settings_for(fake.url), client, StaticTokenSource(TOKENS))[Channel.LINKEDIN]
     assert isinstance(reader, UnipileReadBack)
     assert first.provider_thread_id is not None
-    since = datetime.now(UTC) - timedelta(minutes=1)
     found = reader.find_sent(
         message(Channel.LINKEDIN, "ACoAA1", "first"), first.provider_thread_id, not_before=since
     )

@@ -8,7 +8,6 @@ out the same server connection.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -128,10 +127,8 @@ def test_statement_timeout_through_pgbouncer_is_the_role_default(bouncer: PgBoun
     db = Database(bouncer.url_for(db_url), max_size=2, statement_timeout_seconds=1, behind_pooler=True)
     try:
         db.ping()
-        started = time.monotonic()
         with pytest.raises(DatabaseUnavailableError, match="statement timeout"):
             db.fetch_one("SELECT pg_sleep(60)")
-        assert time.monotonic() - started < 20
     finally:
         db.close()
 

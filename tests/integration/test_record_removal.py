@@ -49,9 +49,10 @@ def lossy(moto_server: MotoServer) -> Iterator[LossyProxy]:
 
 
 def guard_through(proxy: LossyProxy, aws: LocalAwsResources) -> SendGuard:
-    """A gate whose DynamoDB client gives up on an answer after 1 s, three attempts in all."""
+    """A gate whose DynamoDB client gives up on an answer after 5 s (a request the proxy holds
+    is retried; one moto answers on a busy machine is not), three attempts in all."""
     config = BotoConfig(
-        connect_timeout=2, read_timeout=1, retries={"mode": "standard", "total_max_attempts": 3}
+        connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 3}
     )
     client = aws_client("dynamodb", proxy.endpoint, config=config)
     return SendGuard.for_table(aws.idempotency_table, 7 * 24 * 3600, boto3_client=client)
@@ -97,7 +98,8 @@ def test_a_delayed_delete_cannot_remove_the_next_writers_record(
     throttled = SendOutcome.retry_later(None, "whatsapp:130429")
     first = w1_guard.deliver_once(w1.idempotency_key, lambda: throttled)
     assert first.verdict is GuardVerdict.CALLED
-    assert delayed_delete.arrived.is_set() and lossy.forwarded["DeleteItem"] == 1, "the retry deleted it"
+    assert delayed_delete.arrived.is_set() and lossy.forwarded["DeleteItem"] >= 1, "a retry went through"
+    assert deps.guard.lookup(w1.idempotency_key).state is RecordState.ABSENT, "the retry deleted it"
     assert queue.settle_pending(w1, delay_seconds=0, outcome=throttled, writer=first.writer)
 
     w2 = sending(database, queue)
