@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from devstack.aws_calls import attributed_to
 from devstack.lambda_context import LocalLambdaContext
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +34,10 @@ def load_handler_module(function: str) -> ModuleType:
 
 
 def invoke(function: str, event: Any, timeout_seconds: float = 150.0) -> Any:
-    module = load_handler_module(function)
-    context = LocalLambdaContext(function_name=f"sendonce-{function}", timeout_seconds=timeout_seconds)
-    return module.lambda_handler(event, context)
+    with attributed_to(function):
+        module = load_handler_module(function)
+        context = LocalLambdaContext(function_name=f"sendonce-{function}", timeout_seconds=timeout_seconds)
+        return module.lambda_handler(event, context)
 
 
 def main(argv: list[str] | None = None) -> int:

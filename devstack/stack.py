@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devstack.aws import LocalAwsResources, MotoServer, provision
+from devstack.aws import LocalAwsResources, MotoServer, provision, put_secret
 from devstack.fake_provider import FakeProvider, FakeProviderClient
 from devstack.postgres import EmbeddedPostgres
 from devstack.service import Service
@@ -53,6 +53,7 @@ class LocalStack(Service):
         self.fake = FakeProvider()
         self.db_url = ""
         self.aws: LocalAwsResources | None = None
+        self.database_secret_id = ""
         self.settings: Settings | None = None
         self.database: Database | None = None
         self._invocations: list[Invocation] = []
@@ -67,7 +68,10 @@ class LocalStack(Service):
             self._stack.enter_context(self.moto)
             self.fake.start()
             self._stack.callback(self.fake.stop)
-            self.aws = provision(self.moto.endpoint, prefix=f"s{uuid.uuid4().hex[:8]}")
+            prefix = f"s{uuid.uuid4().hex[:8]}"
+            self.aws = provision(self.moto.endpoint, prefix=prefix)
+            # Handlers read the database URL from Secrets Manager, as deployed functions do.
+            self.database_secret_id = put_secret(self.moto.endpoint, f"{prefix}/database-url", self.db_url)
             self.settings = make_settings(self.db_url, self.aws, self.fake.url, **self._overrides)
             self.database = Database(self.db_url, max_size=4)
             self._stack.callback(self.database.close)
@@ -104,7 +108,9 @@ class LocalStack(Service):
 
     def env(self, **overrides: str) -> dict[str, str]:
         assert self.settings is not None, "start() the stack first"
-        return {**os.environ, **function_env(self.settings, self.moto), **overrides}
+        # A DATABASE_URL of the caller's (the server the tests use) would win over the secret.
+        inherited = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        return {**inherited, **function_env(self.settings, self.moto, self.database_secret_id), **overrides}
 
     def spawn(
         self,
