@@ -38,6 +38,9 @@ CALLS_DIR_ENV = "SENDONCE_AWS_CALLS_DIR"
 # The request parameters that name the resource an operation acts on, for the services the
 # functions use. An operation with none of them is recorded with no resource.
 RESOURCE_PARAMETERS = ("TableName", "QueueUrl", "SecretId")
+# Private to botocore and absent from its type stubs: if it is ever renamed, getattr fails here,
+# loudly, instead of the recording coming out empty.
+_HOOKED_METHOD = "_make_api_call"
 
 _lock = threading.Lock()
 _function: str | None = None
@@ -77,14 +80,14 @@ def _install(directory: Path) -> None:
             return
         directory.mkdir(parents=True, exist_ok=True)
         _log_path = directory / f"calls-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-        original = BaseClient._make_api_call
+        original = getattr(BaseClient, _HOOKED_METHOD)
         _original_make_api_call = original
 
     def recording_make_api_call(client: BaseClient, operation_name: str, api_params: dict[str, Any]) -> Any:
         _record(client, operation_name, api_params)
         return original(client, operation_name, api_params)
 
-    BaseClient._make_api_call = recording_make_api_call  # type: ignore[method-assign]
+    setattr(BaseClient, _HOOKED_METHOD, recording_make_api_call)
 
 
 def _record(client: BaseClient, operation: str, params: dict[str, Any]) -> None:
