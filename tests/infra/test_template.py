@@ -82,7 +82,7 @@ ALLOWED_SECRETS = {
         "MessengerTokenSecret",
         "UnipileApiKeySecret",
     },
-    "SweeperFunction": {"DatabaseUrlSecretArn"},
+    "SweeperFunction": {"DatabaseUrlSecretArn", "UnipileApiKeySecret"},
     "WebhookFunction": {
         "DatabaseUrlSecretArn",
         "MetaAppSecret",
@@ -353,7 +353,7 @@ def test_function_policies_are_scoped(template: dict[str, Any], logical_id: str)
             "dynamodb:UpdateItem",
             "dynamodb:DeleteItem",
         },
-        "SweeperFunction": {"dynamodb:GetItem"},
+        "SweeperFunction": {"dynamodb:GetItem", "dynamodb:DeleteItem"},
     }.get(logical_id, set())
     assert dynamodb_actions == expected_dynamodb
     assert sqs_targets == ({"FailedMessagesQueue"} if logical_id == "SweeperFunction" else set())
