@@ -1,7 +1,7 @@
 """Records which AWS operations a function's code really makes, for the IAM test
 (``tests/infra/test_iam.py``) that holds each function's role to exactly those.
 
-Opt-in: nothing happens unless ``SENDONCE_AWS_CALLS_DIR`` names a directory (the test session
+Opt-in: nothing happens unless ``DEVSTACK_AWS_CALLS_DIR`` names a directory (the test session
 sets it, see ``tests/conftest.py``). Every place that runs a handler attributes its calls to
 the function: ``devstack.invoke`` (in-process and ``python -m devstack.invoke``, which
 ``LocalStack.spawn`` runs) and the chaos worker.
@@ -34,7 +34,7 @@ from typing import Any
 
 from botocore.client import BaseClient
 
-CALLS_DIR_ENV = "SENDONCE_AWS_CALLS_DIR"
+CALLS_DIR_ENV = "DEVSTACK_AWS_CALLS_DIR"
 # The request parameters that name the resource an operation acts on, for the services the
 # functions use. An operation with none of them is recorded with no resource.
 RESOURCE_PARAMETERS = ("TableName", "QueueUrl", "SecretId")
