@@ -94,7 +94,7 @@ def bucket() -> Iterator[ResponseBucket]:
 @pytest.fixture
 def unmigrated(pg_server: Any) -> Iterator[LocalStack]:
     """A stack whose database is empty, as on the first deploy."""
-    with LocalStack(database_url=pg_server.admin_url, migrate=False) as running:
+    with LocalStack(database_url=pg_server.admin_url, migrate=False, database_from_secret=True) as running:
         yield running
 
 

@@ -33,7 +33,7 @@ SWEEP = EVENTS / "sweeper-scheduled.json"
 
 @pytest.fixture
 def stack(pg_server: Any) -> Iterator[LocalStack]:
-    with LocalStack(database_url=pg_server.admin_url) as running:
+    with LocalStack(database_url=pg_server.admin_url, database_from_secret=True) as running:
         yield running
 
 

@@ -32,7 +32,7 @@ def sample_events() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def stack(pg_server: Any) -> Iterator[LocalStack]:
-    with LocalStack(database_url=pg_server.admin_url) as running:
+    with LocalStack(database_url=pg_server.admin_url, database_from_secret=True) as running:
         yield running
 
 
