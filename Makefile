@@ -64,6 +64,8 @@ test: $(STAMP) $(SAM) pgbouncer  ## Run every suite: lint, types, unit, model, i
 	$(PY) -m mypy shared devstack functions/*/app.py tests
 	$(PY) -m pytest tests/unit
 	$(PY) -m pytest tests/model
+	@# The IAM test (tests/infra) checks the roles against the AWS calls these two suites record.
+	rm -rf build/aws-calls
 	$(PY) -m pytest tests/integration
 	$(PY) -m pytest tests/chaos
 	PATH="$(CURDIR)/$(TOOLS_VENV)/bin:$$PATH" $(PY) -m pytest tests/infra
@@ -80,7 +82,7 @@ test-integration: $(STAMP) pgbouncer  ## Integration tests (real Postgres, moto)
 test-chaos: $(STAMP)  ## Overlap, crash and stale-lease tests across OS processes
 	$(PY) -m pytest tests/chaos
 
-test-infra: $(STAMP) $(SAM)  ## cfn-lint, sam validate --lint, sam build, template assertions
+test-infra: $(STAMP) $(SAM)  ## cfn-lint, sam validate --lint, sam build, template and IAM checks (IAM: after integration + chaos)
 	PATH="$(CURDIR)/$(TOOLS_VENV)/bin:$$PATH" $(PY) -m pytest tests/infra
 
 lint: $(STAMP)  ## ruff and mypy

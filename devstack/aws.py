@@ -133,16 +133,21 @@ def provision(endpoint: str | None, prefix: str = "sendonce") -> LocalAwsResourc
         )
     sqs = aws_client("sqs", endpoint)
     queue_url = sqs.create_queue(QueueName=f"{prefix}-failed-messages")["QueueUrl"]
-    secrets = aws_client("secretsmanager", endpoint)
-    secret_ids: dict[str, str] = {}
-    for field_name, value in TEST_SECRETS.items():
-        name = secret_name(prefix, field_name)
-        try:
-            secrets.create_secret(Name=name, SecretString=value)
-        except secrets.exceptions.ResourceExistsException:
-            secrets.put_secret_value(SecretId=name, SecretString=value)
-        secret_ids[field_name] = name
+    secret_ids = {
+        field_name: put_secret(endpoint, secret_name(prefix, field_name), value)
+        for field_name, value in TEST_SECRETS.items()
+    }
     return LocalAwsResources(table, queue_url, secret_ids)
+
+
+def put_secret(endpoint: str | None, name: str, value: str) -> str:
+    """Create (or overwrite) a secret and return its id."""
+    secrets = aws_client("secretsmanager", endpoint)
+    try:
+        secrets.create_secret(Name=name, SecretString=value)
+    except secrets.exceptions.ResourceExistsException:
+        secrets.put_secret_value(SecretId=name, SecretString=value)
+    return name
 
 
 def settings_env(resources: LocalAwsResources) -> dict[str, str]:

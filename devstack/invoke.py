@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from devstack.aws_calls import attributed_to
 from devstack.lambda_context import LocalLambdaContext
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +36,11 @@ def load_handler_module(function: str) -> ModuleType:
 
 
 def invoke(function: str, event: Any, timeout_seconds: float = 150.0) -> Any:
-    module = load_handler_module(function)
-    context = LocalLambdaContext(function_name=f"sendonce-{function}", timeout_seconds=timeout_seconds)
-    _kill_at(timeout_seconds, function)
-    return module.lambda_handler(event, context)
+    with attributed_to(function):
+        module = load_handler_module(function)
+        context = LocalLambdaContext(function_name=f"sendonce-{function}", timeout_seconds=timeout_seconds)
+        _kill_at(timeout_seconds, function)
+        return module.lambda_handler(event, context)
 
 
 def _kill_at(timeout_seconds: float, function: str) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devstack.aws import LocalAwsResources, MotoServer, provision
+from devstack.aws import LocalAwsResources, MotoServer, provision, put_secret
 from devstack.fake_provider import FakeProvider, FakeProviderClient
 from devstack.postgres import EmbeddedPostgres
 from devstack.service import Service
@@ -40,19 +40,25 @@ class LocalStack(Service):
         workdir: Path | None = None,
         settings_overrides: dict[str, Any] | None = None,
         migrate: bool = True,
+        database_from_secret: bool = False,
     ) -> None:
+        """``database_from_secret``: handlers read the database URL from Secrets Manager, as
+        deployed functions do, instead of from ``DATABASE_URL``. It costs a secret read at each
+        process start, which the timing-sensitive chaos runs and the benchmark do without."""
         self._external_db = database_url or os.environ.get("DATABASE_URL")
         self._durable = durable_postgres
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="sendonce-stack-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._overrides = settings_overrides or {}
         self._migrate = migrate
+        self._database_from_secret = database_from_secret
         self._stack = ExitStack()
         self.postgres: EmbeddedPostgres | None = None
         self.moto = MotoServer(log_path=self.workdir / "moto.log")
         self.fake = FakeProvider()
         self.db_url = ""
         self.aws: LocalAwsResources | None = None
+        self.database_secret_id = ""
         self.settings: Settings | None = None
         self.database: Database | None = None
         self._invocations: list[Invocation] = []
@@ -67,7 +73,12 @@ class LocalStack(Service):
             self._stack.enter_context(self.moto)
             self.fake.start()
             self._stack.callback(self.fake.stop)
-            self.aws = provision(self.moto.endpoint, prefix=f"s{uuid.uuid4().hex[:8]}")
+            prefix = f"s{uuid.uuid4().hex[:8]}"
+            self.aws = provision(self.moto.endpoint, prefix=prefix)
+            if self._database_from_secret:
+                self.database_secret_id = put_secret(
+                    self.moto.endpoint, f"{prefix}/database-url", self.db_url
+                )
             self.settings = make_settings(self.db_url, self.aws, self.fake.url, **self._overrides)
             self.database = Database(self.db_url, max_size=4)
             self._stack.callback(self.database.close)
@@ -104,7 +115,11 @@ class LocalStack(Service):
 
     def env(self, **overrides: str) -> dict[str, str]:
         assert self.settings is not None, "start() the stack first"
-        return {**os.environ, **function_env(self.settings, self.moto), **overrides}
+        # The caller's DATABASE_URL (the server the tests use) is never the stack's database,
+        # and with the secret it would win over it.
+        inherited = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        secret_id = self.database_secret_id or None
+        return {**inherited, **function_env(self.settings, self.moto, secret_id), **overrides}
 
     def spawn(
         self,

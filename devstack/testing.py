@@ -42,19 +42,30 @@ def make_settings(db_url: str, aws: LocalAwsResources, provider_url: str, **over
     return Settings.model_validate(values)
 
 
-def function_env(settings: Settings, moto: MotoServer) -> dict[str, str]:
-    """The environment a real handler process needs: what Lambda would be given."""
+def function_env(
+    settings: Settings, moto: MotoServer, database_secret_id: str | None = None
+) -> dict[str, str]:
+    """The environment a real handler process needs: what Lambda would be given. With
+    ``database_secret_id`` the handler reads the database URL from that secret, as deployed
+    functions do, instead of from ``DATABASE_URL``."""
     assert settings.database_url is not None
+    database = (
+        {"SENDONCE_DATABASE_SECRET_ID": database_secret_id}
+        if database_secret_id
+        else {"DATABASE_URL": settings.database_url.get_secret_value()}
+    )
     env = {
         **FAKE_CREDENTIALS,
         "AWS_ENDPOINT_URL": moto.endpoint,
-        "DATABASE_URL": settings.database_url.get_secret_value(),
+        **database,
         "POWERTOOLS_SERVICE_NAME": "sendonce-test",
         "POWERTOOLS_METRICS_NAMESPACE": "sendonce",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
     }
-    for name, value in settings.model_dump(mode="json", exclude={"database_url"}).items():
+    for name, value in settings.model_dump(
+        mode="json", exclude={"database_url", "database_secret_id"}
+    ).items():
         if value is not None:
             env[f"SENDONCE_{name.upper()}"] = (
                 json.dumps(value) if isinstance(value, dict | list) else str(value)

@@ -33,6 +33,7 @@ from shared.idempotency import GuardResult, GuardVerdict, SendGuard
 from shared.observability import Metric, Stage, Tally, logger
 from shared.providers.outcome import Channel, OutcomeKind, ProviderAdapter, SendOutcome
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus, RetryPolicy
+from shared.storage.migrate import schema_behind
 
 
 class RemainingTime(Protocol):
@@ -82,6 +83,14 @@ class _PausedSenders:
 
 
 def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingTime) -> DispatchReport:
+    # Deploy order guard: code that needs a newer schema claims nothing (one line, no traceback).
+    behind = schema_behind(deps.queue.db)
+    if behind is not None:
+        logger.error(behind)
+        return DispatchReport(
+            claim_token="", batches=0, stopped_because=f"schema behind: {behind}", counts={}, stage_seconds={}
+        )
+
     settings = deps.settings
     claim_token = uuid.uuid4()
     tally = Tally()

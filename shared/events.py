@@ -10,10 +10,20 @@ after the transaction has begun, with no field named.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    RootModel,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from shared.addresses import validate_region
 from shared.providers.outcome import Channel
@@ -52,6 +62,42 @@ class SweepRequest(_Strict):
 class MigrateRequest(_Strict):
     source: Literal["sendonce.manual", "sendonce.deploy"]
     dry_run: bool = False
+
+
+class CustomResourceRequest(BaseModel):
+    """CloudFormation's request to the migrate function, the ``SchemaMigration`` custom
+    resource in template.yaml. Fields CloudFormation may add are ignored rather than refused:
+    a refused request would get no answer, and the stack would wait for one."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    request_type: Literal["Create", "Update", "Delete"] = Field(alias="RequestType")
+    # A presigned S3 URL on AWS; plain http is accepted for the loopback server in the tests.
+    response_url: str = Field(alias="ResponseURL", pattern=r"^https?://")
+    stack_id: str = Field(alias="StackId", min_length=1)
+    request_id: str = Field(alias="RequestId", min_length=1)
+    logical_resource_id: str = Field(alias="LogicalResourceId", min_length=1)
+    resource_type: str = Field(alias="ResourceType", min_length=1)
+    # Absent on Create: the function names the resource in its first answer.
+    physical_resource_id: str | None = Field(default=None, alias="PhysicalResourceId", min_length=1)
+    resource_properties: dict[str, Any] = Field(default_factory=dict, alias="ResourceProperties")
+
+
+def _migrate_event_kind(event: Any) -> str:
+    return "cloudformation" if isinstance(event, dict) and "RequestType" in event else "manual"
+
+
+class MigrateEvent(
+    RootModel[
+        Annotated[
+            Annotated[MigrateRequest, Tag("manual")]
+            | Annotated[CustomResourceRequest, Tag("cloudformation")],
+            Discriminator(_migrate_event_kind),
+        ]
+    ]
+):
+    """What the migrate function accepts: an operator's event (``events/migrate.json``) or a
+    CloudFormation custom resource request (``events/migrate-cfn-*.json``)."""
 
 
 class EnqueueContact(_Strict):

@@ -44,6 +44,7 @@ from shared.providers.outcome import Channel, OutcomeKind
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
 from shared.reconcile import ReadBack, ReconcileDeps, detect_duplicates, reconcile_unknown, record_decision
 from shared.storage import sql
+from shared.storage.migrate import schema_behind
 from shared.webhooks import ProviderEventStore
 
 SQS_BATCH = 10
@@ -62,6 +63,7 @@ class SweepDeps:
 
 class SweepReport(BaseModel):
     ran: bool
+    skipped_because: str = ""
     released_claims: int = 0
     recovered_sent: int = 0
     returned_to_pending: int = 0
@@ -78,6 +80,12 @@ class SweepReport(BaseModel):
 
 
 def sweep(deps: SweepDeps) -> SweepReport:
+    # Deploy order guard: code that needs a newer schema touches nothing (one line, no traceback).
+    behind = schema_behind(deps.queue.db)
+    if behind is not None:
+        logger.error(behind)
+        return SweepReport(ran=False, skipped_because=f"schema behind: {behind}")
+
     with _single_flight(deps) as acquired:
         if not acquired:
             logger.info("another sweeper holds the lock; skipping this run")

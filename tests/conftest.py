@@ -4,20 +4,26 @@
   migrated template database; each test gets a fresh database cloned from it;
 * one moto server per session; each test gets its own table, queue and secrets (a prefix);
 * the fake provider, reset for each test.
+
+Every session also records the AWS operations handlers make (``devstack/aws_calls.py``) under
+``build/aws-calls``; ``tests/infra/test_iam.py`` holds each function's role to them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from devstack.aws import LocalAwsResources, MotoServer, aws_client, provision
+from devstack.aws_calls import CALLS_DIR_ENV
 from devstack.fake_provider import FakeProvider, FakeProviderClient
 from devstack.postgres import EmbeddedPostgres
 from devstack.testing import TEST_TOKENS, make_settings
@@ -31,6 +37,27 @@ from shared.storage.db import Database
 from shared.storage.migrate import migrate
 
 TEMPLATE_DB = "sendonce_template"
+TESTS = Path(__file__).resolve().parent
+RECORDED_CALLS_DIR = TESTS.parent / "build" / "aws-calls"
+# The suites whose handler processes show what each function's role must grant.
+RECORDING_SUITES = ("integration", "chaos")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Inherited by every handler process the tests start (LocalStack copies os.environ).
+    os.environ.setdefault(CALLS_DIR_ENV, str(RECORDED_CALLS_DIR))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave a note per recording suite that ran, so the IAM test can tell a recording from
+    a complete run from one that never happened."""
+    suites = [Path(item.path).relative_to(TESTS).parts[0] for item in session.items]
+    directory = Path(os.environ[CALLS_DIR_ENV])
+    for suite in RECORDING_SUITES:
+        if suite in suites:
+            directory.mkdir(parents=True, exist_ok=True)
+            note = {"tests": suites.count(suite), "exitstatus": int(exitstatus), "args": session.config.args}
+            (directory / f"suite-{suite}.json").write_text(json.dumps(note))
 
 
 @dataclass

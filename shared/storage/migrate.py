@@ -8,8 +8,12 @@ applied is refused (checksum mismatch): history is never rewritten silently.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+
+import psycopg
 
 from shared.storage import sql
 from shared.storage.db import Database
@@ -71,3 +75,50 @@ def migrate(
                 )
             applied.append(migration.version)
     return MigrationReport(applied=applied, already_applied=sorted(done))
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    current: str | None  # newest applied migration; None when nothing was ever applied
+    required: str  # newest migration this code ships
+
+    @property
+    def behind(self) -> bool:
+        # Versions sort as their zero-padded names do. A schema ahead of the code (a rolled
+        # back deploy) is fine: migrations only add.
+        return self.current is None or self.current < self.required
+
+    def describe(self) -> str:
+        return f"schema at {self.current or 'nothing'}, code needs {self.required}: run migrate"
+
+
+@cache
+def required_version() -> str:
+    """The newest migration this code ships: the schema it needs."""
+    return bundled_migrations()[-1].version
+
+
+def schema_status(db: Database) -> SchemaStatus:
+    """One query on ``schema_migrations``."""
+    required = required_version()
+    try:
+        row = db.fetch_one(sql.SCHEMA_VERSION)
+    except psycopg.errors.UndefinedTable:
+        return SchemaStatus(current=None, required=required)
+    return SchemaStatus(current=row["version"] if row else None, required=required)
+
+
+# Databases found current. A schema never goes back, so each database (one per container) is
+# asked once; one found behind is asked again on the next invocation, which sees the migration.
+_found_current: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def schema_behind(db: Database) -> str | None:
+    """Why this code must not touch the database yet, or None when the schema is current."""
+    if db in _found_current:
+        return None
+    status = schema_status(db)
+    if status.behind:
+        return status.describe()
+    _found_current.add(db)
+    return None

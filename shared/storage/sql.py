@@ -28,6 +28,9 @@ RECORD_MIGRATION: LiteralString = (
     "INSERT INTO schema_migrations (version, checksum) VALUES (%(version)s, %(checksum)s)"
 )
 
+# The newest applied migration: what the dispatcher and sweeper compare with the code's.
+SCHEMA_VERSION: LiteralString = "SELECT max(version) AS version FROM schema_migrations"
+
 PING: LiteralString = "SELECT 1"
 # What this session really runs with (a startup option, a role default, a pooler's setting).
 STATEMENT_TIMEOUT_MS: LiteralString = (

@@ -24,6 +24,7 @@ from typing import Any
 
 import boto3
 
+from devstack.aws_calls import attributed_to
 from devstack.lambda_context import LocalLambdaContext
 from shared.dispatch import dispatch
 from shared.events import DispatchRequest
@@ -81,4 +82,6 @@ def main(mode: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1]))
+    # The dispatcher's own dependency builder and code: its AWS calls are the dispatcher's.
+    with attributed_to("dispatcher"):
+        raise SystemExit(main(sys.argv[1]))

@@ -9,6 +9,7 @@ on PATH; ``.venv-tools/bin`` is the fallback).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -101,3 +102,29 @@ def tool_env() -> dict[str, str]:
     )
     env["PATH"] = os.pathsep.join([python312_bin_dir(), env.get("PATH", "")])
     return env
+
+
+def tool_python(tool_bin: str) -> str:
+    """The interpreter a console script runs under (its shebang): the venv that has the
+    tool's libraries, wherever the script was found."""
+    first_line = Path(tool_bin).read_text(errors="replace").splitlines()[0]
+    assert first_line.startswith("#!"), f"{tool_bin} is not a script"
+    return first_line[2:].strip().split()[0]
+
+
+@pytest.fixture(scope="session")
+def expanded_template(sam_bin: str, tool_env: dict[str, str]) -> dict[str, Any]:
+    """template.yaml after SAM's transform (``scripts/sam_expand.py``): the generated roles,
+    schedules and permissions exactly as CloudFormation receives them."""
+    result = subprocess.run(
+        [tool_python(sam_bin), str(ROOT / "scripts" / "sam_expand.py"), str(TEMPLATE_PATH)],
+        capture_output=True,
+        text=True,
+        env=tool_env,
+        cwd=ROOT,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"SAM transform failed:\n{result.stderr[-4000:]}"
+    expanded: dict[str, Any] = json.loads(result.stdout)
+    return expanded

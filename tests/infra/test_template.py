@@ -22,7 +22,8 @@ from pydantic import BaseModel, ValidationError
 
 from devstack.aws import TEST_SECRETS
 from shared.config import Settings
-from shared.events import DispatchRequest, EnqueueRequest, MigrateRequest, SweepRequest
+from shared.events import DispatchRequest, EnqueueRequest, MigrateEvent, SweepRequest
+from shared.storage.migrate import required_version
 
 pytestmark = pytest.mark.infra
 
@@ -45,7 +46,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     "dispatcher": DispatchRequest,
     "sweeper": SweepRequest,
     "enqueue": EnqueueRequest,
-    "migrate": MigrateRequest,
+    "migrate": MigrateEvent,
 }
 TEST_META_APP_SECRET = b"test-meta-app-secret"
 TEST_UNIPILE_WEBHOOK_SECRET = "test-unipile-webhook-secret"
@@ -84,7 +85,7 @@ ALLOWED_SECRETS = {
         "MessengerTokenSecret",
         "UnipileApiKeySecret",
     },
-    "SweeperFunction": {"DatabaseUrlSecretArn"},
+    "SweeperFunction": {"DatabaseUrlSecretArn", "UnipileApiKeySecret"},
     "WebhookFunction": {
         "DatabaseUrlSecretArn",
         "MetaAppSecret",
@@ -382,7 +383,7 @@ def test_function_policies_are_scoped(template: dict[str, Any], logical_id: str)
             "dynamodb:UpdateItem",
             "dynamodb:DeleteItem",
         },
-        "SweeperFunction": {"dynamodb:GetItem"},
+        "SweeperFunction": {"dynamodb:GetItem", "dynamodb:DeleteItem"},
     }.get(logical_id, set())
     assert dynamodb_actions == expected_dynamodb
     assert sqs_targets == ({"FailedMessagesQueue"} if logical_id == "SweeperFunction" else set())
@@ -460,6 +461,62 @@ def test_dispatcher_concurrency_covers_overlapping_ticks(template: dict[str, Any
     timeout = resolve_int(template, props["Timeout"])
     overlapping = -(-timeout // period)  # ceil
     assert resolve_int(template, props["ReservedConcurrentExecutions"]) > overlapping
+
+
+# --- schema migration during the deploy -------------------------------------------------------
+
+
+def test_schema_migration_is_a_custom_resource_of_the_migrate_function(template: dict[str, Any]) -> None:
+    resource = template["Resources"]["SchemaMigration"]
+    assert resource["Type"] in {"Custom::Migrate", "AWS::CloudFormation::CustomResource"}
+    props = resource["Properties"]
+    assert getatt_target(template, props["ServiceToken"], "Arn") == "MigrateFunction"
+    migrate_timeout = resolve_int(template, template["Resources"]["MigrateFunction"]["Properties"]["Timeout"])
+    # A wait bounded below CloudFormation's one-hour default, yet longer than a run can take.
+    assert migrate_timeout < props["ServiceTimeout"] < 3600
+
+
+def test_schema_version_names_the_newest_migration(template: dict[str, Any]) -> None:
+    """CloudFormation invokes the migrate function only when a property changes: a deploy
+    that adds a migration must change this one, or the migration never runs."""
+    assert template["Resources"]["SchemaMigration"]["Properties"]["SchemaVersion"] == required_version()
+
+
+def test_every_function_that_uses_the_schema_waits_for_the_migration(template: dict[str, Any]) -> None:
+    for logical_id in FUNCTIONS:
+        depends_on = as_list(template["Resources"][logical_id].get("DependsOn", []))
+        if logical_id == "MigrateFunction":
+            assert "SchemaMigration" not in depends_on, "the migration needs the function first"
+        else:
+            assert "SchemaMigration" in depends_on, f"{logical_id} could run before its schema exists"
+
+
+def _dependencies(resources: dict[str, Any], logical_id: str) -> set[str]:
+    """Every resource CloudFormation creates before this one: DependsOn, Ref and GetAtt,
+    followed transitively."""
+    found: set[str] = set()
+    pending = [logical_id]
+    while pending:
+        resource = resources[pending.pop()]
+        direct = set(as_list(resource.get("DependsOn", [])))
+        text = json.dumps(resource.get("Properties", {}))
+        direct |= set(re.findall(r'\{"Ref": "([A-Za-z0-9]+)"\}', text))
+        direct |= set(re.findall(r'\{"Fn::GetAtt": \["([A-Za-z0-9]+)"', text))
+        for name in (direct & set(resources)) - found:
+            found.add(name)
+            pending.append(name)
+    return found
+
+
+def test_schedules_start_only_after_the_migration(expanded_template: dict[str, Any]) -> None:
+    """SAM generates the schedules (it passes no DependsOn to them); each targets its function,
+    which DependsOn the migration, so no tick can fire before the schema exists."""
+    resources = expanded_template["Resources"]
+    schedules = resources_of(expanded_template, "AWS::Scheduler::Schedule")
+    assert set(schedules) == {"DispatcherFunctionTick", "SweeperFunctionTick"}
+    for logical_id in schedules:
+        assert "SchemaMigration" in _dependencies(resources, logical_id), logical_id
+    assert "SchemaMigration" not in _dependencies(resources, "MigrateFunction")
 
 
 # --- environment -----------------------------------------------------------------------------

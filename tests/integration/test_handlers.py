@@ -1,7 +1,9 @@
 """Every sample event through its real handler, in its own process, configured by the
 environment, exactly as ``sam local invoke -e events/<file>.json`` would run it.
 
-Webhook samples are covered the same way in test_webhooks.py.
+Webhook samples are covered the same way in test_webhooks.py and test_handler_processes.py;
+CloudFormation's requests to the migrate function (``migrate-cfn-*``), which answer at a URL,
+in test_deploy.py.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ def function_for(event: Path) -> str:
 
 def sample_events() -> list[Path]:
     return sorted(
-        p for p in EVENTS.glob("*.json") if not p.name.startswith("webhook-") and p.name != "env.json"
+        p
+        for p in EVENTS.glob("*.json")
+        if not p.name.startswith(("webhook-", "migrate-cfn-")) and p.name != "env.json"
     )
 
 
 @pytest.fixture(scope="module")
 def stack(pg_server: Any) -> Iterator[LocalStack]:
-    with LocalStack(database_url=pg_server.admin_url) as running:
+    with LocalStack(database_url=pg_server.admin_url, database_from_secret=True) as running:
         yield running
 
 
