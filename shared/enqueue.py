@@ -140,10 +140,11 @@ def stored_region(db: Database, channel: Channel, provider_account_id: str, give
 def upsert_sender(
     conn: psycopg.Connection[DictRow], channel: Channel, provider_account_id: str, region: str | None
 ) -> dict[str, Any]:
-    row = conn.execute(
-        sql.UPSERT_SENDER,
-        {"channel": channel.value, "provider_account_id": provider_account_id, "default_region": region},
-    ).fetchone()
+    params = {"channel": channel.value, "provider_account_id": provider_account_id, "default_region": region}
+    row = (
+        conn.execute(sql.UPSERT_SENDER, params).fetchone()
+        or conn.execute(sql.SENDER_BY_NATURAL_KEY, params).fetchone()
+    )
     assert row is not None
     return dict(row)
 

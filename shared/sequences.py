@@ -299,7 +299,7 @@ def queue_waiting_contacts(
         assigned_by.update(names[s] for s in senders)
     queued = conn.execute(
         sql.QUEUE_FIRST_STEP,
-        {"campaign_id": campaign_id, "contact_ids": ids, "max_attempts": config.max_attempts},
+        {"campaign_id": campaign_id, "contact_ids": waiting, "max_attempts": config.max_attempts},
     ).fetchall()
     return QueueingResult(
         contacts_started=len(waiting),

@@ -417,15 +417,18 @@ SELECT default_region FROM sender_accounts
 WHERE channel = %(channel)s AND provider_account_id = %(provider_account_id)s
 """
 
-# A request without a region keeps the stored one; a request with one sets it.
+# A request without a region keeps the stored one; a request with one sets it. The row is
+# rewritten only when the region changes: an enqueue holds its transaction open while it adds
+# thousands of contacts, and a rewritten sender row makes every insert that references it
+# (the next step a settle queues) wait for that whole transaction. Returns no row when nothing
+# changed; SENDER_BY_NATURAL_KEY then reads it, in a statement that sees a concurrent insert.
 UPSERT_SENDER: LiteralString = """
 INSERT INTO sender_accounts (channel, provider_account_id, default_region)
 VALUES (%(channel)s, %(provider_account_id)s, %(default_region)s)
 ON CONFLICT (channel, provider_account_id) DO UPDATE
-SET default_region = COALESCE(EXCLUDED.default_region, sender_accounts.default_region),
-    updated_at = CASE WHEN EXCLUDED.default_region IS DISTINCT FROM sender_accounts.default_region
-                       AND EXCLUDED.default_region IS NOT NULL
-                      THEN now() ELSE sender_accounts.updated_at END
+SET default_region = EXCLUDED.default_region, updated_at = now()
+WHERE EXCLUDED.default_region IS NOT NULL
+  AND EXCLUDED.default_region IS DISTINCT FROM sender_accounts.default_region
 RETURNING id, default_region
 """
 
@@ -493,9 +496,14 @@ ORDER BY c.address
 FOR NO KEY UPDATE OF c
 """
 
+# Existing members are filtered out before the insert: a unique check against a membership
+# row a settle or a stop is updating would wait for that transaction, and the settle may be
+# waiting for this one (a deadlock). ON CONFLICT still covers two enqueues adding one member.
 ADD_CAMPAIGN_CONTACTS: LiteralString = """
 INSERT INTO campaign_contacts (campaign_id, contact_id, sequence_state)
-SELECT %(campaign_id)s, id, 'waiting' FROM unnest(%(contact_ids)s::uuid[]) AS t(id)
+SELECT %(campaign_id)s, t.id, 'waiting' FROM unnest(%(contact_ids)s::uuid[]) AS t(id)
+WHERE NOT EXISTS (SELECT 1 FROM campaign_contacts cc
+                  WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = t.id)
 ON CONFLICT DO NOTHING
 """
 
@@ -555,6 +563,8 @@ WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = a.contact_id AND cc.s
 RETURNING cc.contact_id
 """
 
+# Only for contacts whose sequence this call started (never one already running, whose step 1
+# a settle may be updating: its unique check would wait on that settle).
 QUEUE_FIRST_STEP: LiteralString = """
 INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, action, scheduled_for,
                         max_attempts)
