@@ -136,6 +136,13 @@ def cmd_campaign_stop_contact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _until(at: datetime | None) -> str:
+    if at is None or at <= datetime.now(UTC):
+        return "-"
+    # An operator's pause without an end is stored as Postgres' 'infinity'.
+    return "until resumed" if at.year == datetime.max.year else at.isoformat(timespec="seconds")
+
+
 def render_status(status: CampaignStatus) -> Group:
     """Progress per step and per sender, as tables."""
     header = Text.assemble(
@@ -172,7 +179,7 @@ def render_status(status: CampaignStatus) -> Group:
     for column in ("sender", "paused until", "contacts", "queued", "sent", "failed", "unknown", "cancelled"):
         senders.add_column(column, justify="left" if column in ("sender", "paused until") else "right")
     for sender in status.senders:
-        paused = sender.paused_until.isoformat(timespec="seconds") if sender.paused_until else "-"
+        paused = _until(sender.paused_until)
         senders.add_row(
             sender.provider_account_id,
             paused,

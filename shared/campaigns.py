@@ -276,7 +276,8 @@ def _transition(
         ):
             now = _campaign(conn, campaign_id)["status"]
             raise CampaignStateError(
-                f"campaign {campaign_id} is {now}; {action} applies to a {source} campaign"
+                f"campaign {campaign_id} is {now}; {action} applies only to "
+                f"{'an' if source[0] in 'aeiou' else 'a'} {source} campaign"
             )
     return CampaignReport(campaign_id=str(campaign_id), status=target, changed=True)
 
