@@ -359,7 +359,7 @@ def add_campaign_commands(sub: Any) -> None:
         help="campaign lifecycle: create, start, pause, resume, cancel, stop a contact, status",
         description="Campaign lifecycle. States: draft -> active <-> paused -> completed | cancelled.",
     )
-    commands = campaign.add_subparsers(dest="campaign_command", required=True)
+    commands = campaign.add_subparsers(dest="campaign_command", required=True, help="what to do")
 
     create = commands.add_parser(
         "create",
@@ -450,7 +450,7 @@ def add_sender_commands(sub: Any) -> None:
         help="sender accounts: show, pause, resume, configure pacing",
         description="Sender accounts, named by channel and provider account id.",
     )
-    commands = sender.add_subparsers(dest="sender_command", required=True)
+    commands = sender.add_subparsers(dest="sender_command", required=True, help="what to do")
 
     show = commands.add_parser(
         "show", help="pacing, pause, usage and queue of a sender", description="What limits the sender now."

@@ -184,10 +184,10 @@ class SenderLoad:
 
 
 def assign_senders(count: int, loads: Sequence[SenderLoad]) -> list[UUID]:
-    """Give each of ``count`` new contacts the sender with the most room left, then the fewest
-    contacts in this campaign (water-filling): uncapped senders share evenly, capped ones get
-    what their caps allow first, and a paused sender gets contacts only if every sender has
-    none to give."""
+    """Give each of ``count`` new contacts the sender with the most room left today, then the
+    fewest contacts in this campaign (water-filling): uncapped senders share evenly, capped
+    ones take what their caps allow first, and once no sender has room left (or all are
+    paused) the contacts even out by count."""
     if not loads:
         raise ValueError("a campaign needs at least one sender")
     room = {load.sender_id: math.inf if load.room is None else float(load.room) for load in loads}
@@ -195,7 +195,7 @@ def assign_senders(count: int, loads: Sequence[SenderLoad]) -> list[UUID]:
     order = [load.sender_id for load in loads]
     assigned: list[UUID] = []
     for _ in range(count):
-        best = max(order, key=lambda s: (room[s], -carried[s]))
+        best = max(order, key=lambda s: (max(room[s], 0.0), -carried[s]))
         assigned.append(best)
         room[best] -= 1
         carried[best] += 1
