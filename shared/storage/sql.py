@@ -272,8 +272,11 @@ WITH settled AS (
     INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, action,
                             scheduled_for, max_attempts)
     SELECT n.campaign_id, n.contact_id, n.sender_account_id, n.message_type, n.body, n.action,
-           sendonce_next_window_open(n.sent_at + make_interval(secs => n.delay_seconds),
-                                     sa.timezone, sa.window_days, sa.window_start, sa.window_end),
+           CASE WHEN sa.window_start IS NULL AND sa.window_days IS NULL
+                THEN n.sent_at + make_interval(secs => n.delay_seconds)
+                ELSE sendonce_next_window_open(n.sent_at + make_interval(secs => n.delay_seconds),
+                                               sa.timezone, sa.window_days, sa.window_start, sa.window_end)
+           END,
            n.max_attempts
     FROM next_step n JOIN sender_accounts sa ON sa.id = n.sender_account_id
     ON CONFLICT (campaign_id, contact_id, message_type) DO NOTHING
@@ -569,8 +572,11 @@ QUEUE_FIRST_STEP: LiteralString = """
 INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, action, scheduled_for,
                         max_attempts)
 SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, st.message_type, st.body, st.action,
-       sendonce_next_window_open(now() + make_interval(secs => st.delay_seconds),
-                                 s.timezone, s.window_days, s.window_start, s.window_end),
+       CASE WHEN s.window_start IS NULL AND s.window_days IS NULL
+            THEN now() + make_interval(secs => st.delay_seconds)
+            ELSE sendonce_next_window_open(now() + make_interval(secs => st.delay_seconds),
+                                           s.timezone, s.window_days, s.window_start, s.window_end)
+       END,
        %(max_attempts)s
 FROM campaign_contacts cc
 JOIN campaign_steps st ON st.campaign_id = cc.campaign_id AND st.position = 1
