@@ -273,6 +273,12 @@ def test_the_lifecycle_refuses_commands_that_do_not_apply(database: Database) ->
     with pytest.raises(CampaignStateError, match="use resume"):
         start_campaign(database, draft, operator="ops", config=CONFIG)
     assert resume_campaign(database, draft, operator="ops").status == "active"
+    # A draft cancels too: its waiting contacts stop before they ever started.
+    unstarted = new_campaign(database, ["15550000002", "15550000003"], start=False)
+    assert cancel_campaign(database, unstarted, operator="ops").sequences_stopped == 2
+    assert sequence(database, unstarted, "15550000002")["sequence_state"] == "stopped"
+    with pytest.raises(CampaignStateError, match="only a draft campaign starts"):
+        start_campaign(database, unstarted, operator="ops", config=CONFIG)
 
 
 # --- the cross-campaign policy ----------------------------------------------------------------------

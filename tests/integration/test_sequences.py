@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from devstack.engine_testing import (
+    CONFIG,
     by_step,
     deliver,
     make_due,
@@ -26,6 +27,7 @@ from devstack.engine_testing import (
     whatsapp_status,
 )
 from devstack.testing import expire_leases
+from shared.campaigns import campaign_status, start_campaign
 from shared.config import Settings
 from shared.dispatch import DispatchDeps
 from shared.enqueue import enqueue_campaign
@@ -222,6 +224,10 @@ def test_a_reply_on_each_channel_stops_the_sequence_everywhere(
         assert (state["sequence_state"], state["stop_cause"]) == ("stopped", "reply")
         assert state["stopped_reason"].startswith(f"replied: {channel.value}")
     assert by_step(database, first) == {(contact, "intro"): "sent", (contact, "follow_up"): "cancelled"}
+    steps = campaign_status(database, first).steps
+    assert [(s.sent, s.cancelled, s.replied) for s in steps] == [(1, 0, 1), (0, 1, 0)], (
+        "the reply counts for step 1"
+    )
     make_due(database)
     assert run_dispatcher(deps)["Sent"] == 0
     event = database.fetch_one(
@@ -238,6 +244,14 @@ def test_a_replayed_old_reply_does_not_stop_a_later_sequence(database: Database,
     later = new_campaign(database, [A], senders=("sender-2",))
     deliver(database, Channel.WHATSAPP, message)  # Meta retries deliveries for days
     assert sequence(database, later, A)["sequence_state"] == "active"
+
+
+def test_a_reply_before_the_campaign_starts_stops_the_waiting_contact(database: Database) -> None:
+    draft = new_campaign(database, [A, B], start=False)
+    deliver(database, Channel.WHATSAPP, reply(Channel.WHATSAPP, A))
+    assert sequence(database, draft, A)["sequence_state"] == "stopped"
+    start_campaign(database, draft, operator="ops", config=CONFIG)
+    assert by_step(database, draft) == {(B, "intro"): "pending"}, "only the contact who did not reply starts"
 
 
 def test_an_opt_out_through_the_library_function_stops_the_sequence(

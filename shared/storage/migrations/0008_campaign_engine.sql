@@ -83,9 +83,10 @@ ALTER TABLE campaign_contacts
 ALTER TABLE campaign_contacts ALTER COLUMN sequence_state SET DEFAULT 'waiting';
 UPDATE campaign_contacts cc SET sender_account_id = cp.sender_account_id
 FROM campaigns cp WHERE cp.id = cc.campaign_id;
--- A contact in an active or halted sequence always has its sender.
-ALTER TABLE campaign_contacts ADD CONSTRAINT campaign_contacts_queued_have_sender
-    CHECK (sequence_state IN ('waiting', 'skipped') OR sender_account_id IS NOT NULL);
+-- A contact whose sequence started always has its sender (one stopped or skipped before it
+-- started has none).
+ALTER TABLE campaign_contacts ADD CONSTRAINT campaign_contacts_started_have_sender
+    CHECK (sequence_state NOT IN ('active', 'halted', 'completed') OR sender_account_id IS NOT NULL);
 
 -- Stops and replies find a contact's memberships; stats and pools read per campaign.
 CREATE INDEX campaign_contacts_by_contact ON campaign_contacts (contact_id);
