@@ -40,7 +40,7 @@ from shared.pacing import SenderPacing
 from shared.providers.outcome import Channel, SendOutcome
 from shared.queue import ClaimedMessage, QueueRepository, SendingVerdict
 from shared.senders import configure_sender, pause_sender, resume_sender
-from shared.sequences import EngineConfig
+from shared.sequences import EngineConfig, StopCause, stop_contact
 from shared.storage.db import Database
 from shared.sweeper import SweepDeps, sweep
 
@@ -439,3 +439,20 @@ def test_a_paused_senders_contacts_wait_and_never_move(
         assert sequence(database, campaign, row["address"])["sender_account_id"] == row["sender_account_id"]
     assert {(m["recipient"], m["sender_id"]) for m in fake_provider.ledger()} == set(assigned.items())
     assert Counter(m["recipient"] for m in fake_provider.ledger()) == dict.fromkeys(assigned, 2)
+
+
+def test_a_row_that_went_back_to_pending_after_a_stop_is_cancelled_by_the_sweeper(
+    database: Database, settings: Settings, guard: SendGuard, queue: QueueRepository
+) -> None:
+    campaign = new_campaign(database, ["15550000001"], steps=(("intro", 0),))
+    [message] = queue.claim_batch(uuid.uuid4(), 10, 60)
+    assert queue.mark_sending(message)
+    # The contact replies while the send is in flight; then the provider answers "throttled",
+    # which provably did not send: the row goes back to pending, for a stopped contact.
+    stop_contact(database, Channel.WHATSAPP, "15550000001", cause=StopCause.REPLY, reason="r", decided_by="t")
+    assert queue.settle_pending(message, delay_seconds=0, outcome=SendOutcome.retry_later(None, "whatsapp:130429"))
+    assert statuses(database, campaign) == {"pending": 1}
+    report = sweep(SweepDeps(settings=settings, queue=queue, guard=guard, sqs=None))
+    assert (report.stragglers_cancelled, report.campaigns_completed) == (1, 1)
+    assert statuses(database, campaign) == {"cancelled": 1}
+    assert campaign_state(database, campaign) == "completed"
