@@ -450,7 +450,9 @@ def test_a_row_that_went_back_to_pending_after_a_stop_is_cancelled_by_the_sweepe
     # The contact replies while the send is in flight; then the provider answers "throttled",
     # which provably did not send: the row goes back to pending, for a stopped contact.
     stop_contact(database, Channel.WHATSAPP, "15550000001", cause=StopCause.REPLY, reason="r", decided_by="t")
-    assert queue.settle_pending(message, delay_seconds=0, outcome=SendOutcome.retry_later(None, "whatsapp:130429"))
+    assert queue.settle_pending(
+        message, delay_seconds=0, outcome=SendOutcome.retry_later(None, "whatsapp:130429")
+    )
     assert statuses(database, campaign) == {"pending": 1}
     report = sweep(SweepDeps(settings=settings, queue=queue, guard=guard, sqs=None))
     assert (report.stragglers_cancelled, report.campaigns_completed) == (1, 1)
