@@ -12,6 +12,17 @@ commands work against the local stack and a deployed one.
     sendonce duplicates [--lookback-hours N]
     sendonce migrate [--dry-run]
     sendonce sweep
+    sendonce campaign create --file SPEC.json [--start] --operator NAME
+    sendonce campaign start|resume ID --operator NAME
+    sendonce campaign pause|cancel ID --operator NAME [--reason TEXT]
+    sendonce campaign stop-contact --channel CHANNEL --address ADDRESS [--campaign ID] --operator NAME
+    sendonce campaign status ID [--watch [--interval SECONDS]] [--json]
+    sendonce sender show --channel CHANNEL --account ID [--json]
+    sendonce sender pause --channel CHANNEL --account ID [--until TIME | --for-minutes N] --operator NAME
+    sendonce sender resume --channel CHANNEL --account ID --operator NAME
+    sendonce sender configure --channel CHANNEL --account ID --operator NAME [pacing options]
+
+Every command and option has --help.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from uuid import UUID
 
 from rich.table import Table
 
+from devstack.engine_cli import add_campaign_commands, add_sender_commands
 from devstack.terminal import make_console
 from shared.reconcile import (
     DecisionError,
@@ -208,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     swp = sub.add_parser("sweep", help="run one sweep now")
     swp.set_defaults(run=cmd_sweep)
+
+    add_campaign_commands(sub)
+    add_sender_commands(sub)
     return parser
 
 

@@ -100,9 +100,11 @@ def enqueue_contacts(
     body: str = "hello",
     steps: list[str] | None = None,
     campaign_id: uuid.UUID | None = None,
+    cross_campaign_policy: str | None = None,
 ) -> uuid.UUID:
     """Enqueue one campaign through the real enqueue path; returns its id. ``steps`` names
-    the message types (one per step), all with ``body``."""
+    the message types (one per step), all with ``body``. ``cross_campaign_policy="allow"``
+    lets a test message one person from several campaigns of one sender."""
     campaign = campaign_id or uuid.uuid4()
     enqueue_campaign(
         db,
@@ -115,6 +117,7 @@ def enqueue_contacts(
                 "sender_provider_id": sender,
                 "contacts": [{"address": a} for a in addresses],
                 "steps": [{"message_type": t, "body": body} for t in (steps or ["intro"])],
+                **({"cross_campaign_policy": cross_campaign_policy} if cross_campaign_policy else {}),
             }
         ),
     )

@@ -150,6 +150,16 @@ class Settings(BaseSettings):
     )
     sender_pause_seconds: SenderPauses = SenderPauses()
 
+    # --- Campaign engine --------------------------------------------------------------------
+    cross_campaign_window_seconds: int = Field(
+        default=30 * 24 * 3600,
+        ge=0,
+        description=(
+            "A contact queued or messaged by another campaign of the same sender within this "
+            "window is skipped (per-campaign policy 'skip', the default)."
+        ),
+    )
+
     # --- Sweeper / reconciliation -----------------------------------------------------------
     sweeper_timeout_seconds: int = Field(default=120, ge=10, le=900)
     sweep_batch_size: int = Field(default=500, ge=1, le=10_000)

@@ -32,7 +32,7 @@ from shared.events import DispatchRequest
 from shared.idempotency import GuardResult, GuardVerdict, SendGuard
 from shared.observability import Metric, Stage, Tally, logger
 from shared.providers.outcome import Channel, OutcomeKind, ProviderAdapter, SendOutcome
-from shared.queue import ClaimedMessage, QueueRepository, QueueStatus, RetryPolicy
+from shared.queue import ClaimedMessage, QueueRepository, QueueStatus, RetryPolicy, SendingVerdict
 from shared.storage.migrate import schema_behind
 
 
@@ -200,8 +200,17 @@ def _deliver(
         return None
 
     with tally.timed(Stage.POSTGRES):
-        owned = queue.mark_sending(message)
-    if not owned:
+        verdict = queue.mark_sending(message)
+    if verdict is SendingVerdict.CANCELLED:
+        # Its campaign ended or its contact's sequence stopped (a reply) since the claim.
+        tally.add(Metric.CANCELLED)
+        logger.info("not sent: cancelled since it was claimed", extra=_keys(message))
+        return None
+    if verdict is SendingVerdict.RETURNED:
+        tally.add(Metric.RELEASED_UNSENT)
+        logger.info("not sent: its campaign was paused since it was claimed", extra=_keys(message))
+        return None
+    if verdict is SendingVerdict.LOST:
         tally.add(Metric.LEASE_LOST_BEFORE_SEND)
         logger.warning("lease lost before send; row left to its new owner", extra=_keys(message))
         return None

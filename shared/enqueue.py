@@ -1,34 +1,46 @@
-"""Enqueueing a campaign: contacts are normalised and de-duplicated, then every step is
-inserted once per contact in one transaction.
+"""Enqueueing a campaign: contacts are normalised and de-duplicated, added to the campaign,
+and each contact's sequence is started (step 1 queued) in one transaction.
 
 The seed incidents duplicated contacts in the request (003) and raced two enqueues of the
 same sequence step (004). Here the database decides: contacts are unique per (channel,
-address) and queue rows per (campaign, contact, step), and every insert is ON CONFLICT DO
-NOTHING, so a repeated, retried or concurrent enqueue can only ever add what is missing.
-Addresses reach that constraint in one canonical form (``shared.addresses``), so two
-spellings of one number are one contact.
+address), memberships per (campaign, contact) and queue rows per (campaign, contact, step),
+and every insert is ON CONFLICT DO NOTHING, so a repeated, retried or concurrent enqueue can
+only ever add what is missing. Addresses reach that constraint in one canonical form
+(``shared.addresses``), so two spellings of one number are one contact.
+
+Only step 1 is queued here; each later step is queued when the one before it is sent
+(``shared.sequences``). A contact another campaign of the same sender queued or messaged
+recently is skipped (the cross-campaign policy, seed 000), with the reason recorded.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
+import psycopg
+from psycopg.rows import DictRow
 from pydantic import BaseModel
 
 from shared.addresses import AddressProblem, InvalidAddressError, mask_address, normalise_address
-from shared.events import EnqueueRequest
+from shared.events import EnqueueContact, EnqueueRequest, EnqueueStep
 from shared.providers.outcome import Channel
+from shared.sequences import EngineConfig, QueueingResult, queue_waiting_contacts
 from shared.storage import sql
 from shared.storage.db import Database
 
 __all__ = [
     "MAX_INVALID_EXAMPLES",
+    "CampaignClosedError",
+    "CampaignConflictError",
     "CampaignSenderConflictError",
     "EnqueueReport",
     "InvalidAddressError",
     "InvalidContact",
+    "UnknownCampaignError",
     "enqueue_campaign",
     "normalise_address",
 ]
@@ -38,9 +50,22 @@ __all__ = [
 MAX_INVALID_EXAMPLES = 20
 
 
-class CampaignSenderConflictError(ValueError):
-    """The campaign id exists and sends from another sender account. Raised inside the
+class CampaignConflictError(ValueError):
+    """The campaign id exists and the request describes it differently (steps, policy).
+    Raised inside the transaction, so nothing the request would have written is kept."""
+
+
+class CampaignSenderConflictError(CampaignConflictError):
+    """The campaign id exists and does not send from this sender account. Raised inside the
     enqueue transaction, so nothing the request would have written is kept."""
+
+
+class CampaignClosedError(ValueError):
+    """The campaign was cancelled: nothing more is added to it."""
+
+
+class UnknownCampaignError(LookupError):
+    pass
 
 
 class InvalidContact(BaseModel):
@@ -52,18 +77,24 @@ class InvalidContact(BaseModel):
 
 class EnqueueReport(BaseModel):
     campaign_id: str
+    campaign_status: str
     sender_default_region: str | None
     contacts_received: int
     duplicate_contacts_dropped: int
     invalid_contacts: int
     invalid_by_reason: dict[str, int]
     invalid_examples: list[InvalidContact]
+    # Step-1 rows this request queued, and contacts of it whose sequence had started before.
     rows_enqueued: int
     rows_already_queued: int
+    # Contacts of this request never queued in this campaign, by reason (cross_campaign).
+    contacts_skipped: int
+    skipped_by_reason: dict[str, int]
+    assigned_by_sender: dict[str, int]
 
 
 @dataclass
-class _Contacts:
+class NormalisedContacts:
     region: str | None
     unique: dict[str, str] = field(default_factory=dict)  # stored address -> display name
     invalid_by_reason: Counter[str] = field(default_factory=Counter)
@@ -74,98 +105,234 @@ class _Contacts:
         return sum(self.invalid_by_reason.values())
 
 
-def _normalise_contacts(request: EnqueueRequest, region: str | None) -> _Contacts:
-    contacts = _Contacts(region)
-    for index, contact in enumerate(request.contacts):
+def normalise_contacts(
+    channel: Channel, contacts: Sequence[EnqueueContact], region: str | None
+) -> NormalisedContacts:
+    result = NormalisedContacts(region)
+    for index, contact in enumerate(contacts):
         try:
-            address = normalise_address(request.channel, contact.address, region)
+            address = normalise_address(channel, contact.address, region)
         except InvalidAddressError as exc:
-            contacts.invalid_by_reason[exc.problem.value] += 1
-            if len(contacts.invalid_examples) < MAX_INVALID_EXAMPLES:
-                contacts.invalid_examples.append(
+            result.invalid_by_reason[exc.problem.value] += 1
+            if len(result.invalid_examples) < MAX_INVALID_EXAMPLES:
+                result.invalid_examples.append(
                     InvalidContact(
                         index=index,
-                        address=mask_address(request.channel, contact.address),
+                        address=mask_address(channel, contact.address),
                         reason=exc.problem,
                         detail=exc.detail,
                     )
                 )
             continue
-        contacts.unique.setdefault(address, contact.display_name)
-    return contacts
+        result.unique.setdefault(address, contact.display_name)
+    return result
 
 
-def _stored_region(db: Database, request: EnqueueRequest) -> str | None:
-    if request.sender_default_region is not None:
-        return request.sender_default_region
+def stored_region(db: Database, channel: Channel, provider_account_id: str, given: str | None) -> str | None:
+    if given is not None or channel is not Channel.WHATSAPP:
+        return given
     found = db.fetch_one(
-        sql.SENDER_DEFAULT_REGION,
-        {"channel": request.channel.value, "provider_account_id": request.sender_provider_id},
+        sql.SENDER_DEFAULT_REGION, {"channel": channel.value, "provider_account_id": provider_account_id}
     )
     return None if found is None else found["default_region"]
 
 
-def enqueue_campaign(db: Database, request: EnqueueRequest, *, max_attempts: int = 5) -> EnqueueReport:
+def upsert_sender(
+    conn: psycopg.Connection[DictRow], channel: Channel, provider_account_id: str, region: str | None
+) -> dict[str, Any]:
+    params = {"channel": channel.value, "provider_account_id": provider_account_id, "default_region": region}
+    row = (
+        conn.execute(sql.UPSERT_SENDER, params).fetchone()
+        or conn.execute(sql.SENDER_BY_NATURAL_KEY, params).fetchone()
+    )
+    assert row is not None
+    return dict(row)
+
+
+def step_params(campaign_id: UUID, steps: Sequence[EnqueueStep]) -> dict[str, Any]:
+    return {
+        "campaign_id": campaign_id,
+        "message_types": [s.message_type for s in steps],
+        "bodies": [s.body for s in steps],
+        "delays": [s.delay_seconds for s in steps],
+        "actions": [s.action.value for s in steps],
+    }
+
+
+def stored_steps(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> list[tuple[str, str, int, str]]:
+    rows = conn.execute(sql.CAMPAIGN_STEPS, {"campaign_id": campaign_id}).fetchall()
+    return [(r["message_type"], r["body"], r["delay_seconds"], r["action"]) for r in rows]
+
+
+def as_stored(steps: Sequence[EnqueueStep]) -> list[tuple[str, str, int, str]]:
+    return [(s.message_type, s.body, s.delay_seconds, s.action.value) for s in steps]
+
+
+def hold_campaign(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> dict[str, Any]:
+    """Hold the campaign row while contacts are added: in SHARE mode, so enqueues run side by
+    side while a pause, cancel or completion waits for them. A completed campaign is held
+    exclusively instead, because adding contacts reopens it (nothing of it is in flight, so
+    holding it up costs nothing). If it completes between the read and the lock, the SHARE
+    lock is upgraded by the reopen: two enqueues doing that at the same instant deadlock and
+    Postgres aborts one, which its caller retries."""
+    row = conn.execute(sql.CAMPAIGN_ROW, {"campaign_id": campaign_id}).fetchone()
+    if row is None:
+        raise UnknownCampaignError(f"no campaign {campaign_id}")
+    lock = sql.LOCK_CAMPAIGN if row["status"] == "completed" else sql.LOCK_CAMPAIGN_SHARED
+    locked = conn.execute(lock, {"campaign_id": campaign_id}).fetchone()
+    assert locked is not None
+    return {**row, "status": locked["status"]}
+
+
+def add_members(
+    conn: psycopg.Connection[DictRow], campaign_id: UUID, channel: Channel, contacts: Mapping[str, str]
+) -> list[UUID]:
+    """Upsert the contacts, lock them (see ``sql.LOCK_CONTACTS``) and make them members of the
+    campaign; returns their ids. New members wait until their sequence is started."""
+    # Sorted: concurrent inserts of overlapping contact lists take their locks in one order.
+    addresses = sorted(contacts)
+    conn.execute(
+        sql.UPSERT_CONTACTS,
+        {"channel": channel.value, "addresses": addresses, "display_names": [contacts[a] for a in addresses]},
+    )
+    rows = conn.execute(sql.LOCK_CONTACTS, {"channel": channel.value, "addresses": addresses}).fetchall()
+    ids = [r["id"] for r in rows]
+    conn.execute(sql.ADD_CAMPAIGN_CONTACTS, {"campaign_id": campaign_id, "contact_ids": ids})
+    return ids
+
+
+def start_members(
+    conn: psycopg.Connection[DictRow],
+    campaign: Mapping[str, Any],
+    config: EngineConfig,
+    contact_ids: Sequence[UUID] | None,
+    decided_by: str,
+) -> QueueingResult:
+    """Queue step 1 for waiting members of a campaign that runs (active, paused or completed;
+    a completed one is reopened when that queues anything)."""
+    if campaign["status"] not in ("active", "paused", "completed"):
+        return QueueingResult()
+    result = queue_waiting_contacts(conn, campaign, config, contact_ids)
+    if campaign["status"] == "completed" and result.rows_queued:
+        conn.execute(
+            sql.SET_CAMPAIGN_STATUS,
+            {
+                "campaign_id": campaign["id"],
+                "from_statuses": ["completed"],
+                "from_status": "completed",
+                "to_status": "active",
+                "action": "reopen",
+                "decided_by": decided_by,
+                "reason": "contacts added",
+            },
+        )
+    return result
+
+
+def pool_conflict(campaign_id: UUID, pool: Sequence[Mapping[str, Any]], channel: Channel, sender: str) -> str:
+    accounts = ", ".join(repr(p["provider_account_id"]) for p in pool)
+    plural = "s" if len(pool) > 1 else ""
+    return (
+        f"campaign {campaign_id} sends from {pool[0]['channel']} sender account{plural} {accounts}, "
+        f"not from {channel.value} sender account {sender!r}: a campaign sends from its own pool, so use "
+        "a new campaign_id for this sender. Nothing was enqueued."
+    )
+
+
+def enqueue_campaign(
+    db: Database, request: EnqueueRequest, *, max_attempts: int = 5, config: EngineConfig | None = None
+) -> EnqueueReport:
+    config = config or EngineConfig(max_attempts=max_attempts)
     # Only phone numbers depend on the region; normalising before the transaction keeps the
     # sender row (locked by the upsert) free while 50,000 numbers are parsed.
-    reads_region = request.channel is Channel.WHATSAPP
-    contacts = _normalise_contacts(request, _stored_region(db, request) if reads_region else None)
+    region = stored_region(db, request.channel, request.sender_provider_id, request.sender_default_region)
+    contacts = normalise_contacts(request.channel, request.contacts, region)
 
     with db.connection() as conn, conn.transaction():
-        sender = conn.execute(
-            sql.UPSERT_SENDER,
-            {
-                "channel": request.channel.value,
-                "provider_account_id": request.sender_provider_id,
-                "default_region": request.sender_default_region,
-            },
-        ).fetchone()
-        assert sender is not None
-        if reads_region and sender["default_region"] != contacts.region:
+        sender = upsert_sender(
+            conn, request.channel, request.sender_provider_id, request.sender_default_region
+        )
+        if request.channel is Channel.WHATSAPP and sender["default_region"] != contacts.region:
             # Another request changed the sender's region since it was read.
-            contacts = _normalise_contacts(request, sender["default_region"])
-        conn.execute(
+            contacts = normalise_contacts(request.channel, request.contacts, sender["default_region"])
+        created = conn.execute(
             sql.UPSERT_CAMPAIGN,
             {
                 "campaign_id": request.campaign_id,
                 "name": request.campaign_name,
                 "sender_account_id": sender["id"],
+                "status": "active",
+                "cross_campaign_policy": request.cross_campaign_policy or "skip",
             },
-        )
-        owner = conn.execute(sql.CAMPAIGN_SENDER, {"campaign_id": request.campaign_id}).fetchone()
-        assert owner is not None
-        if owner["sender_account_id"] != sender["id"]:
-            raise CampaignSenderConflictError(
-                f"campaign {request.campaign_id} sends from {owner['channel']} sender account "
-                f"{owner['provider_account_id']!r}, not from {request.channel.value} sender account "
-                f"{request.sender_provider_id!r}: one campaign sends from one account, so use a new "
-                "campaign_id for this sender. Nothing was enqueued."
+        ).fetchone()
+        if created is not None:
+            conn.execute(
+                sql.ADD_CAMPAIGN_SENDER,
+                {"campaign_id": request.campaign_id, "sender_account_id": sender["id"]},
             )
-        addresses = list(contacts.unique)
-        params: dict[str, Any] = {
-            "channel": request.channel.value,
-            "campaign_id": request.campaign_id,
-            "addresses": addresses,
-            "display_names": [contacts.unique[a] for a in addresses],
-            "message_types": [s.message_type for s in request.steps],
-            "bodies": [s.body for s in request.steps],
-            "delays": [s.delay_seconds for s in request.steps],
-            "max_attempts": max_attempts,
-        }
-        conn.execute(sql.ADD_CAMPAIGN_SENDER, {**params, "sender_account_id": sender["id"]})
-        conn.execute(sql.UPSERT_CONTACTS, params)
-        conn.execute(sql.ADD_CAMPAIGN_CONTACTS, params)
-        inserted = conn.execute(sql.ENQUEUE_STEPS, {**params, "sender_account_id": sender["id"]}).fetchall()
+            conn.execute(sql.INSERT_CAMPAIGN_STEPS, step_params(request.campaign_id, request.steps))
+            conn.execute(
+                sql.RECORD_CAMPAIGN_DECISION,
+                {
+                    "campaign_id": request.campaign_id,
+                    "action": "create",
+                    "from_status": None,
+                    "to_status": "active",
+                    "decided_by": "enqueue",
+                    "reason": "first enqueue of this campaign",
+                },
+            )
+        campaign = hold_campaign(conn, request.campaign_id)
+        _check_same_campaign(conn, request, sender["id"], campaign)
+        if campaign["status"] == "cancelled":
+            raise CampaignClosedError(f"campaign {request.campaign_id} is cancelled; nothing was enqueued")
+        ids = add_members(conn, request.campaign_id, request.channel, contacts.unique)
+        result = start_members(conn, campaign, config, ids, "enqueue")
+        states = conn.execute(
+            sql.MEMBERSHIP_STATES, {"campaign_id": request.campaign_id, "contact_ids": ids}
+        ).fetchall()
+        status_after = conn.execute(sql.CAMPAIGN_ROW, {"campaign_id": request.campaign_id}).fetchone()
+        assert status_after is not None
 
-    expected_rows = len(addresses) * len(request.steps)
+    skipped = Counter(r["stop_cause"] for r in states if r["sequence_state"] == "skipped")
+    started = sum(1 for r in states if r["sequence_state"] not in ("waiting", "skipped"))
+    addresses = len(contacts.unique)
     return EnqueueReport(
         campaign_id=str(request.campaign_id),
+        campaign_status=status_after["status"],
         sender_default_region=sender["default_region"],
         contacts_received=len(request.contacts),
-        duplicate_contacts_dropped=len(request.contacts) - contacts.invalid - len(addresses),
+        duplicate_contacts_dropped=len(request.contacts) - contacts.invalid - addresses,
         invalid_contacts=contacts.invalid,
         invalid_by_reason=dict(contacts.invalid_by_reason),
         invalid_examples=contacts.invalid_examples,
-        rows_enqueued=len(inserted),
-        rows_already_queued=expected_rows - len(inserted),
+        rows_enqueued=result.rows_queued,
+        rows_already_queued=started - result.rows_queued,
+        contacts_skipped=sum(skipped.values()),
+        skipped_by_reason=dict(skipped),
+        assigned_by_sender=result.assigned_by_sender,
     )
+
+
+def _check_same_campaign(
+    conn: psycopg.Connection[DictRow], request: EnqueueRequest, sender_id: UUID, campaign: Mapping[str, Any]
+) -> None:
+    pool = conn.execute(sql.CAMPAIGN_POOL, {"campaign_id": request.campaign_id}).fetchall()
+    if sender_id not in {p["id"] for p in pool}:
+        raise CampaignSenderConflictError(
+            pool_conflict(request.campaign_id, pool, request.channel, request.sender_provider_id)
+        )
+    steps = stored_steps(conn, request.campaign_id)
+    if steps != as_stored(request.steps):
+        raise CampaignConflictError(
+            f"campaign {request.campaign_id} has the steps {[s[0] for s in steps]} (with their own bodies, "
+            f"delays and actions); this request describes {[s.message_type for s in request.steps]} "
+            "differently. A campaign's steps do not change; use a new campaign_id. Nothing was enqueued."
+        )
+    policy = request.cross_campaign_policy
+    if policy is not None and policy != campaign["cross_campaign_policy"]:
+        stored = campaign["cross_campaign_policy"]
+        raise CampaignConflictError(
+            f"campaign {request.campaign_id} has cross_campaign_policy {stored!r}, not {policy!r}. "
+            "Nothing was enqueued."
+        )

@@ -15,6 +15,7 @@ from uuid import UUID
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 from shared.addresses import validate_region
+from shared.pacing import Action, SenderPacing
 from shared.providers.outcome import Channel
 
 
@@ -73,14 +75,14 @@ class CustomResourceRequest(BaseModel):
 
     request_type: Literal["Create", "Update", "Delete"] = Field(alias="RequestType")
     # A presigned S3 URL on AWS; plain http is accepted for the loopback server in the tests.
-    response_url: str = Field(alias="ResponseURL", pattern=r"^https?://")
-    stack_id: str = Field(alias="StackId", min_length=1)
-    request_id: str = Field(alias="RequestId", min_length=1)
-    logical_resource_id: str = Field(alias="LogicalResourceId", min_length=1)
-    resource_type: str = Field(alias="ResourceType", min_length=1)
+    response_url: Text = Field(alias="ResponseURL", pattern=r"^https?://")
+    stack_id: Text = Field(alias="StackId", min_length=1)
+    request_id: Text = Field(alias="RequestId", min_length=1)
+    logical_resource_id: Text = Field(alias="LogicalResourceId", min_length=1)
+    resource_type: Text = Field(alias="ResourceType", min_length=1)
     # Absent on Create: the function names the resource in its first answer.
-    physical_resource_id: str | None = Field(default=None, alias="PhysicalResourceId", min_length=1)
-    resource_properties: dict[str, Any] = Field(default_factory=dict, alias="ResourceProperties")
+    physical_resource_id: Text | None = Field(default=None, alias="PhysicalResourceId", min_length=1)
+    resource_properties: dict[Text, Any] = Field(default_factory=dict, alias="ResourceProperties")
 
 
 def _migrate_event_kind(event: Any) -> str:
@@ -114,16 +116,34 @@ class EnqueueContact(_Strict):
 
 
 class EnqueueStep(_Strict):
+    """One step of a sequence. Step 1 is due ``delay_seconds`` after the contact is queued;
+    step N+1 ``delay_seconds`` after step N was sent. Both move into the sender's window."""
+
     message_type: Text = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.:-]+$")
     body: Text = Field(min_length=1, max_length=4096)
     delay_seconds: int = Field(default=0, ge=0, le=90 * 24 * 3600)
+    # What the row spends of its sender's caps (LinkedIn invitations have their own).
+    action: Action = Action.MESSAGE
+
+
+def _unique_message_types(steps: list[EnqueueStep]) -> list[EnqueueStep]:
+    types = [s.message_type for s in steps]
+    repeated = sorted({t for t in types if types.count(t) > 1})
+    if repeated:
+        raise ValueError(f"message_type must be unique per request; repeated: {', '.join(repeated)}")
+    return steps
+
+
+CrossCampaignPolicy = Literal["skip", "allow"]
 
 
 class EnqueueRequest(_Strict):
-    """Start (or extend) a campaign: upsert contacts and enqueue each step once per contact.
+    """Start (or extend) a campaign: upsert contacts, store the steps, and queue step 1 once
+    per contact (the later steps follow as each one is sent).
 
     Repeating the same request is harmless: contacts, campaign membership and queue rows are
-    all unique in Postgres, and the enqueue uses ON CONFLICT DO NOTHING.
+    all unique in Postgres, and the enqueue uses ON CONFLICT DO NOTHING. A campaign id seen
+    for the first time is created ``active`` with this sender as its pool.
     """
 
     source: Literal["sendonce.api", "sendonce.manual"]
@@ -136,15 +156,139 @@ class EnqueueRequest(_Strict):
     sender_default_region: Annotated[Text, AfterValidator(validate_region)] | None = None
     contacts: list[EnqueueContact] = Field(min_length=1, max_length=50_000)
     steps: list[EnqueueStep] = Field(min_length=1, max_length=20)
+    # Applies when this request creates the campaign; an existing campaign keeps its own
+    # (a different value is refused, not silently ignored). Default: "skip".
+    cross_campaign_policy: CrossCampaignPolicy | None = None
 
     @field_validator("steps")
     @classmethod
     def _unique_steps(cls, steps: list[EnqueueStep]) -> list[EnqueueStep]:
-        types = [s.message_type for s in steps]
-        repeated = sorted({t for t in types if types.count(t) > 1})
+        return _unique_message_types(steps)
+
+
+# --- control: campaign lifecycle and sender accounts ------------------------------------------
+
+# A provider event name a campaign can stop on: an event_type, or event_type:status.
+EventName = Annotated[Text, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+(:[a-z_]+)?$")]
+Reason = Annotated[Text, Field(max_length=512)]
+
+
+class CampaignSpec(_Strict):
+    """A campaign as ``campaign.create`` (and ``sendonce campaign create --file``) takes it."""
+
+    campaign_id: UUID
+    name: Text = Field(min_length=1, max_length=256)
+    channel: Channel
+    # The pool: provider account ids of the channel's sender accounts (created if new). Each
+    # contact is sent its whole sequence by one of them.
+    senders: list[Annotated[Text, Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=20)
+    sender_default_region: Annotated[Text, AfterValidator(validate_region)] | None = None
+    steps: list[EnqueueStep] = Field(min_length=1, max_length=20)
+    cross_campaign_policy: CrossCampaignPolicy = "skip"
+    stop_on_events: list[EventName] = Field(default_factory=list, max_length=20)
+    contacts: list[EnqueueContact] = Field(default_factory=list, max_length=50_000)
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_steps(cls, steps: list[EnqueueStep]) -> list[EnqueueStep]:
+        return _unique_message_types(steps)
+
+    @field_validator("senders")
+    @classmethod
+    def _unique_senders(cls, senders: list[str]) -> list[str]:
+        repeated = sorted({s for s in senders if senders.count(s) > 1})
         if repeated:
-            raise ValueError(f"message_type must be unique per request; repeated: {', '.join(repeated)}")
-        return steps
+            raise ValueError(f"each sender is listed once; repeated: {', '.join(repeated)}")
+        return senders
+
+
+class _Command(_Strict):
+    source: Literal["sendonce.api", "sendonce.manual"]
+    operator: Text = Field(min_length=1, max_length=128)
+
+
+class CreateCampaign(_Command):
+    """Create a campaign in ``draft`` (``start``: and start it at once)."""
+
+    command: Literal["campaign.create"]
+    campaign: CampaignSpec
+    start: bool = False
+
+
+class StartCampaign(_Command):
+    command: Literal["campaign.start"]
+    campaign_id: UUID
+
+
+class PauseCampaign(_Command):
+    command: Literal["campaign.pause"]
+    campaign_id: UUID
+    reason: Reason = ""
+
+
+class ResumeCampaign(_Command):
+    command: Literal["campaign.resume"]
+    campaign_id: UUID
+
+
+class CancelCampaign(_Command):
+    command: Literal["campaign.cancel"]
+    campaign_id: UUID
+    reason: Reason = ""
+
+
+class StopContact(_Command):
+    """Stop a contact's sequences for good: in one campaign, or (no campaign) in all."""
+
+    command: Literal["campaign.stop-contact"]
+    channel: Channel
+    address: Text = Field(min_length=1, max_length=256)
+    campaign_id: UUID | None = None
+    reason: Reason = ""
+
+
+class _SenderCommand(_Command):
+    channel: Channel
+    provider_account_id: Text = Field(min_length=1, max_length=256)
+
+
+class PauseSender(_SenderCommand):
+    """Stop claiming the sender's rows until ``until`` (none: until resumed)."""
+
+    command: Literal["sender.pause"]
+    until: AwareDatetime | None = None
+    reason: Reason = ""
+
+
+class ResumeSender(_SenderCommand):
+    command: Literal["sender.resume"]
+
+
+class ConfigureSender(_SenderCommand):
+    """Replace the sender's pacing configuration; unset fields take the channel's defaults."""
+
+    command: Literal["sender.configure"]
+    pacing: SenderPacing
+
+
+ControlCommand = Annotated[
+    CreateCampaign
+    | StartCampaign
+    | PauseCampaign
+    | ResumeCampaign
+    | CancelCampaign
+    | StopContact
+    | PauseSender
+    | ResumeSender
+    | ConfigureSender,
+    Field(discriminator="command"),
+]
+
+
+class ControlRequest(RootModel[ControlCommand]):
+    """Input of the control function: one operator command, picked by ``command``."""
+
+    model_config = ConfigDict(frozen=True)
 
 
 class InvalidEventError(ValueError):

@@ -65,6 +65,8 @@ class Metric(StrEnum):
     IDEMPOTENCY_RECORD_UNSETTLED = "IdempotencyRecordUnsettled"
     SETTLE_ERRORS = "SettleErrors"
     STALE_RECORD_RELEASED = "StaleRecordReleased"
+    # Claimed, then found cancelled or its contact's sequence stopped before the provider call.
+    CANCELLED = "Cancelled"
     # Sweeper. The *Rows metrics are gauges: emitted every run, zero included, so alarms on
     # them clear by themselves once the level drops.
     UNKNOWN_ROWS = "UnknownRows"
@@ -74,6 +76,7 @@ class Metric(StrEnum):
     SWEPT_TO_UNKNOWN = "SweptToUnknown"
     DEAD_LETTERED = "DeadLettered"
     DUPLICATE_SUSPECTED = "DuplicateSuspected"
+    CAMPAIGNS_COMPLETED = "CampaignsCompleted"
 
 
 class Stage(StrEnum):

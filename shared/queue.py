@@ -4,6 +4,7 @@
                           sending -> pending   (the provider provably did not get the message)
                           sending -> failed    (permanent rejection, or attempts exhausted)
                           sending -> unknown   (ambiguous: it may have been sent)
+    pending | claimed  -> cancelled   (campaign cancelled, contact's sequence stopped)
 
 Every method here is one compare-and-set statement on (id, expected status, claim token), so a
 row owned by another invocation is never moved. Methods return whether the CAS took effect.
@@ -50,6 +51,9 @@ class QueueStatus(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     UNKNOWN = "unknown"
+    # Terminal: never offered to a provider. A `sending` row is never cancelled: it is in
+    # flight and settles from its outcome.
+    CANCELLED = "cancelled"
 
 
 # The only transitions any code may attempt. Tests hold the repository to this table.
@@ -67,8 +71,24 @@ ALLOWED_TRANSITIONS: frozenset[tuple[QueueStatus, QueueStatus]] = frozenset(
         (QueueStatus.UNKNOWN, QueueStatus.FAILED),
         (QueueStatus.UNKNOWN, QueueStatus.PENDING),
         (QueueStatus.FAILED, QueueStatus.PENDING),
+        # The campaign engine: a cancel, a stopped sequence, or mark_sending's last look.
+        (QueueStatus.PENDING, QueueStatus.CANCELLED),
+        (QueueStatus.CLAIMED, QueueStatus.CANCELLED),
     }
 )
+
+
+class SendingVerdict(StrEnum):
+    """What ``mark_sending`` did with a claimed row."""
+
+    SENDING = "sending"  # committed: offer it to the provider
+    RETURNED = "pending"  # its campaign is paused: back in the queue, attempt refunded
+    CANCELLED = "cancelled"  # its campaign ended or its contact's sequence stopped
+    LOST = "lost"  # no longer this claim's (lease expired, or taken over)
+
+    def __bool__(self) -> bool:
+        # "Did the row enter sending?", as the boolean this method returned before.
+        return self is SendingVerdict.SENDING
 
 
 # The attempt outcome the dispatcher records when the idempotency record could not be written,
@@ -225,11 +245,17 @@ class QueueRepository:
             )
         return usage
 
-    def mark_sending(self, message: ClaimedMessage) -> bool:
+    def mark_sending(self, message: ClaimedMessage) -> SendingVerdict:
+        """``claimed -> sending``, unless the row may no longer be sent: see ``SendingVerdict``."""
         row = self._db.fetch_one(
             sql.MARK_SENDING, {"queue_id": message.queue_id, "claim_token": message.claim_token}
         )
-        return row is not None
+        if row is not None:
+            return SendingVerdict(row["status"])
+        # Rare: a cancel took the claimed row; say so rather than blame the lease.
+        now = self._db.fetch_one(sql.QUEUE_ROW_STATUS, {"queue_id": message.queue_id})
+        cancelled = now is not None and now["status"] == QueueStatus.CANCELLED
+        return SendingVerdict.CANCELLED if cancelled else SendingVerdict.LOST
 
     def settle_sent(
         self,

@@ -303,6 +303,8 @@ def requeue(
                 "last_error": f"requeued by {decided_by}: {reason}",
             },
         )
+        # A campaign that completed meanwhile runs again, or its claim would never serve the row.
+        conn.execute(sql.REOPEN_CAMPAIGN_OF_ROW, {"queue_id": queue_id, "decided_by": decided_by})
         conn.execute(
             sql.RECORD_DECISION,
             {
@@ -318,6 +320,10 @@ def requeue(
 
 
 # --- operators --------------------------------------------------------------------------------
+
+
+# Read with a row for decisions, not part of the message.
+_CAMPAIGN_FIELDS = frozenset({"maybe_delivered", "campaign_status", "sequence_state", "stopped_reason"})
 
 
 class OperatorAction(StrEnum):
@@ -345,7 +351,7 @@ def resolve(
     if row["status"] != QueueStatus.UNKNOWN:
         raise DecisionError(f"row {queue_id} is {row['status']}; only unknown rows take operator decisions")
     message = ClaimedMessage.model_validate(
-        {k: v for k, v in row.items() if k not in {"status", "has_ledger_row"}}
+        {k: v for k, v in row.items() if k not in {"status", "has_ledger_row", *_CAMPAIGN_FIELDS}}
     )
     who = f"operator:{operator}"
     if action is OperatorAction.MARK_SENT:
@@ -418,6 +424,12 @@ def redrive(
             continue
         if row["maybe_delivered"]:
             report.skipped[queue_id] = "it may have been delivered (an ambiguous attempt or a past unknown)"
+            continue
+        if row["campaign_status"] == "cancelled":
+            report.skipped[queue_id] = "its campaign was cancelled"
+            continue
+        if row["sequence_state"] == "stopped":
+            report.skipped[queue_id] = f"the contact's sequence was stopped ({row['stopped_reason']})"
             continue
         record = deps.guard.lookup(row["idempotency_key"])
         if record.state is not RecordState.ABSENT:

@@ -37,6 +37,7 @@ from typing import Any, LiteralString
 
 from pydantic import BaseModel
 
+from shared.campaigns import settle_campaigns
 from shared.config import Settings
 from shared.idempotency import RecordLookup, RecordState, SendGuard
 from shared.observability import Metric, emit_values, logger
@@ -77,6 +78,9 @@ class SweepReport(BaseModel):
     delivery_statuses_backfilled: int = 0
     stale_owned_rows: int = 0
     unknown_rows: int = 0
+    # The campaign engine's step: rows that raced a stop, and campaigns with nothing left.
+    stragglers_cancelled: int = 0
+    campaigns_completed: int = 0
 
 
 def sweep(deps: SweepDeps) -> SweepReport:
@@ -111,6 +115,9 @@ def sweep(deps: SweepDeps) -> SweepReport:
             logger.error(
                 "suspected duplicate deliveries", extra={"suspects": _without_recipients(suspects[:20])}
             )
+        campaigns = settle_campaigns(deps.queue.db, limit=deps.settings.sweep_batch_size)
+        report.stragglers_cancelled = campaigns.rows_cancelled
+        report.campaigns_completed = len(campaigns.campaigns_completed)
         report.unknown_rows = _count(deps, sql.UNKNOWN_ROWS, {})
     _emit(report)
     logger.info("sweep finished", extra={"report": report.model_dump()})
@@ -308,5 +315,6 @@ def _emit(report: SweepReport) -> None:
             Metric.SWEPT_TO_UNKNOWN: report.marked_unknown,
             Metric.DEAD_LETTERED: report.dead_lettered,
             Metric.DUPLICATE_SUSPECTED: report.duplicates_suspected,
+            Metric.CAMPAIGNS_COMPLETED: report.campaigns_completed,
         }
     )

@@ -11,7 +11,11 @@ Order matters and is fixed here, not in the handler:
    answers for days, and a shape we cannot read today is still evidence for an operator
    (beyond ``UNRECOGNISED_PAYLOAD_MAX_BYTES`` as a summary with the hashes, see ``capped``);
 4. insert with ``ON CONFLICT (channel, dedupe_key) DO NOTHING`` and, in the same
-   transaction, apply delivered/read/failed to ``message_ledger``, monotonically.
+   transaction, apply delivered/read/failed to ``message_ledger``, monotonically;
+5. in that transaction too, stop sequences (``shared.sequences``): a reply (an inbound
+   message from the contact) stops the contact's sequences in every campaign, and any event
+   a campaign lists in ``stop_on_events`` stops them in that campaign. Only newly stored
+   events act, so a provider replaying an old reply never stops a later campaign.
 
 Channels: ``Channel.LINKEDIN`` is the Unipile webhook, because LinkedIn is sent via Unipile.
 """
@@ -28,12 +32,15 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import psycopg
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
+from psycopg.rows import DictRow
 
 from shared.config import Settings
 from shared.observability import logger, metrics
 from shared.providers.outcome import Channel
+from shared.sequences import ContactStop, StopCause, stop_contacts_in
 from shared.storage import sql
 from shared.storage.db import Database, DatabaseUnavailableError
 
@@ -230,10 +237,20 @@ def load_json(raw_body: bytes) -> Any:
 # --- parsing ---------------------------------------------------------------------------------------
 
 
+# The status of an inbound message: the contact wrote to us.
+RECEIVED = "received"
+# Inbound event types that are a reply: a message the contact wrote. Reactions, postbacks and
+# WhatsApp system notices (a number change) are not; a campaign can still stop on them by
+# listing them in stop_on_events.
+REPLY_EVENT_TYPES = frozenset({"message", "message_received"})
+
+
 @dataclass(frozen=True)
 class ProviderEvent:
     """One ``provider_events`` row. ``watermark`` is set for events that name no message but
-    cover everything sent to ``recipient`` up to a time (Messenger reads and deliveries)."""
+    cover everything sent to ``recipient`` up to a time (Messenger reads and deliveries).
+    ``contact`` is the person on the other side: who replied or reacted, or whose message the
+    status is about."""
 
     event_type: str
     dedupe_key: str
@@ -245,6 +262,16 @@ class ProviderEvent:
     idempotency_key: str | None = None
     occurred_at: datetime | None = None
     watermark: datetime | None = None
+    contact: str | None = None
+
+    @property
+    def is_reply(self) -> bool:
+        return self.status == RECEIVED and self.event_type in REPLY_EVENT_TYPES and self.contact is not None
+
+    @property
+    def stop_names(self) -> tuple[str, ...]:
+        """How a campaign's ``stop_on_events`` names this event: its type, and type:status."""
+        return (self.event_type, f"{self.event_type}:{self.status}") if self.status else (self.event_type,)
 
 
 def canonical_json(value: Any) -> str:
@@ -322,8 +349,9 @@ def _iso(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-# WhatsApp value keys that accompany statuses; anything else (messages, errors) is kept whole.
-_WHATSAPP_STATUS_KEYS = frozenset({"statuses", "metadata", "messaging_product"})
+# WhatsApp value keys that accompany statuses and inbound messages; anything else (errors) is
+# kept whole.
+_WHATSAPP_KNOWN_KEYS = frozenset({"statuses", "messages", "contacts", "metadata", "messaging_product"})
 
 
 def parse_whatsapp(document: Any) -> list[ProviderEvent]:
@@ -342,9 +370,43 @@ def parse_whatsapp(document: Any) -> list[ProviderEvent]:
             statuses = _list(value.get("statuses"))
             for item in statuses:
                 events.append(_whatsapp_status(item) or unrecognised(item))
-            if not statuses or set(value) - _WHATSAPP_STATUS_KEYS:
+            messages = _list(value.get("messages"))
+            business = _str((_obj(value.get("metadata")) or {}).get("phone_number_id"))
+            for item in messages:
+                events.append(_whatsapp_inbound(item, business) or unrecognised(item))
+            if not (statuses or messages) or set(value) - _WHATSAPP_KNOWN_KEYS:
                 events.append(unrecognised(change))
     return events
+
+
+# Inbound message types that are not something the person wrote (Meta, WhatsApp Business
+# Platform, "Messages webhook reference": reaction, system). Their event type is the message
+# type itself; everything else the person sent (text, media, button, interactive, ...) is a
+# "message", i.e. a reply.
+_WHATSAPP_NON_REPLY_TYPES = frozenset({"reaction", "system", "unsupported"})
+
+
+def _whatsapp_inbound(item: Any, business: str | None) -> ProviderEvent | None:
+    """``value.messages[]``: a message from a WhatsApp user (``from``: their number as digits,
+    which is how contacts store it; ``id``: its wamid). Source: Meta, WhatsApp Business
+    Platform, "Messages webhook reference" (text, reaction and system messages)."""
+    message = _obj(item)
+    if message is None:
+        return None
+    wamid, sender, kind = _str(message.get("id")), _str(message.get("from")), _str(message.get("type"))
+    if wamid is None or sender is None:
+        return None
+    event_type = kind if kind in _WHATSAPP_NON_REPLY_TYPES else "message"
+    return ProviderEvent(
+        event_type=event_type,
+        dedupe_key=f"inbound:{wamid}",
+        payload=message,
+        status=RECEIVED,
+        provider_message_id=wamid,
+        recipient=business,
+        occurred_at=_epoch(message.get("timestamp"), 1),
+        contact=sender,
+    )
 
 
 def _whatsapp_status(item: Any) -> ProviderEvent | None:
@@ -364,6 +426,7 @@ def _whatsapp_status(item: Any) -> ProviderEvent | None:
         recipient=_str(status.get("recipient_id")),
         idempotency_key=_str(status.get("biz_opaque_callback_data")),
         occurred_at=_epoch(status.get("timestamp"), 1),
+        contact=_str(status.get("recipient_id")),
     )
 
 
@@ -402,6 +465,7 @@ def _watermark_event(
             recipient=sender,
             occurred_at=occurred_at,
             watermark=watermark,
+            contact=sender,
         )
     ]
 
@@ -430,6 +494,46 @@ def _messenger_item(value: Any) -> list[ProviderEvent]:
                 recipient=recipient,
                 idempotency_key=_str(message.get("metadata")),
                 occurred_at=occurred_at,
+                contact=recipient,
+            )
+        ]
+
+    # A message from the person (Meta, Messenger Platform, "messages" webhook event: `sender`
+    # is their PSID, `recipient` the Page, `message.mid` its id).
+    if message is not None:
+        mid = _str(message.get("mid"))
+        if mid is None or sender is None:
+            return []
+        return [
+            ProviderEvent(
+                event_type="message",
+                dedupe_key=f"message:{mid}",
+                payload=item,
+                status=RECEIVED,
+                provider_message_id=mid,
+                recipient=recipient,
+                occurred_at=occurred_at,
+                contact=sender,
+            )
+        ]
+
+    # A reaction to a message (Meta, Messenger Platform, "message_reactions Webhook Event
+    # Reference": `reaction.mid` names the message reacted to, `action` react or unreact).
+    reaction = _obj(item.get("reaction"))
+    if reaction is not None:
+        mid, action = _str(reaction.get("mid")), _str(reaction.get("action"))
+        if mid is None or sender is None or action is None:
+            return []
+        return [
+            ProviderEvent(
+                event_type="reaction",
+                dedupe_key=f"reaction:{sender}:{mid}:{action}:{_str(item.get('timestamp'))}",
+                payload=item,
+                status=RECEIVED,
+                provider_message_id=None,
+                recipient=recipient,
+                occurred_at=occurred_at,
+                contact=sender,
             )
         ]
 
@@ -449,6 +553,7 @@ def _messenger_item(value: Any) -> list[ProviderEvent]:
                     recipient=sender,
                     occurred_at=occurred_at,
                     watermark=watermark,
+                    contact=sender,
                 )
                 for mid in mids
             ]
@@ -485,7 +590,7 @@ def parse_unipile(document: Any) -> list[ProviderEvent]:
         ours = account_user is not None and sender == account_user
 
     # message_read on our message: the contact read it.
-    status = ("read" if event == "message_read" else "sent") if ours else "received"
+    status = ("read" if event == "message_read" else "sent") if ours else RECEIVED
 
     if ours:
         others = [
@@ -497,6 +602,9 @@ def parse_unipile(document: Any) -> list[ProviderEvent]:
         recipient = others[0] if len(others) == 1 else None
     else:
         recipient = account_user
+    # The contact: whom our message went to, or who wrote (Unipile, "Message object":
+    # `is_sender` tells whether the account's user sent it).
+    contact = recipient if ours else sender
 
     payload = dict(doc)
     text = doc.get("message")
@@ -514,6 +622,7 @@ def parse_unipile(document: Any) -> list[ProviderEvent]:
             provider_thread_id=_str(doc.get("chat_id")),
             recipient=recipient,
             occurred_at=_iso(doc.get("timestamp")),
+            contact=contact,
         )
     ]
 
@@ -537,6 +646,40 @@ class StoreReport:
     stored: int
     duplicates: int
     ledger_updates: int
+    sequences_stopped: int = 0
+
+
+def _stop_sequences(
+    conn: psycopg.Connection[DictRow], channel: Channel, events: Sequence[ProviderEvent]
+) -> int:
+    """Replies stop the contact's sequences everywhere; any event stops them in the campaigns
+    that list it. Runs in the caller's transaction: the event and its effect commit together."""
+    replies = [
+        ContactStop(
+            e.contact, f"replied: {channel.value} {e.event_type} {e.provider_message_id or e.dedupe_key}"
+        )
+        for e in events
+        if e.is_reply and e.contact is not None
+    ]
+    listed = [
+        ContactStop(
+            e.contact,
+            f"{channel.value} event {e.stop_names[-1]} ({e.provider_message_id or e.dedupe_key})",
+            e.stop_names,
+        )
+        for e in events
+        if e.contact is not None and not e.is_reply and e.event_type != UNRECOGNISED
+    ]
+    stopped = 0
+    if replies:
+        stopped += stop_contacts_in(
+            conn, channel, replies, StopCause.REPLY, decided_by="webhook"
+        ).sequences_stopped
+    if listed:
+        stopped += stop_contacts_in(
+            conn, channel, listed, StopCause.EVENT, decided_by="webhook"
+        ).sequences_stopped
+    return stopped
 
 
 class EventSink(Protocol):
@@ -570,6 +713,7 @@ class ProviderEventStore:
                     "provider_message_ids": [e.provider_message_id for e in events],
                     "provider_thread_ids": [e.provider_thread_id for e in events],
                     "recipients": [e.recipient for e in events],
+                    "contacts": [e.contact for e in events],
                     "statuses": [e.status for e in events],
                     "occurred_ats": [e.occurred_at for e in events],
                     "payloads": [canonical_json(e.payload) for e in events],
@@ -601,8 +745,13 @@ class ProviderEventStore:
                         },
                     ).fetchall()
                 )
+            stored = {row["dedupe_key"] for row in inserted}
+            stopped = _stop_sequences(conn, channel, [e for e in events if e.dedupe_key in stored])
         return StoreReport(
-            stored=len(inserted), duplicates=len(events) - len(inserted), ledger_updates=updated
+            stored=len(inserted),
+            duplicates=len(events) - len(inserted),
+            ledger_updates=updated,
+            sequences_stopped=stopped,
         )
 
     def backfill_delivery_status(self, lookback_seconds: int) -> int:
@@ -671,6 +820,7 @@ def handle_webhook(
             "stored": report.stored,
             "duplicates": report.duplicates,
             "ledger_updates": report.ledger_updates,
+            "sequences_stopped": report.sequences_stopped,
             "event_types": sorted({e.event_type for e in events}),
         },
     )

@@ -8,6 +8,7 @@ from shared.enqueue import enqueue_campaign
 from shared.events import EnqueueRequest, parse_event
 from shared.observability import logger, tracer
 from shared.runtime import database, settings
+from shared.sequences import EngineConfig
 
 settings()  # validate configuration at cold start
 
@@ -16,4 +17,5 @@ settings()  # validate configuration at cold start
 @tracer.capture_lambda_handler(capture_response=False)  # responses name contacts
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = parse_event(EnqueueRequest, event)
-    return enqueue_campaign(database(), request, max_attempts=settings().max_attempts).model_dump(mode="json")
+    config = EngineConfig.from_settings(settings())
+    return enqueue_campaign(database(), request, config=config).model_dump(mode="json")

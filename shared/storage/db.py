@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, LiteralString
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.datetime import TimestamptzLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.storage import sql
@@ -25,6 +27,24 @@ class DatabaseMisconfiguredError(RuntimeError):
 def _redacted(url: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(url)
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+class InfinityTimestamptzLoader(TimestamptzLoader):
+    """Postgres' 'infinity' (an operator's sender pause with no end) as the largest aware
+    datetime, instead of the DataError psycopg raises by default: any row holding one could
+    not be read at all."""
+
+    def load(self, data: Any) -> datetime:
+        if bytes(data) == b"infinity":
+            return datetime.max.replace(tzinfo=UTC)
+        if bytes(data) == b"-infinity":
+            return datetime.min.replace(tzinfo=UTC)
+        loaded: datetime = super().load(data)
+        return loaded
+
+
+def _configure(conn: psycopg.Connection[DictRow]) -> None:
+    conn.adapters.register_loader("timestamptz", InfinityTimestamptzLoader)
 
 
 class Database:
@@ -85,6 +105,7 @@ class Database:
             reconnect_timeout=connect_timeout_seconds,
             kwargs=kwargs,
             connection_class=psycopg.Connection[DictRow],
+            configure=_configure,
             name="sendonce",
         )
 

@@ -202,16 +202,62 @@ SELECT count(*) AS settled FROM settled
 
 # The recovery point: committed before the idempotency record is written and before any
 # provider call, so the sweeper knows a `claimed` row was never offered to a provider.
+# It is also the last moment a row can be held back: a row whose contact's sequence was
+# stopped (a reply, an opt-out, an operator) or whose campaign is no longer active since the
+# claim goes to `cancelled`, or back to `pending` with its attempt refunded when the campaign
+# is paused. Read in the statement that moves the row, so a stop committed before this
+# statement is always seen; one committed after it is later than the point of no return.
 MARK_SENDING: LiteralString = """
-UPDATE send_queue
-SET status = 'sending', sending_started_at = now(), updated_at = now()
-WHERE id = %(queue_id)s AND status = 'claimed' AND claim_token = %(claim_token)s
-  AND lease_expires_at > now()
-RETURNING id
+WITH verdict AS (
+    SELECT q.id,
+           CASE WHEN cc.sequence_state IN ('stopped', 'skipped') OR cp.status NOT IN ('active', 'paused')
+                    THEN 'cancelled'
+                WHEN cp.status = 'paused' THEN 'pending'
+                ELSE 'sending'
+           END AS next_status,
+           CASE WHEN cc.sequence_state IN ('stopped', 'skipped')
+                    THEN 'sequence stopped: ' || COALESCE(cc.stopped_reason, cc.sequence_state)
+                ELSE 'campaign ' || cp.status
+           END AS why
+    FROM send_queue q
+    JOIN campaigns cp ON cp.id = q.campaign_id
+    LEFT JOIN campaign_contacts cc ON cc.campaign_id = q.campaign_id AND cc.contact_id = q.contact_id
+    WHERE q.id = %(queue_id)s AND q.status = 'claimed' AND q.claim_token = %(claim_token)s
+      AND q.lease_expires_at > now()
+), moved AS (
+    UPDATE send_queue q
+    SET status = v.next_status::queue_status,
+        sending_started_at = CASE WHEN v.next_status = 'sending' THEN now() ELSE q.sending_started_at END,
+        attempts = CASE WHEN v.next_status = 'pending' THEN q.attempts - 1 ELSE q.attempts END,
+        claim_token = CASE WHEN v.next_status = 'pending' THEN NULL ELSE q.claim_token END,
+        lease_expires_at = CASE WHEN v.next_status = 'sending' THEN q.lease_expires_at END,
+        failure_reason = CASE WHEN v.next_status = 'cancelled' THEN v.why ELSE q.failure_reason END,
+        last_error = CASE WHEN v.next_status = 'sending' THEN q.last_error ELSE 'not sent: ' || v.why END,
+        updated_at = now()
+    FROM verdict v
+    WHERE q.id = v.id AND q.status = 'claimed' AND q.claim_token = %(claim_token)s
+      AND q.lease_expires_at > now()
+    RETURNING q.id, v.next_status, v.why
+), decided AS (
+    INSERT INTO queue_decisions (queue_id, from_status, to_status, decided_by, reason)
+    SELECT id, 'claimed', next_status::queue_status, 'dispatcher', why FROM moved WHERE next_status <> 'sending'
+)
+SELECT next_status AS status FROM moved
 """
+
+QUEUE_ROW_STATUS: LiteralString = "SELECT status::text AS status FROM send_queue WHERE id = %(queue_id)s"
 
 # Provider message id, queue status, ledger row and attempt record land in one statement.
 # The attempt is recorded even when the CAS fails: the provider call did happen.
+#
+# The same statement queues the contact's next step, so every path that settles a row `sent`
+# (the dispatcher, the sweeper's recovery from the idempotency record, the reconciler, an
+# operator's mark-sent) advances the sequence, and a crash cannot separate the two. The next
+# step is due delay_seconds after this one was sent, moved into the sender's window; ON
+# CONFLICT keeps (campaign, contact, step) unique however many processes race. The contact's
+# sequence row is locked first: a stop (reply, opt-out, cancel) either committed before and
+# is seen here, so nothing is queued, or waits for this statement and then cancels what it
+# queued (shared.sequences stops in two statements for exactly this).
 SETTLE_SENT: LiteralString = """
 WITH settled AS (
     UPDATE send_queue
@@ -219,7 +265,7 @@ WITH settled AS (
         lease_expires_at = NULL, last_error = NULL, updated_at = now()
     WHERE id = %(queue_id)s AND status = %(expected_status)s::queue_status
       AND claim_token = %(claim_token)s
-    RETURNING id, contact_id
+    RETURNING id, contact_id, campaign_id, sender_account_id, message_type, max_attempts, sent_at
 ), ledger AS (
     INSERT INTO message_ledger (queue_id, channel, provider_message_id, provider_thread_id, recipient,
                                 recovered_from)
@@ -230,6 +276,38 @@ WITH settled AS (
     INSERT INTO send_attempts (queue_id, attempt, claim_token, outcome, reason, detail, http_status, writer)
     SELECT %(queue_id)s, %(attempt)s, %(claim_token)s, 'sent', %(reason)s, '', %(http_status)s, %(writer)s
     WHERE %(record_attempt)s
+), sequence AS (
+    SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, s.message_type, s.max_attempts, s.sent_at
+    FROM settled s
+    JOIN campaign_contacts cc ON cc.campaign_id = s.campaign_id AND cc.contact_id = s.contact_id
+    WHERE cc.sequence_state IN ('active', 'halted')
+    FOR UPDATE OF cc
+), next_step AS (
+    SELECT q.campaign_id, q.contact_id, q.sender_account_id, q.max_attempts, q.sent_at,
+           nxt.message_type, nxt.body, nxt.action, nxt.delay_seconds
+    FROM sequence q
+    JOIN campaigns cp ON cp.id = q.campaign_id AND cp.status IN ('active', 'paused')
+    JOIN campaign_steps cur ON cur.campaign_id = q.campaign_id AND cur.message_type = q.message_type
+    JOIN campaign_steps nxt ON nxt.campaign_id = q.campaign_id AND nxt.position = cur.position + 1
+), queued AS (
+    INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, action,
+                            scheduled_for, max_attempts)
+    SELECT n.campaign_id, n.contact_id, n.sender_account_id, n.message_type, n.body, n.action,
+           CASE WHEN sa.window_start IS NULL AND sa.window_days IS NULL
+                THEN n.sent_at + make_interval(secs => n.delay_seconds)
+                ELSE sendonce_next_window_open(n.sent_at + make_interval(secs => n.delay_seconds),
+                                               sa.timezone, sa.window_days, sa.window_start, sa.window_end)
+           END,
+           n.max_attempts
+    FROM next_step n JOIN sender_accounts sa ON sa.id = n.sender_account_id
+    ON CONFLICT (campaign_id, contact_id, message_type) DO NOTHING
+    RETURNING id
+), progressed AS (
+    UPDATE campaign_contacts cc
+    SET sequence_state = CASE WHEN EXISTS (SELECT 1 FROM next_step) THEN 'active' ELSE 'completed' END,
+        stop_cause = NULL, stopped_reason = NULL, stopped_at = NULL
+    FROM sequence q
+    WHERE cc.campaign_id = q.campaign_id AND cc.contact_id = q.contact_id
 )
 SELECT count(*) AS settled FROM ledger
 """
@@ -249,6 +327,9 @@ WITH settled AS (
     + _RECORD_ATTEMPT
 )
 
+# `failed` or `unknown`: nothing follows such a step, and the contact's sequence records why
+# (halted). If the step is sent after all (redrive, evidence, an operator), SETTLE_SENT
+# resumes the sequence.
 SETTLE_TERMINAL: LiteralString = (
     """
 WITH settled AS (
@@ -257,7 +338,15 @@ WITH settled AS (
         last_error = %(last_error)s, lease_expires_at = NULL, updated_at = now()
     WHERE id = %(queue_id)s AND status = %(expected_status)s::queue_status
       AND claim_token = %(claim_token)s
-    RETURNING id
+    RETURNING id, campaign_id, contact_id, message_type
+), halted AS (
+    UPDATE campaign_contacts cc
+    SET sequence_state = 'halted', stop_cause = %(new_status)s::text, stopped_at = now(),
+        stopped_reason = 'step ' || s.message_type || ' ended ' || %(new_status)s::text || ': '
+                         || %(failure_reason)s::text
+    FROM settled s
+    WHERE cc.campaign_id = s.campaign_id AND cc.contact_id = s.contact_id AND cc.sequence_state = 'active'
+    RETURNING cc.contact_id
 """
     + _RECORD_ATTEMPT
 )
@@ -353,22 +442,27 @@ SELECT default_region FROM sender_accounts
 WHERE channel = %(channel)s AND provider_account_id = %(provider_account_id)s
 """
 
-# A request without a region keeps the stored one; a request with one sets it.
+# A request without a region keeps the stored one; a request with one sets it. The row is
+# rewritten only when the region changes: an enqueue holds its transaction open while it adds
+# thousands of contacts, and a rewritten sender row makes every insert that references it
+# (the next step a settle queues) wait for that whole transaction. Returns no row when nothing
+# changed; SENDER_BY_NATURAL_KEY then reads it, in a statement that sees a concurrent insert.
 UPSERT_SENDER: LiteralString = """
 INSERT INTO sender_accounts (channel, provider_account_id, default_region)
 VALUES (%(channel)s, %(provider_account_id)s, %(default_region)s)
 ON CONFLICT (channel, provider_account_id) DO UPDATE
-SET default_region = COALESCE(EXCLUDED.default_region, sender_accounts.default_region),
-    updated_at = CASE WHEN EXCLUDED.default_region IS DISTINCT FROM sender_accounts.default_region
-                       AND EXCLUDED.default_region IS NOT NULL
-                      THEN now() ELSE sender_accounts.updated_at END
+SET default_region = EXCLUDED.default_region, updated_at = now()
+WHERE EXCLUDED.default_region IS NOT NULL
+  AND EXCLUDED.default_region IS DISTINCT FROM sender_accounts.default_region
 RETURNING id, default_region
 """
 
+# A campaign an enqueue names for the first time starts `active` with that sender as its pool.
 UPSERT_CAMPAIGN: LiteralString = """
-INSERT INTO campaigns (id, name, sender_account_id)
-VALUES (%(campaign_id)s, %(name)s, %(sender_account_id)s)
+INSERT INTO campaigns (id, name, sender_account_id, status, cross_campaign_policy)
+VALUES (%(campaign_id)s, %(name)s, %(sender_account_id)s, %(status)s, %(cross_campaign_policy)s)
 ON CONFLICT (id) DO NOTHING
+RETURNING id
 """
 
 ADD_CAMPAIGN_SENDER: LiteralString = """
@@ -377,10 +471,24 @@ VALUES (%(campaign_id)s, %(sender_account_id)s)
 ON CONFLICT DO NOTHING
 """
 
-CAMPAIGN_SENDER: LiteralString = """
-SELECT cp.sender_account_id, s.channel::text AS channel, s.provider_account_id
-FROM campaigns cp JOIN sender_accounts s ON s.id = cp.sender_account_id
-WHERE cp.id = %(campaign_id)s
+CAMPAIGN_POOL: LiteralString = """
+SELECT s.id, s.channel::text AS channel, s.provider_account_id
+FROM campaign_senders cs JOIN sender_accounts s ON s.id = cs.sender_account_id
+WHERE cs.campaign_id = %(campaign_id)s
+ORDER BY s.provider_account_id
+"""
+
+INSERT_CAMPAIGN_STEPS: LiteralString = """
+INSERT INTO campaign_steps (campaign_id, position, message_type, body, delay_seconds, action)
+SELECT %(campaign_id)s, st.position, st.message_type, st.body, st.delay_seconds, st.action
+FROM unnest(%(message_types)s::text[], %(bodies)s::text[], %(delays)s::int[], %(actions)s::text[])
+     WITH ORDINALITY AS st(message_type, body, delay_seconds, action, position)
+ON CONFLICT DO NOTHING
+"""
+
+CAMPAIGN_STEPS: LiteralString = """
+SELECT position, message_type, body, delay_seconds, action
+FROM campaign_steps WHERE campaign_id = %(campaign_id)s ORDER BY position
 """
 
 UPSERT_CONTACTS: LiteralString = """
@@ -390,25 +498,397 @@ FROM unnest(%(addresses)s::text[], %(display_names)s::text[]) AS t(address, disp
 ON CONFLICT (channel, address) DO NOTHING
 """
 
+# The cross-campaign check reads other campaigns' rows for these contacts; two campaigns
+# queueing one contact at once must not both miss each other's uncommitted rows. Every
+# enqueue and start therefore locks its contacts first (in address order, as UPSERT_CONTACTS
+# inserts them, so two lockers never wait on each other in a cycle) and checks afterwards, in
+# a later statement whose snapshot includes whatever the previous holder committed. Row locks
+# rather than advisory locks: 50,000 contacts would overflow the shared lock table. FOR NO
+# KEY UPDATE does not conflict with the KEY SHARE locks of foreign-key checks, so sends and
+# settles that reference these contacts are never held up.
+LOCK_CONTACTS: LiteralString = """
+SELECT c.id, c.address FROM contacts c
+WHERE c.channel = %(channel)s::channel AND c.address = ANY(%(addresses)s::text[])
+ORDER BY c.address
+FOR NO KEY UPDATE
+"""
+
+LOCK_WAITING_CONTACTS: LiteralString = """
+SELECT c.id, c.address FROM contacts c
+JOIN campaign_contacts cc ON cc.contact_id = c.id
+WHERE cc.campaign_id = %(campaign_id)s AND cc.sequence_state = 'waiting'
+ORDER BY c.address
+FOR NO KEY UPDATE OF c
+"""
+
+# Existing members are filtered out before the insert: a unique check against a membership
+# row a settle or a stop is updating would wait for that transaction, and the settle may be
+# waiting for this one (a deadlock). ON CONFLICT still covers two enqueues adding one member.
 ADD_CAMPAIGN_CONTACTS: LiteralString = """
-INSERT INTO campaign_contacts (campaign_id, contact_id)
-SELECT %(campaign_id)s, c.id FROM contacts c
-WHERE c.channel = %(channel)s AND c.address = ANY(%(addresses)s::text[])
+INSERT INTO campaign_contacts (campaign_id, contact_id, sequence_state)
+SELECT %(campaign_id)s, t.id, 'waiting' FROM unnest(%(contact_ids)s::uuid[]) AS t(id)
+WHERE NOT EXISTS (SELECT 1 FROM campaign_contacts cc
+                  WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = t.id)
 ON CONFLICT DO NOTHING
 """
 
-# The unique (campaign, contact, step) constraint makes a repeated or racing enqueue a no-op.
-ENQUEUE_STEPS: LiteralString = """
-INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, scheduled_for,
+# Seed 000: the same person in two campaigns of one sender. A waiting contact is skipped when
+# another campaign has a row for it from any sender of this campaign's pool that is still to
+# be sent, or was queued or sent within the window (a cancelled row never reached anyone).
+SKIP_RECENTLY_CONTACTED: LiteralString = """
+WITH pool AS (
+    SELECT sender_account_id FROM campaign_senders WHERE campaign_id = %(campaign_id)s
+), conflicts AS (
+    SELECT DISTINCT ON (cc.contact_id) cc.contact_id, q.campaign_id AS other_campaign, q.status::text AS status,
+           s.provider_account_id
+    FROM campaign_contacts cc
+    JOIN send_queue q ON q.contact_id = cc.contact_id AND q.campaign_id <> cc.campaign_id
+    JOIN pool p ON p.sender_account_id = q.sender_account_id
+    JOIN sender_accounts s ON s.id = q.sender_account_id
+    WHERE cc.campaign_id = %(campaign_id)s AND cc.sequence_state = 'waiting'
+      AND cc.contact_id = ANY(%(contact_ids)s::uuid[])
+      AND q.status <> 'cancelled'
+      AND (q.status IN ('pending', 'claimed', 'sending')
+           OR q.created_at >= now() - make_interval(secs => %(window_seconds)s)
+           OR q.sent_at >= now() - make_interval(secs => %(window_seconds)s))
+    ORDER BY cc.contact_id, q.created_at DESC
+)
+UPDATE campaign_contacts cc
+SET sequence_state = 'skipped', stop_cause = 'cross_campaign', stopped_at = now(),
+    stopped_reason = 'campaign ' || c.other_campaign || ' has a ' || c.status || ' row for this contact from sender '
+                     || c.provider_account_id || ' (cross-campaign policy, window '
+                     || %(window_seconds)s::int || ' s)'
+FROM conflicts c
+WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = c.contact_id AND cc.sequence_state = 'waiting'
+RETURNING cc.contact_id
+"""
+
+# How many contacts each sender of the pool carries in this campaign (balancing's tie-break).
+POOL_ASSIGNED_CONTACTS: LiteralString = """
+SELECT sender_account_id, count(*) AS contacts FROM campaign_contacts
+WHERE campaign_id = %(campaign_id)s AND sender_account_id IS NOT NULL
+GROUP BY sender_account_id
+"""
+
+POOL_SENDERS_FOR_ASSIGNMENT: LiteralString = """
+SELECT s.*, (SELECT count(*) FROM send_queue q
+             WHERE q.sender_account_id = s.id AND q.status = 'pending' AND q.action = %(action)s) AS pending
+FROM campaign_senders cs JOIN sender_accounts s ON s.id = cs.sender_account_id
+WHERE cs.campaign_id = %(campaign_id)s
+ORDER BY s.id
+"""
+
+# A contact's sender is set once, when it starts its sequence, and every row of its sequence
+# is sent from it (QUEUE_FIRST_STEP and SETTLE_SENT read it from here).
+ASSIGN_SENDERS: LiteralString = """
+UPDATE campaign_contacts cc
+SET sender_account_id = a.sender_account_id, sequence_state = 'active'
+FROM unnest(%(contact_ids)s::uuid[], %(sender_ids)s::uuid[]) AS a(contact_id, sender_account_id)
+WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = a.contact_id AND cc.sequence_state = 'waiting'
+RETURNING cc.contact_id
+"""
+
+# Only for contacts whose sequence this call started (never one already running, whose step 1
+# a settle may be updating: its unique check would wait on that settle).
+QUEUE_FIRST_STEP: LiteralString = """
+INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, action, scheduled_for,
                         max_attempts)
-SELECT %(campaign_id)s, c.id, %(sender_account_id)s, st.message_type, st.body,
-       now() + make_interval(secs => st.delay_seconds), %(max_attempts)s
-FROM contacts c
-CROSS JOIN unnest(%(message_types)s::text[], %(bodies)s::text[], %(delays)s::int[])
-    AS st(message_type, body, delay_seconds)
-WHERE c.channel = %(channel)s AND c.address = ANY(%(addresses)s::text[])
+SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, st.message_type, st.body, st.action,
+       CASE WHEN s.window_start IS NULL AND s.window_days IS NULL
+            THEN now() + make_interval(secs => st.delay_seconds)
+            ELSE sendonce_next_window_open(now() + make_interval(secs => st.delay_seconds),
+                                           s.timezone, s.window_days, s.window_start, s.window_end)
+       END,
+       %(max_attempts)s
+FROM campaign_contacts cc
+JOIN campaign_steps st ON st.campaign_id = cc.campaign_id AND st.position = 1
+JOIN sender_accounts s ON s.id = cc.sender_account_id
+WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = ANY(%(contact_ids)s::uuid[])
+  AND cc.sequence_state = 'active'
 ON CONFLICT (campaign_id, contact_id, message_type) DO NOTHING
+RETURNING id, sender_account_id
+"""
+
+MEMBERSHIP_STATES: LiteralString = """
+SELECT cc.contact_id, cc.sequence_state, cc.stop_cause FROM campaign_contacts cc
+WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = ANY(%(contact_ids)s::uuid[])
+"""
+
+# --- campaigns -------------------------------------------------------------------------------
+
+CREATE_CAMPAIGN: LiteralString = """
+INSERT INTO campaigns (id, name, sender_account_id, status, cross_campaign_policy, stop_on_events)
+VALUES (%(campaign_id)s, %(name)s, %(sender_account_id)s, 'draft', %(cross_campaign_policy)s,
+        %(stop_on_events)s::text[])
+ON CONFLICT (id) DO NOTHING
 RETURNING id
+"""
+
+CAMPAIGN_ROW: LiteralString = """
+SELECT cp.id, cp.name, cp.status, cp.cross_campaign_policy, cp.stop_on_events, cp.created_at, cp.updated_at,
+       s.channel::text AS channel
+FROM campaigns cp JOIN sender_accounts s ON s.id = cp.sender_account_id
+WHERE cp.id = %(campaign_id)s
+"""
+
+# Enqueues and starts hold the campaign row in SHARE mode: they run side by side, while a
+# pause, cancel or completion (which update it) waits for them and then sees their rows.
+LOCK_CAMPAIGN_SHARED: LiteralString = "SELECT status FROM campaigns WHERE id = %(campaign_id)s FOR SHARE"
+LOCK_CAMPAIGN: LiteralString = "SELECT status FROM campaigns WHERE id = %(campaign_id)s FOR NO KEY UPDATE"
+
+SET_CAMPAIGN_STATUS: LiteralString = """
+WITH changed AS (
+    UPDATE campaigns SET status = %(to_status)s, updated_at = now()
+    WHERE id = %(campaign_id)s AND status = ANY(%(from_statuses)s::text[])
+    RETURNING id
+)
+INSERT INTO campaign_decisions (campaign_id, action, from_status, to_status, decided_by, reason)
+SELECT id, %(action)s, %(from_status)s, %(to_status)s, %(decided_by)s, %(reason)s FROM changed
+RETURNING campaign_id
+"""
+
+RECORD_CAMPAIGN_DECISION: LiteralString = """
+INSERT INTO campaign_decisions (campaign_id, action, from_status, to_status, decided_by, reason)
+VALUES (%(campaign_id)s, %(action)s, %(from_status)s, %(to_status)s, %(decided_by)s, %(reason)s)
+"""
+
+# A cancel stops every running sequence of the campaign (locked in key order, like every stop)
+# and then, in a later statement, cancels what is queued: that statement sees any step a
+# concurrent settle queued before it found the contact stopped.
+STOP_CAMPAIGN_SEQUENCES: LiteralString = """
+WITH target AS (
+    SELECT cc.campaign_id, cc.contact_id FROM campaign_contacts cc
+    WHERE cc.campaign_id = %(campaign_id)s AND cc.sequence_state IN ('waiting', 'active', 'halted')
+    ORDER BY cc.campaign_id, cc.contact_id
+    FOR UPDATE OF cc
+)
+UPDATE campaign_contacts cc
+SET sequence_state = 'stopped', stop_cause = 'campaign_cancelled', stopped_reason = %(reason)s, stopped_at = now()
+FROM target t
+WHERE cc.campaign_id = t.campaign_id AND cc.contact_id = t.contact_id
+RETURNING cc.contact_id
+"""
+
+# Pending and claimed rows; a `sending` row is in flight and settles normally.
+CANCEL_CAMPAIGN_ROWS: LiteralString = """
+WITH target AS (
+    SELECT id, status FROM send_queue
+    WHERE campaign_id = %(campaign_id)s AND status IN ('pending', 'claimed')
+    FOR UPDATE
+), cancelled AS (
+    UPDATE send_queue q
+    SET status = 'cancelled', failure_reason = %(reason)s, last_error = 'not sent: ' || %(reason)s::text,
+        lease_expires_at = NULL, updated_at = now()
+    FROM target t
+    WHERE q.id = t.id AND q.status = t.status
+    RETURNING q.id, t.status AS from_status
+), decided AS (
+    INSERT INTO queue_decisions (queue_id, from_status, to_status, decided_by, reason)
+    SELECT id, from_status, 'cancelled', %(decided_by)s, %(reason)s FROM cancelled
+)
+SELECT count(*) AS cancelled FROM cancelled
+"""
+
+# Whether campaign `cp` has nothing queued or in flight, nobody waiting to start, and no
+# `unknown` row that could still turn `sent` and lead to a next step. Pending rows are probed
+# per pool sender and action (send_queue_due_by_sender); claimed, sending and unknown rows are
+# few, and read through their own partial indexes (send_queue_leases, send_queue_unknown). No
+# index of its own: one whose predicate covered these statuses would compete with the claim's
+# and the sweeper's plans.
+_NOTHING_LEFT: LiteralString = """
+      NOT EXISTS (SELECT 1 FROM campaign_senders cs
+                  CROSS JOIN (VALUES ('message'), ('invitation')) AS a(action)
+                  JOIN send_queue q ON q.sender_account_id = cs.sender_account_id AND q.action = a.action
+                                   AND q.campaign_id = cs.campaign_id AND q.status = 'pending'
+                  WHERE cs.campaign_id = cp.id)
+  AND NOT EXISTS (SELECT 1 FROM send_queue q
+                  WHERE q.campaign_id = cp.id AND q.status IN ('claimed', 'sending'))
+  AND NOT EXISTS (SELECT 1 FROM campaign_contacts cc WHERE cc.campaign_id = cp.id AND cc.sequence_state = 'waiting')
+  AND NOT EXISTS (SELECT 1 FROM send_queue q
+                  JOIN campaign_steps cur ON cur.campaign_id = q.campaign_id AND cur.message_type = q.message_type
+                  JOIN campaign_steps nxt ON nxt.campaign_id = q.campaign_id AND nxt.position = cur.position + 1
+                  JOIN campaign_contacts cc ON cc.campaign_id = q.campaign_id AND cc.contact_id = q.contact_id
+                  WHERE q.campaign_id = cp.id AND q.status = 'unknown' AND cc.sequence_state = 'halted')
+"""
+
+COMPLETABLE_CAMPAIGNS: LiteralString = (
+    """
+SELECT cp.id FROM campaigns cp
+WHERE cp.status = 'active' AND
+"""
+    + _NOTHING_LEFT
+    + """
+ORDER BY cp.created_at
+LIMIT %(limit)s
+"""
+)
+
+# Run after LOCK_CAMPAIGN in the same transaction: this statement's snapshot includes every
+# row an enqueue (which held the row in SHARE mode) committed.
+COMPLETE_CAMPAIGN: LiteralString = (
+    """
+WITH done AS (
+    UPDATE campaigns cp SET status = 'completed', updated_at = now()
+    WHERE cp.id = %(campaign_id)s AND cp.status = 'active' AND
+"""
+    + _NOTHING_LEFT
+    + """
+    RETURNING cp.id
+)
+INSERT INTO campaign_decisions (campaign_id, action, from_status, to_status, decided_by, reason)
+SELECT id, 'complete', 'active', 'completed', 'sweeper', 'nothing left to send' FROM done
+RETURNING campaign_id
+"""
+)
+
+# Rows that raced a stop: a step queued by a settle that saw the contact before the stop, a
+# sending row that went back to pending, a claim the sweeper released. They could never be
+# sent (MARK_SENDING refuses them); this settles them so campaigns can complete. Driven by
+# recent stops (an index range), never by the whole backlog.
+CANCEL_STRAGGLERS: LiteralString = """
+WITH stale AS (
+    SELECT q.id, cc.stopped_reason
+    FROM campaign_contacts cc
+    JOIN send_queue q ON q.campaign_id = cc.campaign_id AND q.contact_id = cc.contact_id AND q.status = 'pending'
+    WHERE cc.sequence_state = 'stopped' AND cc.stopped_at > now() - make_interval(secs => %(lookback_seconds)s)
+    LIMIT %(limit)s
+    FOR UPDATE OF q SKIP LOCKED
+), cancelled AS (
+    UPDATE send_queue q
+    SET status = 'cancelled', failure_reason = 'sequence stopped: ' || s.stopped_reason,
+        last_error = 'not sent: sequence stopped: ' || s.stopped_reason, updated_at = now()
+    FROM stale s
+    WHERE q.id = s.id AND q.status = 'pending'
+    RETURNING q.id, s.stopped_reason
+), decided AS (
+    INSERT INTO queue_decisions (queue_id, from_status, to_status, decided_by, reason)
+    SELECT id, 'pending', 'cancelled', 'sweeper', 'sequence stopped: ' || stopped_reason FROM cancelled
+)
+SELECT count(*) AS cancelled FROM cancelled
+"""
+
+# A row requeued by an operator (redrive, resend) in a campaign that had completed meanwhile:
+# the campaign runs again, or the claim would never serve the row.
+REOPEN_CAMPAIGN_OF_ROW: LiteralString = """
+WITH reopened AS (
+    UPDATE campaigns cp SET status = 'active', updated_at = now()
+    FROM send_queue q
+    WHERE q.id = %(queue_id)s AND cp.id = q.campaign_id AND cp.status = 'completed'
+    RETURNING cp.id
+)
+INSERT INTO campaign_decisions (campaign_id, action, from_status, to_status, decided_by, reason)
+SELECT id, 'reopen', 'completed', 'active', %(decided_by)s, 'a row was requeued' FROM reopened
+"""
+
+# --- sequences: stops --------------------------------------------------------------------------
+
+# First statement of a stop: the contact's running sequences, in the campaigns concerned,
+# locked in key order (every stop and cancel locks in this order, so they never deadlock),
+# and marked stopped. Each input row is (address, event name or NULL, reason); an event name
+# only stops campaigns that list it in stop_on_events.
+STOP_SEQUENCES: LiteralString = """
+WITH target AS (
+    SELECT cc.campaign_id, cc.contact_id, m.reason
+    FROM campaign_contacts cc
+    JOIN contacts c ON c.id = cc.contact_id
+    JOIN campaigns cp ON cp.id = cc.campaign_id
+    CROSS JOIN LATERAL (
+        SELECT t.reason
+        FROM unnest(%(addresses)s::text[], %(event_names)s::text[], %(reasons)s::text[])
+             AS t(address, event_name, reason)
+        WHERE t.address = c.address AND (t.event_name IS NULL OR t.event_name = ANY(cp.stop_on_events))
+        LIMIT 1
+    ) AS m
+    WHERE c.channel = %(channel)s::channel AND c.address = ANY(%(addresses)s::text[])
+      AND cc.sequence_state IN ('waiting', 'active', 'halted', 'completed')
+      AND (%(campaign_id)s::uuid IS NULL OR cc.campaign_id = %(campaign_id)s::uuid)
+    ORDER BY cc.campaign_id, cc.contact_id
+    FOR UPDATE OF cc
+)
+UPDATE campaign_contacts cc
+SET sequence_state = 'stopped', stop_cause = %(cause)s, stopped_reason = t.reason, stopped_at = now()
+FROM target t
+WHERE cc.campaign_id = t.campaign_id AND cc.contact_id = t.contact_id
+  AND cc.sequence_state IN ('waiting', 'active', 'halted', 'completed')
+RETURNING cc.campaign_id, cc.contact_id
+"""
+
+# Second statement of a stop, with a fresh snapshot: the stopped sequences' pending rows,
+# including a step a settle queued just before the stop took its lock.
+CANCEL_STOPPED_ROWS: LiteralString = """
+WITH stopped AS (
+    SELECT * FROM unnest(%(campaign_ids)s::uuid[], %(contact_ids)s::uuid[]) AS s(campaign_id, contact_id)
+), cancelled AS (
+    UPDATE send_queue q
+    SET status = 'cancelled', failure_reason = 'sequence stopped: ' || cc.stopped_reason,
+        last_error = 'not sent: sequence stopped: ' || cc.stopped_reason, updated_at = now()
+    FROM stopped s
+    JOIN campaign_contacts cc ON cc.campaign_id = s.campaign_id AND cc.contact_id = s.contact_id
+    WHERE q.campaign_id = s.campaign_id AND q.contact_id = s.contact_id AND q.status = 'pending'
+    RETURNING q.id, cc.stopped_reason
+), decided AS (
+    INSERT INTO queue_decisions (queue_id, from_status, to_status, decided_by, reason)
+    SELECT id, 'pending', 'cancelled', %(decided_by)s, 'sequence stopped: ' || stopped_reason FROM cancelled
+)
+SELECT count(*) AS cancelled FROM cancelled
+"""
+
+# --- campaign status ---------------------------------------------------------------------------
+
+# Every figure of a status read from one snapshot.
+READ_ONLY_SNAPSHOT: LiteralString = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+CAMPAIGN_STEP_STATS: LiteralString = """
+SELECT st.position, st.message_type, st.delay_seconds,
+       count(q.id) FILTER (WHERE q.status IN ('pending', 'claimed', 'sending')) AS queued,
+       count(q.id) FILTER (WHERE q.status = 'sent') AS sent,
+       count(q.id) FILTER (WHERE q.status = 'failed') AS failed,
+       count(q.id) FILTER (WHERE q.status = 'unknown') AS unknown,
+       count(q.id) FILTER (WHERE q.status = 'cancelled') AS cancelled
+FROM campaign_steps st
+LEFT JOIN send_queue q ON q.campaign_id = st.campaign_id AND q.message_type = st.message_type
+WHERE st.campaign_id = %(campaign_id)s
+GROUP BY st.position, st.message_type, st.delay_seconds
+ORDER BY st.position
+"""
+
+# A reply counts for the last step the contact had been sent when it replied.
+CAMPAIGN_REPLIES_BY_STEP: LiteralString = """
+SELECT last.position, count(*) AS replied
+FROM campaign_contacts cc
+CROSS JOIN LATERAL (
+    SELECT max(st.position) AS position
+    FROM send_queue q
+    JOIN campaign_steps st ON st.campaign_id = q.campaign_id AND st.message_type = q.message_type
+    WHERE q.campaign_id = cc.campaign_id AND q.contact_id = cc.contact_id AND q.status = 'sent'
+      AND q.sent_at <= cc.stopped_at
+) AS last
+WHERE cc.campaign_id = %(campaign_id)s AND cc.stop_cause = 'reply'
+GROUP BY last.position
+"""
+
+CAMPAIGN_SENDER_STATS: LiteralString = """
+SELECT s.id, s.channel::text AS channel, s.provider_account_id, s.status, s.paused_until, s.pause_reason,
+       (SELECT count(*) FROM campaign_contacts cc
+        WHERE cc.campaign_id = cs.campaign_id AND cc.sender_account_id = s.id) AS contacts,
+       count(q.id) FILTER (WHERE q.status IN ('pending', 'claimed', 'sending')) AS queued,
+       count(q.id) FILTER (WHERE q.status = 'sent') AS sent,
+       count(q.id) FILTER (WHERE q.status = 'failed') AS failed,
+       count(q.id) FILTER (WHERE q.status = 'unknown') AS unknown,
+       count(q.id) FILTER (WHERE q.status = 'cancelled') AS cancelled
+FROM campaign_senders cs
+JOIN sender_accounts s ON s.id = cs.sender_account_id
+LEFT JOIN send_queue q ON q.campaign_id = cs.campaign_id AND q.sender_account_id = s.id
+WHERE cs.campaign_id = %(campaign_id)s
+GROUP BY s.id, cs.campaign_id
+ORDER BY s.provider_account_id
+"""
+
+CAMPAIGN_CONTACT_STATES: LiteralString = """
+SELECT sequence_state, COALESCE(stop_cause, '') AS stop_cause, count(*) AS contacts
+FROM campaign_contacts WHERE campaign_id = %(campaign_id)s
+GROUP BY sequence_state, stop_cause
+ORDER BY sequence_state, stop_cause
 """
 
 # --- reads ---------------------------------------------------------------------------------
@@ -601,10 +1081,13 @@ SELECT q.id AS queue_id, q.idempotency_key, q.claim_token, q.attempts, q.max_att
        -- An ambiguous call, or a past `unknown`, means it may have been delivered.
        (EXISTS (SELECT 1 FROM send_attempts a WHERE a.queue_id = q.id AND a.outcome IN ('sent', 'ambiguous'))
         OR EXISTS (SELECT 1 FROM queue_decisions d WHERE d.queue_id = q.id AND d.from_status = 'unknown'))
-           AS maybe_delivered
+           AS maybe_delivered,
+       cp.status AS campaign_status, cc.sequence_state, cc.stopped_reason
 FROM send_queue q
 JOIN contacts c ON c.id = q.contact_id
 JOIN sender_accounts s ON s.id = q.sender_account_id
+JOIN campaigns cp ON cp.id = q.campaign_id
+LEFT JOIN campaign_contacts cc ON cc.campaign_id = q.campaign_id AND cc.contact_id = q.contact_id
 WHERE q.id = %(queue_id)s
 """
 
@@ -650,7 +1133,8 @@ SELECT cp.id AS campaign_id, cp.name,
        count(l.id) FILTER (WHERE l.delivery_status IN ('delivered', 'read')) AS delivered,
        count(l.id) FILTER (WHERE l.delivery_status = 'read') AS read,
        count(q.id) FILTER (WHERE q.status = 'failed') AS failed,
-       count(q.id) FILTER (WHERE q.status = 'unknown') AS unknown
+       count(q.id) FILTER (WHERE q.status = 'unknown') AS unknown,
+       count(q.id) FILTER (WHERE q.status = 'cancelled') AS cancelled
 FROM campaigns cp
 LEFT JOIN send_queue q ON q.campaign_id = cp.id
 LEFT JOIN message_ledger l ON l.queue_id = q.id
@@ -688,7 +1172,7 @@ SELECT e.id, e.channel::text AS channel, e.event_type, e.status, e.provider_mess
        e.recipient, e.occurred_at, e.received_at
 FROM provider_events e
 WHERE e.idempotency_key = ANY(%(keys)s::text[]) OR e.provider_message_id = ANY(%(message_ids)s::text[])
-   OR (%(address)s::text IS NOT NULL AND e.recipient = %(address)s)
+   OR (%(address)s::text IS NOT NULL AND (e.recipient = %(address)s OR e.contact = %(address)s))
 ORDER BY e.received_at
 """
 
@@ -722,14 +1206,14 @@ GROUP BY l1.channel, l1.recipient
 # (channel, dedupe_key) and changes nothing; RETURNING names only the rows actually stored.
 INSERT_PROVIDER_EVENTS: LiteralString = """
 INSERT INTO provider_events (channel, event_type, dedupe_key, idempotency_key, provider_message_id,
-                             provider_thread_id, recipient, status, occurred_at, payload)
+                             provider_thread_id, recipient, contact, status, occurred_at, payload)
 SELECT %(channel)s::channel, e.event_type, e.dedupe_key, e.idempotency_key, e.provider_message_id,
-       e.provider_thread_id, e.recipient, e.status, e.occurred_at, e.payload
+       e.provider_thread_id, e.recipient, e.contact, e.status, e.occurred_at, e.payload
 FROM unnest(%(event_types)s::text[], %(dedupe_keys)s::text[], %(idempotency_keys)s::text[],
             %(provider_message_ids)s::text[], %(provider_thread_ids)s::text[], %(recipients)s::text[],
-            %(statuses)s::text[], %(occurred_ats)s::timestamptz[], %(payloads)s::jsonb[])
+            %(contacts)s::text[], %(statuses)s::text[], %(occurred_ats)s::timestamptz[], %(payloads)s::jsonb[])
      AS e(event_type, dedupe_key, idempotency_key, provider_message_id, provider_thread_id, recipient,
-          status, occurred_at, payload)
+          contact, status, occurred_at, payload)
 ON CONFLICT (channel, dedupe_key) DO NOTHING
 RETURNING dedupe_key
 """

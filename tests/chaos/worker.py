@@ -30,7 +30,7 @@ from shared.dispatch import dispatch
 from shared.events import DispatchRequest
 from shared.idempotency import GuardResult, ProvesUnsent, SendGuard
 from shared.providers.outcome import SendOutcome
-from shared.queue import ClaimedMessage, QueueRepository
+from shared.queue import ClaimedMessage, QueueRepository, SendingVerdict
 from shared.runtime import build_dispatch_deps, dispatch_database, settings
 
 
@@ -50,7 +50,7 @@ class KillAfterSend(QueueRepository):
 
 
 class PauseBeforeSending(QueueRepository):
-    def mark_sending(self, message: ClaimedMessage) -> bool:
+    def mark_sending(self, message: ClaimedMessage) -> SendingVerdict:
         _stop_self(signal.SIGSTOP)
         return super().mark_sending(message)
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from devstack.aws import TEST_SECRETS
 from shared.config import Settings
-from shared.events import DispatchRequest, EnqueueRequest, MigrateEvent, SweepRequest
+from shared.events import ControlRequest, DispatchRequest, EnqueueRequest, MigrateEvent, SweepRequest
 from shared.storage.migrate import required_version
 
 pytestmark = pytest.mark.infra
@@ -37,6 +37,7 @@ FUNCTIONS = {
     "WebhookFunction": "webhook",
     "EnqueueFunction": "enqueue",
     "MigrateFunction": "migrate",
+    "ControlFunction": "control",
 }
 SCHEDULED: dict[str, type[BaseModel]] = {
     "DispatcherFunction": DispatchRequest,
@@ -47,6 +48,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     "sweeper": SweepRequest,
     "enqueue": EnqueueRequest,
     "migrate": MigrateEvent,
+    "control": ControlRequest,
 }
 TEST_META_APP_SECRET = b"test-meta-app-secret"
 TEST_UNIPILE_WEBHOOK_SECRET = "test-unipile-webhook-secret"
@@ -56,6 +58,8 @@ INVALID_EVENT_ERRORS: dict[str, set[tuple[str, str]]] = {
     "enqueue-malformed.json": {("contacts", "missing"), ("campaign_id", "uuid_parsing")},
     "enqueue-nul-byte.json": {("campaign_name", "value_error"), ("contacts", "value_error")},
     "enqueue-bad-region.json": {("sender_default_region", "value_error")},
+    # A command's errors are located under its tag.
+    "control-malformed.json": {("campaign.pause", "uuid_parsing"), ("campaign.pause", "missing")},
 }
 REQUIRED_ENV = {
     "POWERTOOLS_SERVICE_NAME",
@@ -94,6 +98,7 @@ ALLOWED_SECRETS = {
     },
     "EnqueueFunction": {"DatabaseUrlSecretArn"},
     "MigrateFunction": {"DatabaseUrlSecretArn"},
+    "ControlFunction": {"DatabaseUrlSecretArn"},
 }
 CUSTOM_METRIC_ALARMS = {"UnknownRows", "StaleOwnedRows", "DuplicateSuspected", "LeaseLostAfterSend"}
 

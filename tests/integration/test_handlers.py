@@ -21,7 +21,34 @@ from shared.queue import QueueRepository
 
 pytestmark = pytest.mark.integration
 EVENTS = ROOT / "events"
-FUNCTION_OF = {"dispatcher": "dispatcher", "sweeper": "sweeper", "enqueue": "enqueue", "migrate": "migrate"}
+FUNCTION_OF = {
+    "dispatcher": "dispatcher",
+    "sweeper": "sweeper",
+    "enqueue": "enqueue",
+    "migrate": "migrate",
+    "control": "control",
+}
+# Enqueue first so the dispatcher and sweeper samples have work; migrate is a no-op now. The
+# control samples set up their campaign before the dispatcher runs; cancel comes last, after
+# the first steps went out, so it shows sent rows staying sent.
+ORDER = [
+    "enqueue-campaign.json",
+    "enqueue-linkedin.json",
+    "enqueue-messenger.json",
+    "migrate.json",
+    "control-campaign-create.json",
+    "control-campaign-start.json",
+    "control-campaign-pause.json",
+    "control-campaign-resume.json",
+    "control-campaign-stop-contact.json",
+    "control-sender-configure.json",
+    "control-sender-pause.json",
+    "control-sender-resume.json",
+    "dispatcher-scheduled.json",
+    "dispatcher-manual.json",
+    "sweeper-scheduled.json",
+    "control-campaign-cancel.json",
+]
 
 
 def function_for(event: Path) -> str:
@@ -47,36 +74,62 @@ def snapshot(stack: LocalStack) -> dict[str, int]:
 
 
 def test_every_sample_event_has_a_handler() -> None:
-    assert {p.name for p in sample_events()} >= {
-        "dispatcher-scheduled.json",
-        "dispatcher-manual.json",
-        "sweeper-scheduled.json",
-        "migrate.json",
-        "enqueue-campaign.json",
-        "enqueue-linkedin.json",
-        "enqueue-messenger.json",
-    }
+    assert {p.name for p in sample_events()} == set(ORDER)
     for event in sample_events():
         assert (ROOT / "functions" / function_for(event) / "app.py").exists()
 
 
 def test_sample_events_run_through_their_handlers(stack: LocalStack) -> None:
-    # Enqueue first so the dispatcher and sweeper samples have work; migrate is a no-op now.
-    order = sorted(
-        sample_events(), key=lambda p: ("enqueue", "migrate", "dispatcher", "sweeper").index(function_for(p))
-    )
-    results = {event.name: stack.spawn(function_for(event), event).finish() for event in order}
+    results = {name: stack.spawn(function_for(EVENTS / name), EVENTS / name).finish() for name in ORDER}
 
     enqueued = results["enqueue-campaign.json"]
     assert enqueued["duplicate_contacts_dropped"] >= 1, "the sample repeats a contact"
     assert results["migrate.json"]["applied"] == []
     assert results["dispatcher-manual.json"]["batches"] <= 2
     assert results["sweeper-scheduled.json"]["ran"] is True
+
+    created = results["control-campaign-create.json"]
+    assert (created["status"], created["contacts_added"], created["rows_queued"]) == ("draft", 3, 0)
+    started = results["control-campaign-start.json"]
+    # Ada is already in the spring reactivation campaign of the pool's first number: skipped.
+    assert started["skipped_by_reason"] == {"cross_campaign": 1}
+    assert (started["status"], started["rows_queued"]) == ("active", 2)
+    assert started["assigned_by_sender"] == {"106540352242922": 1, "106540352242923": 1}
+    assert [results[f"control-campaign-{c}.json"]["status"] for c in ("pause", "resume")] == [
+        "paused",
+        "active",
+    ]
+    assert results["control-campaign-stop-contact.json"]["rows_cancelled"] == 1
+    assert results["control-sender-configure.json"]["configured"]["rate_per_second"] == 5
+    assert results["control-sender-pause.json"]["paused_until"].startswith("2030-01-01")
+    assert results["control-sender-resume.json"]["paused_until"] is None
+    cancelled = results["control-campaign-cancel.json"]
+    assert (cancelled["status"], cancelled["rows_cancelled"]) == ("cancelled", 1), "only its follow-up"
+
     sent = sum(r["counts"]["Sent"] for name, r in results.items() if name.startswith("dispatcher"))
-    enqueued_rows = sum(r["rows_enqueued"] for name, r in results.items() if name.startswith("enqueue"))
-    # The samples' follow-up steps are delayed by days: those stay pending, everything due is sent.
-    assert snapshot(stack) == {"sent": sent, "pending": enqueued_rows - sent}
+    first_steps = sum(r["rows_enqueued"] for name, r in results.items() if name.startswith("enqueue"))
+    # Every first step went out (the stopped contact's never did): its 8 sample rows and the
+    # control campaign's one.
+    assert sent == first_steps + 1 == 9
     assert sent == len(stack.provider.ledger())
+    # Each sent first step of a two-step campaign queued its follow-up, due its delay after the
+    # first step was sent: WhatsApp (4) and LinkedIn (2) stay pending for days, the control
+    # campaign's was cancelled with it. Messenger has one step: nothing follows.
+    follow_ups = stack.db.fetch_all(
+        "SELECT f.status::text AS status, c.name, extract(epoch FROM f.scheduled_for - s.sent_at) AS delay "
+        "FROM send_queue f JOIN campaigns c ON c.id = f.campaign_id "
+        "JOIN send_queue s ON s.campaign_id = f.campaign_id AND s.contact_id = f.contact_id "
+        "AND s.message_type <> f.message_type WHERE f.message_type = 'follow_up'"
+    )
+    assert sorted((r["status"], r["name"], int(r["delay"])) for r in follow_ups) == sorted(
+        [("pending", "Spring reactivation (WhatsApp)", 172800)] * 4
+        + [("pending", "Founder outreach (LinkedIn)", 259200)] * 2
+        + [("cancelled", "Spring follow-up (WhatsApp, two numbers)", 172800)]
+    )
+    assert snapshot(stack) == {"sent": sent, "pending": 6, "cancelled": 2}
+    # Nothing is left to send in the one-step Messenger campaign: the sweeper completed it.
+    statuses = {r["name"]: r["status"] for r in stack.db.fetch_all("SELECT name, status FROM campaigns")}
+    assert statuses["Order follow-up (Messenger)"] == "completed"
     again = stack.spawn("enqueue", EVENTS / "enqueue-campaign.json").finish()
     assert again["rows_enqueued"] == 0, "replaying an enqueue event adds nothing"
 

@@ -95,9 +95,13 @@ def test_enqueue_drops_duplicate_contacts_and_is_repeatable(
     )
     first = enqueue_campaign(database, request)
     again = enqueue_campaign(database, request)
-    assert (first.duplicate_contacts_dropped, first.rows_enqueued, first.invalid_contacts) == (2, 4, 1)
-    assert (again.rows_enqueued, again.rows_already_queued) == (0, 4)
-    assert queue.status_counts() == {"pending": 4}
+    # Two contacts; only step 1 is queued now, step 2 follows once step 1 is sent.
+    assert (first.duplicate_contacts_dropped, first.rows_enqueued, first.invalid_contacts) == (2, 2, 1)
+    assert (again.rows_enqueued, again.rows_already_queued) == (0, 2)
+    assert queue.status_counts() == {"pending": 2}
+    assert {r["message_type"] for r in database.fetch_all("SELECT message_type FROM send_queue")} == {"intro"}
+    steps = database.fetch_all("SELECT position, message_type FROM campaign_steps ORDER BY position")
+    assert [(s["position"], s["message_type"]) for s in steps] == [(1, "intro"), (2, "follow_up")]
 
 
 def test_racing_enqueues_of_the_same_campaign_create_each_row_once(database: Database) -> None:
@@ -117,9 +121,15 @@ def test_racing_enqueues_of_the_same_campaign_create_each_row_once(database: Dat
         t.join()
     assert not errors
     counts = database.fetch_one(
-        "SELECT count(*) AS n, count(DISTINCT (contact_id, message_type)) AS uniq FROM send_queue"
+        "SELECT count(*) AS n, count(DISTINCT (contact_id, message_type)) AS uniq,"
+        " count(*) FILTER (WHERE message_type = 'step_0') AS first_steps,"
+        " (SELECT count(*) FROM campaign_steps) AS steps,"
+        " (SELECT count(*) FROM campaign_contacts WHERE sequence_state = 'active') AS started"
+        " FROM send_queue"
     )
-    assert counts is not None and counts["n"] == counts["uniq"] == 600
+    # One step-1 row per contact (step 2 is queued when step 1 is sent), both steps stored once.
+    assert counts is not None and counts["n"] == counts["uniq"] == counts["first_steps"] == 300
+    assert (counts["steps"], counts["started"]) == (2, 300)
 
 
 def test_unique_constraints_reject_duplicates_written_by_hand(database: Database) -> None:

@@ -50,8 +50,11 @@ def reconciler(settings: Settings, queue: QueueRepository, guard: SendGuard) -> 
 def send_campaign(
     database: Database, deps: DispatchDeps, fake: FakeProvider, body: str, fault: str | None = None
 ) -> int:
-    """One LinkedIn message to RECIPIENT in a campaign of its own; returns its queue id."""
-    campaign = enqueue_contacts(database, "linkedin", [RECIPIENT], sender=SENDER, body=body)
+    """One LinkedIn message to RECIPIENT in a campaign of its own; returns its queue id. The
+    campaigns share their recipient on purpose: the cross-campaign policy is off."""
+    campaign = enqueue_contacts(
+        database, "linkedin", [RECIPIENT], sender=SENDER, body=body, cross_campaign_policy="allow"
+    )
     fake.set_faults([{"action": fault}] if fault else [])
     dispatch(deps, MANUAL, Plenty())
     fake.set_faults([])

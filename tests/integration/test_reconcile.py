@@ -53,6 +53,8 @@ def enqueue(
     campaign_id: uuid.UUID = CAMPAIGN,
     campaign_name: str = "reconcile",
 ) -> None:
+    """Tests put one person in several campaigns on purpose (seed 000's duplicates, a known
+    chat): the cross-campaign policy is off for these campaigns."""
     addresses = [f"1555{i:07d}" if channel == "whatsapp" else f"{channel}-{i}" for i in range(contacts)]
     enqueue_campaign(
         database,
@@ -65,6 +67,7 @@ def enqueue(
                 "sender_provider_id": "sender",
                 "contacts": [{"address": a} for a in addresses],
                 "steps": [{"message_type": "intro", "body": body}],
+                "cross_campaign_policy": "allow",
             }
         ),
     )

@@ -80,6 +80,8 @@ def sent_message(
                 "sender_provider_id": "sender-1",
                 "contacts": [{"address": address}],
                 "steps": [{"message_type": "intro", "body": f"hello {provider_message_id}"}],
+                # One campaign per message, several to one person: the policy would skip them.
+                "cross_campaign_policy": "allow",
             }
         ),
     )

@@ -327,21 +327,46 @@ def test_whatsapp_statuses_across_entries_and_changes() -> None:
     assert keys == ["wamid.A:read", "wamid.C:delivered", "wamid.D:read"]
 
 
-def test_whatsapp_inbound_message_is_kept_as_unrecognised() -> None:
+INBOUND_TEXT = {
+    "from": "15551230001",
+    "id": "wamid.IN",
+    "timestamp": "1763924700",
+    "type": "text",
+    "text": {"body": "yes please"},
+}
+
+
+def test_whatsapp_inbound_message_is_a_reply_from_the_contact() -> None:
     doc = whatsapp_body()
-    doc["entry"][0]["changes"][0]["value"].pop("statuses")
-    doc["entry"][0]["changes"][0]["value"]["messages"] = [{"from": "1555", "id": "wamid.IN", "type": "text"}]
+    value = doc["entry"][0]["changes"][0]["value"]
+    value.pop("statuses")
+    value["contacts"] = [{"profile": {"name": "Ada"}, "wa_id": "15551230001"}]
+    value["messages"] = [INBOUND_TEXT]
     [event] = parse_events(Channel.WHATSAPP, doc)
-    assert event.event_type == "unrecognised"
-    assert event.payload["value"]["messages"][0]["id"] == "wamid.IN"
+    assert (event.event_type, event.dedupe_key, event.status) == ("message", "inbound:wamid.IN", "received")
+    assert (event.contact, event.provider_message_id) == ("15551230001", "wamid.IN")
+    assert event.is_reply
+    assert event.payload == INBOUND_TEXT
+    assert event.occurred_at == datetime(2025, 11, 23, 19, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("kind", ["reaction", "system"])
+def test_whatsapp_reactions_and_system_notices_are_not_replies(kind: str) -> None:
+    doc = whatsapp_body()
+    doc["entry"][0]["changes"][0]["value"]["messages"] = [{**INBOUND_TEXT, "type": kind}]
+    doc["entry"][0]["changes"][0]["value"].pop("statuses")
+    [event] = parse_events(Channel.WHATSAPP, doc)
+    assert (event.event_type, event.contact, event.is_reply) == (kind, "15551230001", False)
+    assert event.stop_names == (kind, f"{kind}:received")
 
 
 def test_whatsapp_value_with_statuses_and_messages_keeps_both() -> None:
     doc = whatsapp_body(wa_status("wamid.A", "read"))
-    doc["entry"][0]["changes"][0]["value"]["messages"] = [{"from": "1555", "id": "wamid.IN", "type": "text"}]
+    doc["entry"][0]["changes"][0]["value"]["messages"] = [INBOUND_TEXT, {"type": "text"}]
     events = parse_events(Channel.WHATSAPP, doc)
-    assert [e.event_type for e in events] == ["status", "unrecognised"]
-    assert events[1].payload["value"]["messages"][0]["id"] == "wamid.IN"
+    assert [e.event_type for e in events] == ["status", "message", "unrecognised"]
+    assert events[0].contact == events[0].recipient
+    assert events[2].payload == {"type": "text"}, "an inbound item without id or sender is kept whole"
 
 
 def test_whatsapp_status_without_id_is_unrecognised_but_others_parse() -> None:
@@ -437,8 +462,26 @@ def test_messenger_mixed_delivery() -> None:
     }
     read = {"sender": {"id": "PSID1"}, "read": {"watermark": 5}}
     events = parse_events(Channel.MESSENGER, messenger_body(ECHO, inbound, read))
-    assert [e.event_type for e in events] == ["message_echo", "unrecognised", "read"]
+    assert [e.event_type for e in events] == ["message_echo", "message", "read"]
+    assert (events[1].contact, events[1].dedupe_key, events[1].is_reply) == ("PSID2", "message:m_in", True)
     assert events[1].payload == inbound
+    assert (events[0].contact, events[2].contact) == ("PSID1", "PSID1")
+
+
+def test_messenger_reaction_is_an_event_of_the_person_not_a_reply() -> None:
+    reaction = {
+        "sender": {"id": "PSID2"},
+        "recipient": {"id": "PAGE"},
+        "timestamp": 1458668856463,
+        "reaction": {"reaction": "love", "emoji": "\u2764", "action": "react", "mid": "m_1"},
+    }
+    [event] = parse_events(Channel.MESSENGER, messenger_body(reaction))
+    assert (event.event_type, event.status, event.contact, event.is_reply) == (
+        "reaction",
+        "received",
+        "PSID2",
+        False,
+    )
 
 
 # --- parsing: Unipile -----------------------------------------------------------------------------
@@ -483,6 +526,9 @@ def test_unipile_message_from_the_contact_is_received() -> None:
     [event] = parse_events(Channel.LINKEDIN, doc)
     assert event.status == "received"
     assert event.recipient == "ME"
+    assert (event.contact, event.is_reply) == ("THEM", True)
+    ours = parse_events(Channel.LINKEDIN, unipile_event())[0]
+    assert (ours.contact, ours.is_reply) == ("THEM", False)
 
 
 def test_unipile_without_is_sender_compares_the_sender_with_the_account() -> None:
