@@ -36,6 +36,9 @@ pgbouncer:  ## Install the pgbouncer binary the integration tests run in front o
 
 $(SAM): requirements-tools.txt
 	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON_BOOTSTRAP) -m venv $(TOOLS_VENV)
+	@# The pip that venv bundles (23.x) rejects a hashed pin when a dependency asks for it with
+	@# extras (aws-sam-cli wants boto3-stubs[...]); newer pip accepts it.
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --upgrade pip==25.3
 	$(TOOLS_VENV)/bin/pip install --quiet --require-hashes -r requirements-tools.txt
 	@touch $(SAM)
 
