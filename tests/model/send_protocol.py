@@ -16,7 +16,8 @@ Actors (each numbered step is one transition; any live actor may be killed betwe
   A claimed invocation may also release the row unsent (out of time).
 * the sweeper (single flight): expired ``claimed -> pending``; expired ``sending`` settled from
   a read of K, including the conditional delete of an INPROGRESS record that has PROOF.
-* the decider: reconciler evidence and the operator's ``fail``, each one CAS; the ``resend``
+* the decider: a cancel (campaign cancelled, sequence stopped) of a ``pending`` or ``claimed``
+  row at any moment; reconciler evidence and the operator's ``fail``, each one CAS; the ``resend``
   decision (reconciler policy or operator), which reads K, forgets it conditionally on the
   writer and status it saw and moves ``unknown -> pending`` in one transaction; redrive.
 * the environment: every DynamoDB request is a copy in a bag of requests in flight and lands
@@ -45,7 +46,8 @@ SENDING = QueueStatus.SENDING
 SENT = QueueStatus.SENT
 FAILED = QueueStatus.FAILED
 UNKNOWN = QueueStatus.UNKNOWN
-SETTLED = frozenset({SENT, FAILED, UNKNOWN})
+CANCELLED = QueueStatus.CANCELLED
+SETTLED = frozenset({SENT, FAILED, UNKNOWN, CANCELLED})
 
 # One provider call: the classified outcome, and whether the provider accepted the message.
 # Only an ambiguous outcome leaves both possibilities open.
@@ -126,6 +128,7 @@ class Edge(NamedTuple):
 
 ACCEPTED_THEN_FAILED = "a message the provider accepted was settled failed by a dispatcher"
 SENT_WITHOUT_ACCEPTANCE = "a row was settled sent although the provider never accepted the key"
+CANCELLED_THEN_SENT = "the provider accepted a message after it was cancelled"
 RESEND_RECORDED = "records the resend decision and requeues"
 
 
@@ -385,6 +388,7 @@ class SendProtocol:
                             bag=_bag_add(state.bag, request),
                             flags=flags,
                         ),
+                        CANCELLED_THEN_SENT if accepted and row.status is CANCELLED else "",
                     )
                 )
         elif pc in ("settle", "replay"):
@@ -611,6 +615,18 @@ class SendProtocol:
 
     def _decider(self, state: State, out: list[Edge]) -> None:
         row, record = state.row, state.record
+        if row.status in (PENDING, CLAIMED):
+            # A campaign cancel or a stopped sequence, at any moment, even under a live claim.
+            # Marked as a fault edge (without spending the fault budget) so the liveness pass
+            # never counts an operator's cancel as the system settling the row by itself.
+            out.append(
+                Edge(
+                    ("cancel", row.token),
+                    True,
+                    ((row.status, CANCELLED),),
+                    state._replace(row=Row(CANCELLED, None, row.attempts, False)),
+                )
+            )
         if row.status is UNKNOWN:
             proven_sent = record is not None and record[0] == COMPLETED and record[1] is OutcomeKind.SENT
             if state.flags.delivered or proven_sent:

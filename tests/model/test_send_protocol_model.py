@@ -24,6 +24,7 @@ from shared.queue import ALLOWED_TRANSITIONS
 from tests.model.explorer import Exploration, Explorer, follow
 from tests.model.send_protocol import (
     ACCEPTED_THEN_FAILED,
+    CANCELLED_THEN_SENT,
     COMPLETED,
     INPROGRESS,
     MODEL_PROOF_OF_NO_DELIVERY,
@@ -128,7 +129,7 @@ def test_the_bounds_exercise_every_actor(explorations: list[Exploration]) -> Non
         "claim", "mark_sending", "mark_sending_refused", "release_unsent", "call", "settle",
         "settle_not_called", "expire", "sweep_claim", "sweep_observe", "sweep_release",
         "sweep_settle", "evidence", "operator_fail", "resend_forget", "resend", "redrive",
-        "apply", "timeout", "kill",
+        "apply", "timeout", "kill", "cancel",
     }  # fmt: skip
 
 
@@ -148,6 +149,24 @@ def test_an_accepted_message_is_settled_failed_only_with_a_paused_worker(
     )
     unpaused = explore(explorations, "design, without paused workers", WITHOUT_PAUSES)
     assert ACCEPTED_THEN_FAILED not in unpaused.findings
+
+
+def test_a_cancelled_message_goes_out_only_with_a_paused_worker(
+    explorations: list[Exploration],
+) -> None:
+    """Cancel moves only `pending` and `claimed` rows, and `mark_sending` refuses a cancelled
+    row, so no invocation starts a send after a cancel. The known limit, as above: a worker
+    paused past its lease, whose put is still in flight when the sweeper reads "absent" and
+    requeues the row, may send the row that was cancelled meanwhile (once: its record blocks
+    every other call). Lambda's hard timeout rules the pause out; without it, never."""
+    paused = explore(explorations, "design, with paused workers", WITH_PAUSES)
+    assert CANCELLED_THEN_SENT in paused.findings
+    steps = paused.findings[CANCELLED_THEN_SENT].steps
+    assert any(step.event[0] == "expire" and step.event[2] for step in steps), (
+        "a lease expired under a live worker"
+    )
+    unpaused = explore(explorations, "design, without paused workers", WITHOUT_PAUSES)
+    assert CANCELLED_THEN_SENT not in unpaused.findings, unpaused.findings[CANCELLED_THEN_SENT].render()
 
 
 def test_stored_states_are_canonical() -> None:
