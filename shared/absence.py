@@ -245,3 +245,48 @@ def still_silent(
         },
     )
     return row is not None and int(row["by_key"]) == 0 and int(row["unexplained_for_recipient"]) == 0
+
+
+def held_unknowns(
+    db: Database, settings: Settings, *, campaign_id: Any = None, limit: int = 200
+) -> list[dict[str, Any]]:
+    """Every ``unknown`` row with why it is still held and what would move it (``sendonce
+    unknown``). Read from the reconciler's latest judgement; no provider call."""
+    policies = settings.unknown_policies
+    rows = db.fetch_all(sql.HELD_UNKNOWN_ROWS, {"campaign_id": campaign_id, "limit": limit})
+    held: list[dict[str, Any]] = []
+    for row in rows:
+        policy = policies.get(row["channel"], "hold")
+        check: dict[str, Any] | None = row["absence_check"]
+        if check is None:
+            why = f"not judged yet by the reconciler ({row['last_error'] or 'no error recorded'})"
+            step = "wait for the next sweep, or run `sendonce sweep`"
+        elif policy == POLICY:
+            why = check["reason"]
+            step = check["next_step"] if not check["absent"] else "requeue at the next sweep"
+        else:
+            why = f"channel policy is {policy}: an operator decides"
+            if check["absent"]:
+                step = (
+                    f"evidence of absence holds ({check['reason']}): `sendonce resolve {row['queue_id']} "
+                    f"resend`, or set SENDONCE_UNKNOWN_POLICY_{row['channel'].upper()}={POLICY}"
+                )
+            else:
+                step = (
+                    f"`sendonce audit`, then `sendonce resolve`; evidence of absence fails: {check['reason']}"
+                )
+        held.append(
+            {
+                "queue_id": row["queue_id"],
+                "campaign": row["campaign"],
+                "channel": row["channel"],
+                "policy": policy,
+                "attempts": f"{row['attempts']}/{row['max_attempts']}",
+                "unknown_since": row["unknown_since"],
+                "checked_at": row["absence_checked_at"],
+                "held_because": ",".join(check["held_because"]) if check else "",
+                "why": why,
+                "next_step": step,
+            }
+        )
+    return held
