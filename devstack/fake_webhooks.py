@@ -153,6 +153,10 @@ class WebhookEmitter:
         # Per provider message id: how many of its webhooks were delivered (answered 2xx).
         self.delivered: Counter[str] = Counter()
         self.lost: Counter[str] = Counter()
+        # Webhooks of messages to these recipients are parked until release_held(): late
+        # beyond any grace period, as a webhook Meta is still retrying.
+        self.hold_recipients: set[str] = set()
+        self._held: list[tuple[str, str, bytes]] = []
         self._client = httpx.Client(timeout=httpx.Timeout(30.0), trust_env=False)
         self._thread = threading.Thread(target=self._run, name="fake-webhooks", daemon=True)
         self._thread.start()
@@ -167,11 +171,22 @@ class WebhookEmitter:
                     continue
                 copies = 2 if self._rng.random() < self.config.duplicate_probability else 1
                 body = json.dumps(document).encode()
+                if entry["recipient"] in self.hold_recipients:
+                    self._held.append((key, entry["channel"], body))
+                    self.counts["held"] += 1
+                    continue
                 for _ in range(copies):
                     delay = self._rng.uniform(self.config.delay_ms_min, self.config.delay_ms_max) / 1000
                     due = time.monotonic() + delay
                     heapq.heappush(self._queue, (due, next(self._seq), key, entry["channel"], body, 0))
                     self.counts["scheduled"] += 1
+            self._cond.notify()
+
+    def release_held(self) -> None:
+        with self._cond:
+            for key, channel, body in self._held:
+                heapq.heappush(self._queue, (time.monotonic(), next(self._seq), key, channel, body, 0))
+            self._held.clear()
             self._cond.notify()
 
     def pending(self) -> int:
