@@ -249,3 +249,60 @@ def _suspects(database: Database) -> list[dict[str, Any]]:
     from shared.reconcile import detect_duplicates
 
     return detect_duplicates(database)
+
+
+def test_the_fake_provider_sends_signed_webhooks_with_duplicates_and_losses(
+    database: Database, deps: DispatchDeps, fake_provider: FakeProvider
+) -> None:
+    receiver = WebhookReceiver(webhook_deps(database))
+    url = receiver.start()
+    try:
+        twice = fake_provider.send_webhooks(
+            WebhookConfig(
+                url=url, meta_app_secret=META_SECRET, unipile_secret=UNIPILE_SECRET, duplicate_probability=1
+            )
+        )
+        assert twice is not None
+        enqueue_contacts(database, "whatsapp", ["15550001111"])
+        enqueue_contacts(database, "messenger", ["psid-1"])
+        enqueue_contacts(database, "linkedin", ["ACoAA1"])
+        dispatch(deps, MANUAL, Plenty())
+        delivered_all(twice)
+        # WhatsApp sent + delivered, Messenger echo + delivery, Unipile's own-send message: each twice.
+        assert twice.counts["delivered"] == 10
+        stored = database.fetch_all(
+            "SELECT channel::text AS channel, idempotency_key FROM provider_events ORDER BY channel"
+        )
+        assert Counter(r["channel"] for r in stored) == {"whatsapp": 2, "messenger": 2, "linkedin": 1}
+        keys = {r["idempotency_key"] for r in stored if r["idempotency_key"]}
+        assert keys == {
+            r["idempotency_key"]
+            for r in database.fetch_all("SELECT idempotency_key FROM send_queue")
+            if r["idempotency_key"] is not None
+        } - {
+            r["idempotency_key"]
+            for r in database.fetch_all(
+                "SELECT q.idempotency_key FROM send_queue q JOIN contacts c ON c.id = q.contact_id "
+                "WHERE c.channel = 'linkedin'"
+            )
+        }, "WhatsApp and Messenger webhooks carry the key; Unipile's carry none"
+        lossy = fake_provider.send_webhooks(
+            WebhookConfig(url=url, meta_app_secret="wrong", unipile_secret=UNIPILE_SECRET, loss_probability=1)
+        )
+        assert lossy is not None
+        enqueue_contacts(database, "whatsapp", ["15550002222"])
+        dispatch(deps, MANUAL, Plenty())
+        delivered_all(lossy)
+        assert (lossy.counts["lost"], lossy.counts["delivered"]) == (2, 0)
+        badly_signed = fake_provider.send_webhooks(
+            WebhookConfig(url=url, meta_app_secret="wrong", unipile_secret=UNIPILE_SECRET)
+        )
+        assert badly_signed is not None
+        enqueue_contacts(database, "whatsapp", ["15550003333"])
+        dispatch(deps, MANUAL, Plenty())
+        delivered_all(badly_signed)
+        assert badly_signed.counts["given_up"] == 2, "a bad signature is refused (401), retried, never stored"
+        assert len(database.fetch_all("SELECT 1 FROM provider_events")) == 5
+    finally:
+        fake_provider.send_webhooks(None)
+        receiver.stop()
