@@ -264,6 +264,12 @@ def held_unknowns(
         elif policy == POLICY:
             why = check["reason"]
             step = check["next_step"] if not check["absent"] else "requeue at the next sweep"
+        elif policy == "resend":
+            why = (
+                "channel policy is resend: requeued once SENDONCE_UNKNOWN_GRACE_SECONDS has passed, "
+                "while attempts last"
+            )
+            step = "wait for the next sweep; with attempts used up, `sendonce resolve`"
         else:
             why = f"channel policy is {policy}: an operator decides"
             if check["absent"]:
