@@ -53,6 +53,7 @@ class AbsenceResult:
     false_sent: int
     sent: int
     failed: int
+    held_because: dict[str, int]
     faults_fired: dict[str, int]
     webhooks: dict[str, int]
 
@@ -221,6 +222,10 @@ def _measure(
         }
     )
     held = counts["unknown"]
+    reasons = Counter(
+        ",".join(r["check"]["held_because"]) if r["check"] else "not judged"
+        for r in stack.db.fetch_all("SELECT absence_check AS check FROM send_queue WHERE status = 'unknown'")
+    )
     return AbsenceResult(
         policy=policy,
         messages=messages,
@@ -235,6 +240,7 @@ def _measure(
         false_sent=false_sent,
         sent=counts["sent"],
         failed=counts["failed"],
+        held_because=dict(reasons),
         faults_fired=dict(stack.fake.stats().get("faults_fired", {})),
         webhooks=dict(emitter.counts),
     )
@@ -249,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
             f"requeued on absence {r.requeued_on_absence}, duplicates {r.duplicates} "
             f"(first copy's webhooks all lost: {r.duplicates_first_copy_webhooks_all_lost}; other: "
             f"{r.duplicates_other}), accepted with every webhook lost {r.accepted_with_all_webhooks_lost}, "
-            f"false sent {r.false_sent}",
+            f"false sent {r.false_sent}; held because {r.held_because}",
         )
     write_results("absence", results)
     silent = results[-1]
