@@ -10,6 +10,7 @@ commands work against the local stack and a deployed one.
                      --operator NAME --reason TEXT
     sendonce redrive [--campaign ID] [--reason-like PATTERN] --operator NAME
     sendonce duplicates [--lookback-hours N]
+    sendonce unknown [--campaign ID] [--limit N] [--json]
     sendonce migrate [--dry-run]
     sendonce sweep
     sendonce campaign create --file SPEC.json [--start] --operator NAME
@@ -37,6 +38,7 @@ from rich.table import Table
 
 from devstack.engine_cli import add_campaign_commands, add_sender_commands
 from devstack.terminal import make_console
+from shared.absence import held_unknowns
 from shared.reconcile import (
     DecisionError,
     OperatorAction,
@@ -165,6 +167,24 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_unknown(args: argparse.Namespace) -> int:
+    rows = held_unknowns(database(), settings(), campaign_id=args.campaign, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    if not rows:
+        console.print("[green]no unknown rows[/]")
+        return 0
+    for row in rows:
+        console.print(
+            f"[bold]{row['queue_id']}[/] {row['channel']} ({row['campaign']}) policy={row['policy']} "
+            f"attempts={row['attempts']} unknown since {row['unknown_since']:%Y-%m-%d %H:%M:%S %Z}"
+        )
+        console.print(f"  held: {row['why']}")
+        console.print(f"  next: {row['next_step']}")
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     report = migrate(database(), dry_run=args.dry_run)
     console.print(f"applied={report.applied} already applied={report.already_applied} dry_run={args.dry_run}")
@@ -213,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     dup = sub.add_parser("duplicates", help="suspected duplicate deliveries (exit 1 if any)")
     dup.add_argument("--lookback-hours", type=int, default=24)
     dup.set_defaults(run=cmd_duplicates)
+
+    unk = sub.add_parser("unknown", help="held unknown rows: why each is held and the next step")
+    unk.add_argument("--campaign", type=UUID)
+    unk.add_argument("--limit", type=int, default=200)
+    unk.add_argument("--json", action="store_true")
+    unk.set_defaults(run=cmd_unknown)
 
     mig = sub.add_parser("migrate", help="apply pending schema migrations")
     mig.add_argument("--dry-run", action="store_true")

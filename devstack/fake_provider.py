@@ -88,6 +88,8 @@ from pydantic import (
     model_validator,
 )
 
+from devstack.fake_webhooks import WebhookConfig, WebhookEmitter
+
 DEFAULT_WHATSAPP_TOKEN = "test-whatsapp-token"
 DEFAULT_MESSENGER_TOKEN = "test-messenger-token"
 DEFAULT_UNIPILE_KEY = "test-unipile-key"
@@ -247,6 +249,8 @@ class _State:
         self._default_config = FaultConfig(latency_ms=latency_ms)
         self._seed = seed
         self.stopping = threading.Event()
+        # Status webhooks for accepted messages (devstack.fake_webhooks), when configured.
+        self.webhooks: WebhookEmitter | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -967,6 +971,9 @@ class _Handler(BaseHTTPRequestHandler):
                 correlation=request.correlation,
                 fault=action.value if action is not None else None,
             )
+            emitter = state.webhooks
+            if emitter is not None:
+                emitter.accepted(entry)
             if action is FaultAction.ACCEPT_THEN_DROP:
                 self._drop()
                 return
@@ -1069,6 +1076,7 @@ class FakeProvider:
             return
         # Wake held and delayed requests first; they close their connections unanswered.
         self._state.stopping.set()
+        self.send_webhooks(None)
         server.shutdown()
         server.close_connections()
         server.server_close()
@@ -1108,6 +1116,15 @@ class FakeProvider:
     def reset(self) -> None:
         """Forget the ledger, the chats, the counters and every fault."""
         self._state.reset()
+
+    def send_webhooks(self, config: WebhookConfig | None) -> WebhookEmitter | None:
+        """Start (or, with None, stop) status webhooks for every message accepted from now on."""
+        old, self._state.webhooks = self._state.webhooks, None
+        if old is not None:
+            old.stop()
+        if config is not None:
+            self._state.webhooks = WebhookEmitter(config)
+        return self._state.webhooks
 
     def add_chat_message(
         self,

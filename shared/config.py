@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-UnknownPolicy = Literal["hold", "resend"]
+UnknownPolicy = Literal["hold", "resend", "resend_if_silent"]
 
 
 class ChannelPacing(BaseModel):
@@ -167,6 +167,34 @@ class Settings(BaseSettings):
     unknown_policy_whatsapp: UnknownPolicy = "hold"
     unknown_policy_messenger: UnknownPolicy = "hold"
     unknown_policy_linkedin: UnknownPolicy = "hold"
+    # --- Evidence of absence (policy ``resend_if_silent``, shared.absence) -------------------
+    # Meta retries a webhook delivery our endpoint did not answer 200 "with decreasing
+    # frequency until the request succeeds, for up to 7 days" (Meta, WhatsApp Cloud API,
+    # "Webhooks", developers.facebook.com/docs/whatsapp/cloud-api/webhooks; also 360dialog,
+    # docs.360dialog.com "Receiving messages": "up to 7 days with exponential backoff").
+    # Unipile "makes five retry attempts when the HTTP response code is not equal to 200 in
+    # less than 30sec, with an incremental time delay" (developer.unipile.com/docs/webhooks-2).
+    # Waiting out 7 days proves nothing a
+    # campaign can use, so silence is never judged by time alone: a delivery our endpoint
+    # failed is also a failure for the sender's other messages of that time (the handler
+    # answers non-2xx only when Postgres is down or Lambda throttles, both endpoint-wide),
+    # which the pipe condition (N messages within +-T) sees. G covers the normal status
+    # latency (seconds) plus the first of Meta's retries and all 5 of Unipile's.
+    absence_grace_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="G: no provider event for the message this long after its attempt started.",
+    )
+    absence_min_pipe_messages: int = Field(
+        default=3,
+        ge=1,
+        description="N: other messages of the same sender, sent within +-T, whose webhooks arrived.",
+    )
+    absence_window_seconds: int = Field(
+        default=900,
+        ge=1,
+        description="T: half-width of the window around the attempt in which N is counted.",
+    )
     failed_messages_queue_url: str | None = None
 
     # --- Providers --------------------------------------------------------------------------

@@ -76,6 +76,8 @@ class Metric(StrEnum):
     SWEPT_TO_UNKNOWN = "SweptToUnknown"
     DEAD_LETTERED = "DeadLettered"
     DUPLICATE_SUSPECTED = "DuplicateSuspected"
+    # Unknown rows requeued by policy resend_if_silent (shared.absence).
+    RESENT_ON_ABSENCE = "ResentOnAbsence"
     CAMPAIGNS_COMPLETED = "CampaignsCompleted"
 
 

@@ -19,7 +19,7 @@ Every decision is written to ``queue_decisions`` with who took it and why.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -28,6 +28,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from shared import absence
 from shared.config import Settings
 from shared.idempotency import RecordState, SendGuard
 from shared.observability import logger
@@ -58,6 +59,9 @@ class _Evidence:
     source: str = ""
     # Provider message ids that matched but that the ledger credits to other rows.
     claimed_elsewhere: tuple[str, ...] = ()
+    # Whether a chat was known for the recipient, and whether it was read back (found nothing).
+    thread_known: bool = False
+    read_back_ran: bool = False
 
 
 @dataclass
@@ -72,6 +76,8 @@ class ReconcileReport(BaseModel):
     resolved_sent: int = 0
     held: int = 0
     resent: int = 0
+    # Requeued by policy resend_if_silent on evidence of absence (shared.absence).
+    resent_on_absence: int = 0
     waiting: int = 0
     errors: int = 0
 
@@ -157,10 +163,21 @@ def _reconcile_one(
         _hold_for_collision(db, message, evidence.claimed_elsewhere)
         report.held += 1
         return
+    policy = deps.settings.unknown_policies[message.channel.value]
+    verdict = _judge_absence(deps, message, sending_started_at, now, evidence, policy)
+    if policy == absence.POLICY:
+        if verdict.absent and _requeue_on_absence(deps, message, sending_started_at, verdict, policy):
+            report.resent_on_absence += 1
+            return
+        if verdict.absent or verdict.held_because == (absence.Hold.GRACE,):
+            report.waiting += 1
+        else:
+            report.held += 1
+        return
     if now - unknown_since < grace:
         report.waiting += 1
         return
-    resend = deps.settings.unknown_policies[message.channel.value] == "resend"
+    resend = policy == "resend"
     # Resends count as attempts: max_attempts bounds how many copies a policy may risk.
     if (
         resend
@@ -178,6 +195,64 @@ def _reconcile_one(
         report.resent += 1
         return
     report.held += 1
+
+
+def _requeue_on_absence(
+    deps: ReconcileDeps,
+    message: ClaimedMessage,
+    sending_started_at: datetime,
+    verdict: absence.AbsenceVerdict,
+    policy: str,
+) -> bool:
+    db = deps.queue.db
+    try:
+        requeued = requeue(
+            deps,
+            message.queue_id,
+            message.claim_token,
+            message.idempotency_key,
+            QueueStatus.UNKNOWN,
+            "reconciler",
+            f"policy {policy}: {verdict.reason}",
+            evidence=verdict.as_json(policy),
+            recheck=lambda: absence.still_silent(db, message, sending_started_at, EVIDENCE_CLOCK_SKEW),
+        )
+    except DecisionError as exc:
+        # The claimant's lease is not over, or the record changed: judged again next sweep.
+        logger.info(
+            "requeue on evidence of absence deferred", extra={"queue_id": message.queue_id, "why": str(exc)}
+        )
+        return False
+    if requeued:
+        logger.info(
+            "unknown row requeued on evidence of absence",
+            extra={"queue_id": message.queue_id, "evidence": verdict.evidence.as_json()},
+        )
+    return requeued
+
+
+def _judge_absence(
+    deps: ReconcileDeps,
+    message: ClaimedMessage,
+    sending_started_at: datetime,
+    now: datetime,
+    evidence: _Evidence,
+    policy: str,
+) -> absence.AbsenceVerdict:
+    """Judged under every policy and kept on the row, so `sendonce unknown` can say why a row
+    is held (and, under ``hold``, whether the evidence would have allowed a resend)."""
+    rule = absence.AbsenceRule.of(deps.settings)
+    read_back = absence.read_back_result(message.channel, evidence.read_back_ran, evidence.thread_known)
+    gathered = absence.gather(
+        deps.queue.db, rule, message, sending_started_at, now, read_back, EVIDENCE_CLOCK_SKEW
+    )
+    verdict = absence.judge(rule, gathered)
+    with deps.queue.db.connection() as conn:
+        conn.execute(
+            sql.SAVE_ABSENCE_CHECK,
+            {"queue_id": message.queue_id, "check": json.dumps(verdict.as_json(policy), default=str)},
+        )
+    return verdict
 
 
 def _find_evidence(deps: ReconcileDeps, message: ClaimedMessage, sending_started_at: datetime) -> _Evidence:
@@ -203,14 +278,16 @@ def _find_evidence(deps: ReconcileDeps, message: ClaimedMessage, sending_started
             SendOutcome.sent(event["provider_message_id"], thread_id=event["provider_thread_id"]), "webhook"
         )
     reader = deps.read_back.get(message.channel)
-    thread = db.fetch_one(sql.KNOWN_THREAD, params) if reader else None
+    # Unipile without a reader: whether a chat is known still decides the absence judgement.
+    wants_thread = reader is not None or message.channel is Channel.LINKEDIN
+    thread = db.fetch_one(sql.KNOWN_THREAD, params) if wants_thread else None
     if reader is None or thread is None:
-        return _Evidence()
+        return _Evidence(thread_known=thread is not None)
     candidates = reader.find_sent(
         message, thread["provider_thread_id"], not_before=sending_started_at - EVIDENCE_CLOCK_SKEW
     )
     if not candidates:
-        return _Evidence()
+        return _Evidence(thread_known=True, read_back_ran=True)
     claimed = {
         row["provider_message_id"]
         for row in db.fetch_all(
@@ -225,7 +302,7 @@ def _find_evidence(deps: ReconcileDeps, message: ClaimedMessage, sending_started
     for candidate in candidates:
         if candidate.provider_message_id not in claimed:
             return _Evidence(candidate, "read_back")
-    return _Evidence(claimed_elsewhere=tuple(sorted(claimed)))
+    return _Evidence(claimed_elsewhere=tuple(sorted(claimed)), thread_known=True, read_back_ran=True)
 
 
 def _hold_for_collision(db: Database, message: ClaimedMessage, claimed: tuple[str, ...]) -> None:
@@ -255,9 +332,16 @@ def requeue(
     source: QueueStatus,
     decided_by: str,
     reason: str,
+    *,
+    evidence: dict[str, Any] | None = None,
+    recheck: Callable[[], bool] | None = None,
 ) -> bool:
     """Back to ``pending``, inside one transaction that holds the row: nothing can claim or
     change it between the check, the forgetting of its record and the update.
+
+    ``evidence`` is recorded with the decision. ``recheck`` runs once the row is held, before
+    anything is forgotten; False leaves the row as it is (an event arrived since the
+    judgement).
 
     For an ``unknown`` row this deliberately accepts the risk of a second delivery, so its
     idempotency record is forgotten, unless that record proves the message was sent.
@@ -282,6 +366,8 @@ def requeue(
                 f"row {queue_id} was claimed at {locked['claimed_at']:%Y-%m-%d %H:%M:%S %Z}; the invocation "
                 f"that claimed it may run until {locked['lease_ends_at']:%H:%M:%S %Z}: decide after that"
             )
+        if recheck is not None and not recheck():
+            return False
         if source is QueueStatus.UNKNOWN:
             record = guard.lookup(idempotency_key)
             if (
@@ -313,7 +399,7 @@ def requeue(
                 "to_status": QueueStatus.PENDING.value,
                 "decided_by": decided_by,
                 "reason": reason,
-                "evidence": None,
+                "evidence": json.dumps(evidence, default=str) if evidence is not None else None,
             },
         )
     return True
@@ -487,7 +573,9 @@ def audit(
 
 def detect_duplicates(db: Database, lookback_seconds: int = 24 * 3600) -> list[dict[str, Any]]:
     """Recipients who appear to have received a message twice: one idempotency key with two
-    provider ids in webhooks, or the same text to the same recipient within an hour."""
+    provider ids in webhooks, the same text to the same recipient within an hour, or a webhook
+    for a key whose row is not `sent` by that provider id (pending, claimed, failed, cancelled,
+    or sent under another id)."""
     by_key = [
         {"kind": "same_key", **dict(r)}
         for r in db.fetch_all(sql.DUPLICATES_BY_KEY, {"lookback_seconds": lookback_seconds})
@@ -496,4 +584,10 @@ def detect_duplicates(db: Database, lookback_seconds: int = 24 * 3600) -> list[d
         {"kind": "same_text_within_1h", **dict(r)}
         for r in db.fetch_all(sql.DUPLICATES_BY_TEXT, {"lookback_seconds": lookback_seconds})
     ]
-    return by_key + by_text
+    # Already among by_key when the row's two copies both had webhooks; kept apart because the
+    # row's state says more (a resend decided while the first copy was accepted).
+    on_unsent = [
+        {"kind": "key_on_row_not_sent_by_it", **dict(r)}
+        for r in db.fetch_all(sql.DUPLICATES_KEY_ON_UNSENT_ROW, {"lookback_seconds": lookback_seconds})
+    ]
+    return by_key + by_text + on_unsent

@@ -74,6 +74,7 @@ class SweepReport(BaseModel):
     unknown_resolved_sent: int = 0
     unknown_held: int = 0
     unknown_resent: int = 0
+    unknown_resent_on_absence: int = 0
     duplicates_suspected: int = 0
     delivery_statuses_backfilled: int = 0
     stale_owned_rows: int = 0
@@ -105,6 +106,7 @@ def sweep(deps: SweepDeps) -> SweepReport:
         report.unknown_resolved_sent = reconciled.resolved_sent
         report.unknown_held = reconciled.held
         report.unknown_resent = reconciled.resent
+        report.unknown_resent_on_absence = reconciled.resent_on_absence
         # Webhooks that arrived before their ledger row existed (reconciled rows, fast statuses).
         report.delivery_statuses_backfilled = ProviderEventStore(deps.queue.db).backfill_delivery_status(
             BACKFILL_LOOKBACK_SECONDS
@@ -315,6 +317,7 @@ def _emit(report: SweepReport) -> None:
             Metric.SWEPT_TO_UNKNOWN: report.marked_unknown,
             Metric.DEAD_LETTERED: report.dead_lettered,
             Metric.DUPLICATE_SUSPECTED: report.duplicates_suspected,
+            Metric.RESENT_ON_ABSENCE: report.unknown_resent_on_absence,
             Metric.CAMPAIGNS_COMPLETED: report.campaigns_completed,
         }
     )

@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Callable
 from types import ModuleType
 
-from devstack.bench import claim_scale, fairness, pacing, throughput
+from devstack.bench import absence, claim_scale, fairness, pacing, throughput
 from devstack.bench.common import console
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -23,6 +23,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "pacing": pacing,
     "fairness": fairness,
     "claim-scale": claim_scale,
+    "absence": absence,
 }
 
 

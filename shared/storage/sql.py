@@ -1073,6 +1073,73 @@ INSERT INTO queue_decisions (queue_id, from_status, to_status, decided_by, reaso
 SELECT id, 'unknown', 'unknown', %(decided_by)s, %(reason)s, %(evidence)s::jsonb FROM held
 """
 
+# --- evidence of absence (shared/absence.py) ----------------------------------------------------
+
+# Anything a provider said about this message, or, unexplained, about its recipient since the
+# attempt: a webhook carrying its key, or a status for the person whose provider id no ledger
+# row explains (Messenger deliveries and reads carry no metadata, Unipile no key at all).
+# Replies are not about our message and do not count. The contact column is the person for
+# every status shape (shared.webhooks), and is indexed with the channel.
+ABSENCE_EVENTS_FOR_MESSAGE: LiteralString = """
+SELECT
+  (SELECT count(*) FROM provider_events e
+   WHERE e.channel = %(channel)s AND e.idempotency_key = %(idempotency_key)s) AS by_key,
+  (SELECT count(*) FROM provider_events e
+   WHERE e.channel = %(channel)s AND e.contact = %(recipient)s
+     AND e.status IS DISTINCT FROM 'received'
+     AND e.received_at >= %(started)s - make_interval(secs => %(clock_skew_seconds)s)
+     AND (e.provider_message_id IS NULL
+          OR NOT EXISTS (SELECT 1 FROM message_ledger l
+                         WHERE l.channel = e.channel AND l.provider_message_id = e.provider_message_id)))
+  AS unexplained_for_recipient
+"""
+
+# Is the webhook pipe alive for this sender around the attempt? The sender's other messages
+# accepted within +-T of it, and how many of those had a status webhook arrive; and when the
+# last status for any message of the sender arrived (the "silent since" of `sendonce unknown`).
+ABSENCE_PIPE: LiteralString = """
+WITH around AS (
+    SELECT l.channel, l.provider_message_id
+    FROM message_ledger l
+    JOIN send_queue q ON q.id = l.queue_id
+    WHERE l.channel = %(channel)s
+      AND l.sent_at BETWEEN %(started)s - make_interval(secs => %(window_seconds)s)
+                        AND %(started)s + make_interval(secs => %(window_seconds)s)
+      AND q.sender_account_id = %(sender_account_id)s AND q.id <> %(queue_id)s
+)
+SELECT
+  (SELECT count(*) FROM around) AS sent_in_window,
+  (SELECT count(*) FROM around a WHERE EXISTS (
+       SELECT 1 FROM provider_events e
+       WHERE e.channel = a.channel AND e.provider_message_id = a.provider_message_id
+         AND e.status IN ('sent', 'delivered', 'read', 'failed'))) AS heard_in_window,
+  (SELECT max(e.received_at)
+   FROM message_ledger l
+   JOIN send_queue q ON q.id = l.queue_id
+   JOIN provider_events e ON e.channel = l.channel AND e.provider_message_id = l.provider_message_id
+   WHERE l.channel = %(channel)s AND q.sender_account_id = %(sender_account_id)s
+     AND l.sent_at > now() - interval '7 days'
+     AND e.status IN ('sent', 'delivered', 'read', 'failed')) AS sender_last_event_at
+"""
+
+SAVE_ABSENCE_CHECK: LiteralString = """
+UPDATE send_queue SET absence_check = %(check)s::jsonb, absence_checked_at = now()
+WHERE id = %(queue_id)s AND status = 'unknown'
+"""
+
+HELD_UNKNOWN_ROWS: LiteralString = """
+SELECT q.id AS queue_id, cp.name AS campaign, c.channel::text AS channel, q.attempts, q.max_attempts,
+       q.sending_started_at, q.updated_at AS unknown_since, q.last_error, q.absence_check,
+       q.absence_checked_at
+FROM send_queue q
+JOIN contacts c ON c.id = q.contact_id
+JOIN campaigns cp ON cp.id = q.campaign_id
+WHERE q.status = 'unknown'
+  AND (%(campaign_id)s::uuid IS NULL OR q.campaign_id = %(campaign_id)s::uuid)
+ORDER BY q.updated_at, q.id
+LIMIT %(limit)s
+"""
+
 QUEUE_ROW_FOR_DECISION: LiteralString = """
 SELECT q.id AS queue_id, q.idempotency_key, q.claim_token, q.attempts, q.max_attempts, q.message_type, q.body,
        q.status::text AS status, c.channel, c.address AS recipient, s.id AS sender_account_id,
@@ -1185,6 +1252,25 @@ WHERE idempotency_key IS NOT NULL AND provider_message_id IS NOT NULL
   AND received_at > now() - make_interval(secs => %(lookback_seconds)s)
 GROUP BY channel, idempotency_key
 HAVING count(DISTINCT provider_message_id) > 1
+"""
+
+# A webhook for a key whose row is not `sent` by that provider id: the provider accepted a
+# message we hold as pending, claimed, failed or cancelled (a resend was decided while the
+# first copy was accepted), or a sent row whose ledger names another provider id. `sending`
+# and `unknown` rows are left out: a status may rightly arrive before the settle, and the
+# reconciler settles an unknown row from it; once sent, a second id shows here.
+DUPLICATES_KEY_ON_UNSENT_ROW: LiteralString = """
+SELECT e.channel::text AS channel, e.idempotency_key, q.id AS queue_id, q.status::text AS row_status,
+       count(DISTINCT e.provider_message_id) AS provider_ids
+FROM provider_events e
+JOIN send_queue q ON q.idempotency_key = e.idempotency_key
+LEFT JOIN message_ledger l ON l.queue_id = q.id
+WHERE e.idempotency_key IS NOT NULL AND e.provider_message_id IS NOT NULL
+  AND e.received_at > now() - make_interval(secs => %(lookback_seconds)s)
+  AND (q.status IN ('pending', 'claimed', 'failed', 'cancelled')
+       OR (q.status = 'sent' AND l.recovered_from <> 'operator'
+           AND l.provider_message_id IS DISTINCT FROM e.provider_message_id))
+GROUP BY e.channel, e.idempotency_key, q.id, q.status
 """
 
 DUPLICATES_BY_TEXT: LiteralString = """

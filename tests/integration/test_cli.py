@@ -84,6 +84,23 @@ def test_resend_needs_the_explicit_risk_flag_and_sent_rows_are_refused(stack: Lo
     assert "only unknown rows take operator decisions" in not_unknown.stdout
 
 
+def test_unknown_lists_each_held_row_with_why_and_the_next_step(stack: LocalStack) -> None:
+    before = sendonce(stack, "unknown")
+    assert before.returncode == 0, before.stderr
+    assert "not judged yet by the reconciler" in before.stdout
+    assert sendonce(stack, "sweep").returncode == 0
+    listed = sendonce(stack, "unknown", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert row["policy"] == "hold"
+    assert row["why"] == "channel policy is hold: an operator decides"
+    # No webhook has ever arrived in this stack: the pipe condition names that.
+    assert set(row["held_because"].split(",")) == {"grace", "pipe"}
+    assert "webhook pipe silent for this sender since never" in row["next_step"]
+    text = sendonce(stack, "unknown")
+    assert "held: channel policy is hold" in text.stdout and "next: " in text.stdout
+
+
 def test_operator_marks_an_unknown_row_sent_and_the_decision_is_audited(stack: LocalStack) -> None:
     row = json.loads(sendonce(stack, "audit", "--contact", "15550000002", "--json").stdout)["queue"][0]
     decided = sendonce(
