@@ -21,7 +21,7 @@ import pytest
 from devstack.aws import aws_client
 from devstack.lossy_proxy import LossyProxy
 from devstack.stack import ROOT, LocalStack
-from devstack.testing import enqueue_contacts
+from devstack.testing import enqueue_contacts, outlive_claims
 from shared.idempotency import RecordState, SendGuard
 from shared.queue import QueueRepository
 
@@ -38,7 +38,10 @@ def stack(pg_server: Any) -> Iterator[LocalStack]:
 
 
 def enqueue(stack: LocalStack, channel: str, address: str, body: str) -> None:
-    enqueue_contacts(stack.db, channel, [address], body=body, campaign_id=uuid.uuid4())
+    # Each call is its own campaign; "allow" lets a test message one contact twice.
+    enqueue_contacts(
+        stack.db, channel, [address], body=body, campaign_id=uuid.uuid4(), cross_campaign_policy="allow"
+    )
 
 
 def statuses(stack: LocalStack) -> dict[str, int]:
@@ -82,6 +85,7 @@ def test_sweeper_resend_policy_forgets_the_record(stack: LocalStack) -> None:
     assert stack.spawn("dispatcher", DISPATCH).finish()["counts"]["Ambiguous"] == 1
     key = only_key(stack)
     assert guard(stack).lookup(key).state is RecordState.COMPLETED
+    outlive_claims(stack.db)  # a resend waits until the claiming invocation is surely gone
 
     env = stack.env(SENDONCE_UNKNOWN_POLICY_WHATSAPP="resend", SENDONCE_UNKNOWN_GRACE_SECONDS="0")
     report = stack.spawn("sweeper", SWEEP, env=env).finish()
@@ -102,11 +106,13 @@ def test_sweeper_dead_letters_a_failed_message(stack: LocalStack) -> None:
     sqs = aws_client("sqs", stack.moto.endpoint)
     received = sqs.receive_message(QueueUrl=stack.aws.failed_messages_queue_url, MaxNumberOfMessages=10)
     [record] = [json.loads(m["Body"]) for m in received["Messages"]]
-    assert (record["type"], record["recipient"], record["idempotency_key"]) == (
+    [row] = stack.db.fetch_all("SELECT contact_id FROM send_queue")
+    assert (record["type"], record["contact_id"], record["idempotency_key"]) == (
         "sendonce.message_failed",
-        "psid-1",
+        str(row["contact_id"]),
         only_key(stack),
     )
+    assert "psid-1" not in json.dumps(record), "failed-message records carry ids, not addresses"
 
 
 def test_dispatcher_releases_its_own_record_when_every_write_answer_is_lost(stack: LocalStack) -> None:
