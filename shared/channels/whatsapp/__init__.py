@@ -1,0 +1,49 @@
+"""WhatsApp Cloud API (Meta Graph)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from shared.channels.auth import WebhookSecretSource
+from shared.channels.events import ProviderEvent
+from shared.channels.spec import ReadBack
+from shared.channels.whatsapp import webhook
+from shared.channels.whatsapp.adapter import WhatsAppCloudAdapter
+from shared.config import Settings
+from shared.providers.http import PausePolicy
+from shared.providers.outcome import Channel, ProviderAdapter
+
+
+class WhatsAppChannel:
+    channel = Channel.WHATSAPP
+    # biz_opaque_callback_data is echoed in every status webhook.
+    evidence_by_text = False
+
+    def build_adapter(
+        self, settings: Settings, client: httpx.Client, token: Callable[[], str], pauses: PausePolicy
+    ) -> ProviderAdapter:
+        return WhatsAppCloudAdapter(
+            client,
+            settings.graph_api_base_url,
+            token,
+            settings.graph_api_version,
+            pauses=pauses,
+            call_budget_seconds=settings.provider_call_budget_seconds,
+        )
+
+    def build_read_back(
+        self, settings: Settings, client: httpx.Client, token: Callable[[], str]
+    ) -> ReadBack | None:
+        return None
+
+    def authenticate(self, secrets: WebhookSecretSource, headers: Mapping[str, str], raw_body: bytes) -> bool:
+        return webhook.authenticate(secrets, headers, raw_body)
+
+    def parse_events(self, document: Any) -> list[ProviderEvent]:
+        return webhook.parse_whatsapp(document)
+
+
+SPEC = WhatsAppChannel()
