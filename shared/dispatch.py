@@ -32,6 +32,7 @@ from shared.events import DispatchRequest
 from shared.idempotency import GuardResult, GuardVerdict, SendGuard
 from shared.observability import Metric, Stage, Tally, logger
 from shared.providers.outcome import Channel, OutcomeKind, ProviderAdapter, SendOutcome
+from shared.providers.registry import channel_spec
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus, RetryPolicy, SendingVerdict
 from shared.storage.migrate import schema_behind
 
@@ -197,6 +198,26 @@ def _deliver(
         return None
     if remaining.get_remaining_time_in_millis() < settings.stop_claiming_margin_ms:
         _release_unsent(queue, message, tally, 0.0, "invocation out of time")
+        return None
+    held = (
+        channel_spec(message.channel).hold_reason(message, datetime.now(UTC))
+        if settings.channel_windows
+        else None
+    )
+    if held is not None:
+        # Checked again before every send, not only at enqueue: the window may have closed
+        # while the row waited. No provider call, no attempt spent; it waits for a reply.
+        with tally.timed(Stage.POSTGRES):
+            queue.settle_pending(
+                message,
+                delay_seconds=settings.window_recheck_seconds,
+                outcome=None,
+                expected=QueueStatus.CLAIMED,
+                refund_attempt=True,
+                last_error=held,
+            )
+        tally.add(Metric.RELEASED_UNSENT)
+        logger.info("not sent: held", extra={**_keys(message), "reason": held})
         return None
 
     with tally.timed(Stage.POSTGRES):

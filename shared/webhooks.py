@@ -30,6 +30,7 @@ import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import psycopg
@@ -44,7 +45,13 @@ from shared.channels.auth import (
     required,
     supplied_bytes,
 )
-from shared.channels.events import UNRECOGNISED, ProviderEvent, canonical_json, unrecognised
+from shared.channels.events import (
+    UNRECOGNISED,
+    WAITABLE_EVENTS,
+    ProviderEvent,
+    canonical_json,
+    unrecognised,
+)
 from shared.observability import logger, metrics
 from shared.providers.outcome import Channel
 from shared.providers.registry import channel_spec
@@ -283,8 +290,33 @@ class ProviderEventStore:
                         },
                     ).fetchall()
                 )
+            inbound = [e for e in events if e.is_reply and e.occurred_at is not None]
+            if inbound:
+                # The 24-hour windows open at each message the contact sends (replays included:
+                # GREATEST keeps the latest, so a replay never moves it back).
+                conn.execute(
+                    sql.RECORD_INBOUND,
+                    {
+                        "channel": channel.value,
+                        "addresses": [e.contact for e in inbound],
+                        "ats": [e.occurred_at for e in inbound],
+                    },
+                )
             stored = {row["dedupe_key"] for row in inserted}
-            stopped = _stop_sequences(conn, channel, [e for e in events if e.dedupe_key in stored])
+            fresh = [e for e in events if e.dedupe_key in stored]
+            stopped = _stop_sequences(conn, channel, fresh)
+            for event in fresh:
+                if event.event_type in WAITABLE_EVENTS and event.contact is not None:
+                    conn.execute(
+                        sql.QUEUE_AFTER_EVENT,
+                        {
+                            "channel": channel.value,
+                            "contacts": [event.contact, *event.aliases],
+                            "sender_provider_id": event.recipient,
+                            "event_name": event.event_type,
+                            "occurred_at": event.occurred_at or datetime.now(UTC),
+                        },
+                    )
         return StoreReport(
             stored=len(inserted),
             duplicates=len(events) - len(inserted),

@@ -11,6 +11,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 UNRECOGNISED = "unrecognised"
+# Events a sequence step can wait for (``EnqueueStep.after_event``): Unipile's new_relation,
+# the LinkedIn invitation accepted.
+WAITABLE_EVENTS = frozenset({"new_relation"})
 
 # The status of an inbound message: the contact wrote to us.
 RECEIVED = "received"
@@ -38,6 +41,8 @@ class ProviderEvent:
     occurred_at: datetime | None = None
     watermark: datetime | None = None
     contact: str | None = None
+    # Other ids the same person may be stored under (LinkedIn: the public identifier).
+    aliases: tuple[str, ...] = ()
 
     @property
     def is_reply(self) -> bool:

@@ -6,10 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
+from uuid import UUID
 
 import httpx
+import psycopg
+from psycopg.rows import DictRow
 
 from shared.channels.auth import WebhookSecretSource
+from shared.channels.content import ContentModel
 from shared.channels.events import ProviderEvent
 from shared.config import Settings
 from shared.providers.http import PausePolicy
@@ -55,4 +59,21 @@ class ChannelSpec(Protocol):
 
     def parse_events(self, document: Any) -> list[ProviderEvent]:
         """Never raises; shapes it cannot read become ``unrecognised`` events."""
+        ...
+
+    def parse_content(self, raw: Mapping[str, Any]) -> ContentModel:
+        """A step's ``content`` as this channel's model; raises ``ValueError`` (pydantic's
+        ``ValidationError``) with the reason when the channel cannot send it."""
+        ...
+
+    def enqueue_problem(
+        self, conn: psycopg.Connection[DictRow], sender_account_id: UUID, content: ContentModel
+    ) -> str | None:
+        """Why a step with this content cannot be sent from this sender (checked at enqueue,
+        inside its transaction), or ``None``."""
+        ...
+
+    def hold_reason(self, message: OutboundMessage, now: datetime) -> str | None:
+        """Why this message must wait instead of being sent now (a closed 24-hour window), or
+        ``None``. A held row goes back to ``pending`` unsent, with the reason."""
         ...

@@ -1,6 +1,7 @@
 """Messenger Send API (Meta Graph): ``POST /{version}/{page_id}/messages`` with a Page token.
 
-``messaging_type`` is ``UPDATE`` (a business-initiated, non-promotional update). The
+``messaging_type`` and tag come from the row's content (``content.py``); plain text is
+``UPDATE`` (a business-initiated, non-promotional update), as before. The
 idempotency key travels as ``message.metadata``, which Meta echoes in the
 ``message_echoes`` webhook: the evidence that resolves an ``unknown`` row.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from shared.channels.messenger import content
 from shared.channels.messenger.errors import MESSENGER_ERROR_RULES
 from shared.providers.http import GraphAdapter, Rule
 from shared.providers.outcome import Channel, OutboundMessage, SendOutcome
@@ -21,10 +23,11 @@ class MessengerSendAdapter(GraphAdapter):
     error_rules: ClassVar[Mapping[int, Rule]] = MESSENGER_ERROR_RULES
 
     def _payload(self, message: OutboundMessage) -> dict[str, Any]:
+        typed = content.of(message)
         return {
             "recipient": {"id": message.recipient},
-            "messaging_type": "UPDATE",
-            "message": {"text": message.body, "metadata": message.idempotency_key},
+            **typed.envelope(),
+            "message": content.message_object(typed, message.idempotency_key),
         }
 
     def _success(self, data: object, http_status: int) -> SendOutcome | None:

@@ -26,6 +26,7 @@ from typing import ClassVar
 
 import httpx
 
+from shared.channels.unipile import content
 from shared.channels.unipile.errors import UNIPILE_ERROR_RULES, parse_unipile_error
 from shared.providers.http import HttpAdapter, Rule, Verdict, ambiguous, json_body, retry_after, truncate
 from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind, SendOutcome
@@ -37,18 +38,30 @@ class UnipileLinkedInAdapter(HttpAdapter):
     error_rules: ClassVar[Mapping[str, Rule]] = UNIPILE_ERROR_RULES
 
     def _build_request(self, message: OutboundMessage, token: str) -> httpx.Request:
+        headers = {"X-API-KEY": token, "Accept": "application/json"}
+        typed = content.of(message)
+        recipient = message.provider_profile_id or message.recipient
+        if isinstance(typed, content.Invitation):
+            # JSON, unlike the chat routes (content.py cites the invite reference).
+            body: dict[str, str] = {"provider_id": recipient, "account_id": message.sender_provider_id}
+            if typed.note is not None:
+                body["message"] = typed.note
+            return self._client.build_request(
+                "POST", f"{self._base_url}/api/v1/users/invite", json=body, headers=headers
+            )
         # Unipile requires multipart/form-data; ``files`` with no file name forces it even
         # though every part is a plain field.
         fields = [
             ("account_id", (None, message.sender_provider_id)),
-            ("text", (None, message.body)),
-            ("attendees_ids", (None, message.recipient)),
+            ("text", (None, typed.text)),
+            ("attendees_ids", (None, recipient)),
         ]
+        if isinstance(typed, content.InMail):
+            fields.append(("linkedin[inmail]", (None, "true")))
+            if typed.subject is not None:
+                fields.append(("subject", (None, typed.subject)))
         return self._client.build_request(
-            "POST",
-            f"{self._base_url}/api/v1/chats",
-            files=fields,
-            headers={"X-API-KEY": token, "Accept": "application/json"},
+            "POST", f"{self._base_url}/api/v1/chats", files=fields, headers=headers
         )
 
     def _classify(self, response: httpx.Response) -> SendOutcome:
@@ -67,6 +80,10 @@ class UnipileLinkedInAdapter(HttpAdapter):
 
 
 def _started(data: object, status: int, response: httpx.Response) -> SendOutcome:
+    invitation = data.get("invitation_id") if isinstance(data, Mapping) else None
+    if isinstance(invitation, str) and invitation:
+        # "UserInvitationSent": the invitation id stands for the message id.
+        return SendOutcome.sent(invitation, http_status=status)
     chat_id = data.get("chat_id") if isinstance(data, Mapping) else None
     message_id = data.get("message_id") if isinstance(data, Mapping) else None
     thread = chat_id if isinstance(chat_id, str) and chat_id else None

@@ -10,6 +10,13 @@ from shared.channels.auth import WebhookSecretSource, lower_headers, required, s
 from shared.channels.events import RECEIVED, ProviderEvent, as_list, as_obj, as_str, iso_time, unrecognised
 
 UNIPILE_AUTH_HEADER = "unipile-auth"
+# The users webhook's event for a new connection, an accepted invitation among them. Not real
+# time: "may be triggered up to 8 hours after the relation is accepted". Shape:
+# {"event":"new_relation","account_id","account_type":"LINKEDIN","user_full_name",
+#  "user_provider_id","user_public_identifier","user_profile_url",...}
+# https://developer.unipile.com/docs/detecting-accepted-invitations
+NEW_RELATION = "new_relation"
+ACCEPTED = "accepted"
 
 
 def verify_unipile_secret(shared_secret: str, headers: Mapping[str, str]) -> bool:
@@ -26,6 +33,8 @@ def parse_unipile(document: Any) -> list[ProviderEvent]:
     doc = as_obj(document)
     if doc is None:
         return [unrecognised(document)]
+    if doc.get("event") == NEW_RELATION:
+        return [_new_relation(doc)]
     event, message_id = as_str(doc.get("event")), as_str(doc.get("message_id"))
     account_type = as_str(doc.get("account_type"))
     # Unipile also connects WhatsApp, Messenger and mail accounts; sendonce sends only LinkedIn
@@ -84,3 +93,25 @@ def parse_unipile(document: Any) -> list[ProviderEvent]:
             contact=contact,
         )
     ]
+
+
+def _new_relation(doc: dict[str, Any]) -> ProviderEvent:
+    account, provider_id = as_str(doc.get("account_id")), as_str(doc.get("user_provider_id"))
+    public = as_str(doc.get("user_public_identifier"))
+    account_type = as_str(doc.get("account_type"))
+    if account is None or provider_id is None:
+        return unrecognised(doc)
+    if account_type is not None and account_type.upper() != "LINKEDIN":
+        return unrecognised(doc)
+    return ProviderEvent(
+        event_type=NEW_RELATION,
+        # One relation per (account, person): a repeated delivery is stored once.
+        dedupe_key=f"{NEW_RELATION}:{account}:{provider_id}",
+        payload=doc,
+        status=ACCEPTED,
+        recipient=account,
+        # The payload has no time; the event is stored when it arrives.
+        occurred_at=iso_time(doc.get("timestamp")),
+        contact=provider_id,
+        aliases=(public,) if public else (),
+    )

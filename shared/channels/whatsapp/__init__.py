@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import httpx
+import psycopg
+from psycopg.rows import DictRow
 
 from shared.channels.auth import WebhookSecretSource
+from shared.channels.content import ContentModel
 from shared.channels.events import ProviderEvent
 from shared.channels.spec import ReadBack
-from shared.channels.whatsapp import webhook
+from shared.channels.whatsapp import content, templates, webhook
 from shared.channels.whatsapp.adapter import WhatsAppCloudAdapter
+from shared.channels.whatsapp.content import Template
 from shared.config import Settings
 from shared.providers.http import PausePolicy
-from shared.providers.outcome import Channel, ProviderAdapter
+from shared.providers.outcome import Channel, OutboundMessage, ProviderAdapter
 
 
 class WhatsAppChannel:
@@ -44,6 +50,21 @@ class WhatsAppChannel:
 
     def parse_events(self, document: Any) -> list[ProviderEvent]:
         return webhook.parse_whatsapp(document)
+
+    def parse_content(self, raw: Mapping[str, Any]) -> ContentModel:
+        return content.parse(raw)
+
+    def enqueue_problem(
+        self, conn: psycopg.Connection[DictRow], sender_account_id: UUID, content: ContentModel
+    ) -> str | None:
+        return (
+            templates.template_problem(conn, sender_account_id, content)
+            if isinstance(content, Template)
+            else None
+        )
+
+    def hold_reason(self, message: OutboundMessage, now: datetime) -> str | None:
+        return content.hold_reason(message, now)
 
 
 SPEC = WhatsAppChannel()

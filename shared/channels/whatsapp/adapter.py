@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from shared.channels.whatsapp import content
 from shared.channels.whatsapp.errors import WHATSAPP_ERROR_RULES
 from shared.providers.http import GraphAdapter, Rule
 from shared.providers.outcome import Channel, OutboundMessage, SendOutcome
@@ -26,8 +27,7 @@ class WhatsAppCloudAdapter(GraphAdapter):
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
             "to": message.recipient,
-            "type": "text",
-            "text": {"body": message.body},
+            **content.message_fields(content.of(message)),
             "biz_opaque_callback_data": message.idempotency_key,
         }
 
