@@ -90,6 +90,7 @@ from pydantic import (
 from devstack.fake_channels import messenger, unipile, whatsapp
 from devstack.fake_channels.base import Answer, Dialect, Invalid, SendRequest, token
 from devstack.fake_channels.messenger import MESSENGER
+from devstack.fake_channels.meta import graph_error
 from devstack.fake_channels.unipile import LINKEDIN, unipile_error
 from devstack.fake_channels.whatsapp import WHATSAPP
 
@@ -101,6 +102,8 @@ ChannelName = Literal["whatsapp", "messenger", "linkedin"]
 
 _GRAPH_SEND = re.compile(r"^/(v\d+(?:\.\d+)?)/([^/]+)/messages/?$")
 _UNIPILE_CHAT_MESSAGES = re.compile(r"^/api/v1/chats/([^/]+)/messages/?$")
+_GRAPH_TEMPLATES = re.compile(r"^/(v\d+(?:\.\d+)?)/([^/]+)/message_templates/?$")
+_UNIPILE_USER = re.compile(r"^/api/v1/users/([^/]+)/?$")
 _MAX_BODY = 1 << 20
 
 
@@ -254,6 +257,11 @@ class _State:
             self.chat_by_pair: dict[tuple[str, str], str] = {}
             self.requests = Counter[str]()
             self.faults_fired = Counter[str]()
+            # The 24-hour windows: off unless a test turns them on, like the library's.
+            self.enforce_windows = False
+            self.inbound: dict[tuple[str, str, str], datetime] = {}
+            self.templates = whatsapp.Templates()
+            self.invitations: set[tuple[str, str]] = set()
             self._apply(self._default_config)
 
     def _apply(self, config: FaultConfig) -> None:
@@ -320,11 +328,14 @@ class _State:
         text: str,
         correlation: str | None,
         fault: str | None,
+        kind: str = "text",
     ) -> dict[str, Any]:
         with self.lock:
             thread_id: str | None = None
             message_id = _DIALECTS[channel].new_message_id()
-            if channel == LINKEDIN:
+            if kind == "invitation":
+                self.invitations.add((sender_id, recipient))
+            elif channel == LINKEDIN:
                 pair = (sender_id, recipient)
                 thread_id = self.chat_by_pair.get(pair)
                 if thread_id is None:
@@ -341,6 +352,7 @@ class _State:
                 "thread_id": thread_id,
                 "correlation": correlation,
                 "fault": fault,
+                "kind": kind,
                 "timestamp": _now_iso(),
             }
             self.ledger.append(entry)
@@ -348,6 +360,17 @@ class _State:
             if thread_id is not None:
                 self.chats[thread_id].messages.append(entry)
             return dict(entry)
+
+    def refusal(self, request: SendRequest, dialect: Dialect) -> Answer | None:
+        """What the provider answers a request it refuses on its own rules: a message outside
+        the 24-hour window, a template that is not approved or does not fit."""
+        with self.lock:
+            last = self.inbound.get((request.channel, request.sender_id, request.recipient))
+            enforce = self.enforce_windows
+        window = request.window
+        if enforce and window is not None and (last is None or datetime.now(UTC) - last >= window):
+            return dialect.window_closed()
+        return self.templates.refusal(request) if request.channel == WHATSAPP else None
 
     def ledger_copy(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -554,6 +577,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, self.state.config.model_dump(mode="json"))
         elif (found := _UNIPILE_CHAT_MESSAGES.match(path)) is not None:
             self._unipile_read_back(found.group(1), parse_qs(url.query))
+        elif (found := _GRAPH_TEMPLATES.match(path)) is not None:
+            self._whatsapp_templates(found.group(2))
+        elif (found := _UNIPILE_USER.match(path)) is not None:
+            self._unipile_profile(found.group(1))
         else:
             self._reply(404, {"error": "not found", "path": path})
 
@@ -583,8 +610,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self.state.set_faults(config)
             self._reply(200, config.model_dump(mode="json"))
+        elif path in _CONTROL_POSTS:
+            self._control(path, body)
         elif (found := _GRAPH_SEND.match(path)) is not None:
             self._graph_send(found.group(2), body)
+        elif path.rstrip("/") == "/api/v1/users/invite":
+            self._unipile_invite(body)
         elif path.rstrip("/") == "/api/v1/chats":
             self._unipile_send(body)
         else:
@@ -642,6 +673,61 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._serve(request, dialect)
 
+    def _control(self, path: str, body: bytes) -> None:
+        try:
+            data = json.loads(body or b"{}")
+            if path == "/_fake/windows":
+                self.state.enforce_windows = bool(data["enforce"])
+                self._reply(200, {"enforce": self.state.enforce_windows})
+            elif path == "/_fake/inbound":
+                at = datetime.fromisoformat(data["timestamp"]) if data.get("timestamp") else datetime.now(UTC)
+                _add_inbound(self.state, str(data["channel"]), str(data["sender"]), str(data["contact"]), at)
+                self._reply(200, {"ok": True})
+            elif path == "/_fake/whatsapp/templates":
+                self.state.templates.put(
+                    str(data["business_account_id"]), list(data["phone_number_ids"]), list(data["templates"])
+                )
+                self._reply(200, {"ok": True})
+            else:
+                self._reply(200, _accept_invitation(self.state, data["account_id"], data["provider_id"]))
+        except (ValueError, KeyError, TypeError, LookupError) as exc:
+            self._reply(400, {"error": "invalid control request", "detail": str(exc)})
+
+    def _whatsapp_templates(self, business_account_id: str) -> None:
+        self.state.count("read")
+        if not self._bearer_ok(WHATSAPP):
+            self._answer(_DIALECTS[WHATSAPP].unauthorized())
+            return
+        found = self.state.templates.listing(business_account_id)
+        if found is None:
+            self._answer(graph_error(400, 100, "(#100) Unsupported get request."))
+            return
+        self._reply(200, {"data": found, "paging": {"cursors": {"before": "MAZDZD", "after": "MjQZD"}}})
+
+    def _unipile_profile(self, identifier: str) -> None:
+        self.state.count("read")
+        if not secrets.compare_digest(self.headers.get("X-API-KEY", ""), self.state.tokens[LINKEDIN]):
+            self._answer(_DIALECTS[LINKEDIN].unauthorized())
+            return
+        self._reply(200, unipile.profile(identifier))
+
+    def _unipile_invite(self, raw: bytes) -> None:
+        self.state.count("send")
+        dialect = _DIALECTS[LINKEDIN]
+        if not secrets.compare_digest(self.headers.get("X-API-KEY", ""), self.state.tokens[LINKEDIN]):
+            self.state.count("unauthorized")
+            self.state.count("rejected")
+            self._answer(dialect.unauthorized())
+            return
+        try:
+            request = unipile.parse_invitation(raw)
+        except Invalid as exc:
+            self.state.count("invalid")
+            self.state.count("rejected")
+            self._answer(dialect.invalid(str(exc)))
+            return
+        self._serve(request, dialect)
+
     def _unipile_read_back(self, chat_id: str, query: Mapping[str, list[str]]) -> None:
         self.state.count("read")
         dialect = _DIALECTS[LINKEDIN]
@@ -658,6 +744,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, request: SendRequest, dialect: Dialect) -> None:
         state = self.state
+        refused = state.refusal(request, dialect)
+        if refused is not None:
+            state.count("rejected")
+            self._answer(refused)
+            return
         decision = state.decide(request.channel, request.sender_id, request.recipient)
         if decision.latency_seconds > 0 and state.stopping.wait(decision.latency_seconds):
             self._drop()
@@ -677,6 +768,7 @@ class _Handler(BaseHTTPRequestHandler):
                 text=request.text,
                 correlation=request.correlation,
                 fault=action.value if action is not None else None,
+                kind=request.kind,
             )
             if action is FaultAction.ACCEPT_THEN_DROP:
                 self._drop()
@@ -716,6 +808,26 @@ def _add_chat_message(state: _State, typed: ChatMessage) -> dict[str, Any]:
         timestamp=_iso(typed.timestamp) if typed.timestamp is not None else _now_iso(),
         is_sender=typed.is_sender,
     )
+
+
+_CONTROL_POSTS = frozenset(
+    {"/_fake/windows", "/_fake/inbound", "/_fake/whatsapp/templates", "/_fake/unipile/accept"}
+)
+
+
+def _add_inbound(state: _State, channel: str, sender: str, contact: str, at: datetime) -> None:
+    with state.lock:
+        key = (channel, sender, contact)
+        state.inbound[key] = max(at, state.inbound.get(key, at))
+
+
+def _accept_invitation(state: _State, account_id: str, provider_id: str) -> dict[str, Any]:
+    """The person accepts: the ``new_relation`` webhook body Unipile would send (a test
+    delivers it). Only an invitation the fake accepted can be accepted."""
+    with state.lock:
+        if (account_id, provider_id) not in state.invitations:
+            raise LookupError(f"no invitation from {account_id} to {provider_id}")
+    return unipile.new_relation(account_id, provider_id, None)
 
 
 def _check_loopback(host: str) -> None:
@@ -819,6 +931,25 @@ class FakeProvider:
     def reset(self) -> None:
         """Forget the ledger, the chats, the counters and every fault."""
         self._state.reset()
+
+    def set_windows(self, enforce: bool) -> None:
+        """Enforce Meta's 24-hour windows (WhatsApp 131047, Messenger 10/2018278) or not."""
+        self._state.enforce_windows = enforce
+
+    def add_inbound(self, channel: str, sender: str, contact: str, at: datetime | None = None) -> None:
+        """The contact wrote to the sender at ``at`` (default now): its window opens."""
+        _add_inbound(self._state, channel, sender, contact, at or datetime.now(UTC))
+
+    def set_templates(
+        self, business_account_id: str, phone_number_ids: list[str], templates: list[dict[str, Any]]
+    ) -> None:
+        """A WABA's templates as ``GET /{waba-id}/message_templates`` lists them (``name``,
+        ``language``, ``status``, ``category``, ``components``); sends are checked against them."""
+        self._state.templates.put(business_account_id, phone_number_ids, templates)
+
+    def accept_invitation(self, account_id: str, provider_id: str) -> dict[str, Any]:
+        """The invited person accepts; returns the ``new_relation`` webhook body to deliver."""
+        return _accept_invitation(self._state, account_id, provider_id)
 
     def add_chat_message(
         self,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 Answer = tuple[int, dict[str, Any], dict[str, str]]
@@ -27,6 +28,11 @@ class SendRequest:
     recipient: str
     text: str
     correlation: str | None
+    # How long after the recipient's last inbound message this may be sent (the 24-hour
+    # windows); None: any time. Enforced only when the fake's windows are on.
+    window: timedelta | None = None
+    kind: str = "text"
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Dialect:
@@ -57,4 +63,7 @@ class Dialect:
         raise NotImplementedError
 
     def new_message_id(self) -> str:
+        raise NotImplementedError
+
+    def window_closed(self) -> Answer:
         raise NotImplementedError

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +38,8 @@ class UnipileDialect(Dialect):
         return unipile_error(400, "invalid_parameters", "Invalid parameters", why)
 
     def accepted(self, entry: Mapping[str, Any]) -> Answer:
+        if entry.get("kind") == "invitation":
+            return 201, {"object": "UserInvitationSent", "invitation_id": entry["provider_message_id"]}, {}
         body = {
             "object": "ChatStarted",
             "chat_id": entry["thread_id"],
@@ -108,4 +112,58 @@ def parse_request(content_type: str, body: bytes) -> SendRequest:
         raise Invalid("text is required")
     if len(attendees) != 1 or not attendees[0]:
         raise Invalid("the fake supports exactly one attendees_ids")
-    return SendRequest(LINKEDIN, account, attendees[0], text, None)
+    inmail = fields.get("linkedin[inmail]", ["false"])[0] == "true"
+    return SendRequest(LINKEDIN, account, attendees[0], text, None, None, "inmail" if inmail else "text")
+
+
+# Unipile, "Send an invitation" (shared/channels/unipile/content.py cites it).
+INVITATION_NOTE_MAX = 300
+
+
+def parse_invitation(body: bytes) -> SendRequest:
+    """``POST /api/v1/users/invite``: JSON ``provider_id``, ``account_id``, optional ``message``."""
+    try:
+        data = json.loads(body or b"null")
+    except ValueError as exc:
+        raise Invalid("body must be JSON") from exc
+    if not isinstance(data, Mapping):
+        raise Invalid("body must be a JSON object")
+    provider_id, account, note = data.get("provider_id"), data.get("account_id"), data.get("message")
+    if not isinstance(provider_id, str) or not provider_id:
+        raise Invalid("provider_id is required")
+    if not isinstance(account, str) or not account:
+        raise Invalid("account_id is required")
+    if note is not None and (not isinstance(note, str) or len(note) > INVITATION_NOTE_MAX):
+        raise Invalid(f"message must be a string of at most {INVITATION_NOTE_MAX} characters")
+    return SendRequest(LINKEDIN, account, provider_id, note or "", None, None, "invitation")
+
+
+def profile_id(identifier: str) -> str:
+    """A stable provider id for a public identifier (LinkedIn's look like ``ACoAAA...``)."""
+    if identifier.startswith("ACo"):
+        return identifier
+    return "ACoAA" + hashlib.sha256(identifier.encode()).hexdigest()[:24]
+
+
+def profile(identifier: str) -> dict[str, Any]:
+    """``GET /api/v1/users/{identifier}``: the fields sendonce reads of Unipile's UserProfile."""
+    return {
+        "object": "UserProfile",
+        "provider": "LINKEDIN",
+        "provider_id": profile_id(identifier),
+        "public_identifier": identifier,
+    }
+
+
+def new_relation(account_id: str, provider_id: str, public_identifier: str | None) -> dict[str, Any]:
+    """The users webhook's ``new_relation`` body for an accepted invitation."""
+    return {
+        "event": "new_relation",
+        "account_id": account_id,
+        "account_type": "LINKEDIN",
+        "webhook_name": "sendonce",
+        "user_full_name": "Fake Person",
+        "user_provider_id": provider_id,
+        "user_public_identifier": public_identifier,
+        "user_profile_url": f"https://www.linkedin.com/in/{public_identifier or provider_id}/",
+    }
