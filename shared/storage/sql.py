@@ -1303,14 +1303,18 @@ RETURNING l.id
 
 # --- channels: windows, WhatsApp templates, LinkedIn profiles ----------------------------------
 
-# Inbound messages open the 24-hour window; a late, replayed webhook never moves it back.
+# Inbound messages open the 24-hour window; a late, replayed webhook never moves it back. A
+# contact who writes before any campaign names them is kept too: their window is open when a
+# campaign reaches them. Sorted, so concurrent deliveries lock contacts in one order.
 RECORD_INBOUND: LiteralString = """
-UPDATE contacts c
-SET last_inbound_at = GREATEST(c.last_inbound_at, t.at)
-FROM (SELECT address, max(at) AS at
-      FROM unnest(%(addresses)s::text[], %(ats)s::timestamptz[]) AS i(address, at) GROUP BY address) AS t
-WHERE c.channel = %(channel)s AND c.address = t.address
-  AND (c.last_inbound_at IS NULL OR c.last_inbound_at < t.at)
+INSERT INTO contacts (channel, address, last_inbound_at)
+SELECT %(channel)s, address, max(at)
+FROM unnest(%(addresses)s::text[], %(ats)s::timestamptz[]) AS i(address, at)
+GROUP BY address
+ORDER BY address
+ON CONFLICT (channel, address) DO UPDATE
+SET last_inbound_at = GREATEST(contacts.last_inbound_at, EXCLUDED.last_inbound_at)
+WHERE contacts.last_inbound_at IS NULL OR contacts.last_inbound_at < EXCLUDED.last_inbound_at
 """
 
 SET_SENDER_BUSINESS_ACCOUNT: LiteralString = """
