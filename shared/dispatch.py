@@ -27,6 +27,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from shared.channels.spec import RecipientResolver
 from shared.config import Settings
 from shared.events import DispatchRequest
 from shared.idempotency import GuardResult, GuardVerdict, SendGuard
@@ -50,6 +51,8 @@ class DispatchDeps:
     queue: QueueRepository
     guard: SendGuard
     adapters: Mapping[Channel, ProviderAdapter]
+    # Address lookups before a send (LinkedIn profile URL -> provider id), cached per contact.
+    resolvers: Mapping[Channel, RecipientResolver] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep
 
@@ -199,6 +202,14 @@ def _deliver(
     if remaining.get_remaining_time_in_millis() < settings.stop_claiming_margin_ms:
         _release_unsent(queue, message, tally, 0.0, "invocation out of time")
         return None
+    resolver = deps.resolvers.get(message.channel)
+    if resolver is not None:
+        try:
+            message = resolver.resolve(message)
+        except OSError as exc:
+            # A lookup is a read: nothing was sent, and the row is tried again later.
+            _release_unsent(queue, message, tally, settings.retry_base_seconds, f"recipient lookup: {exc}")
+            return None
     held = (
         channel_spec(message.channel).hold_reason(message, datetime.now(UTC))
         if settings.channel_windows

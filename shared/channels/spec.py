@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import httpx
@@ -18,6 +18,7 @@ from shared.channels.events import ProviderEvent
 from shared.config import Settings
 from shared.providers.http import PausePolicy
 from shared.providers.outcome import Channel, OutboundMessage, ProviderAdapter, SendOutcome
+from shared.storage.db import Database
 
 
 class ReadBack(Protocol):
@@ -29,6 +30,16 @@ class ReadBack(Protocol):
         """Every message our account sent in the thread with this text, timestamped at or after
         ``not_before``, newest first."""
         ...
+
+
+M = TypeVar("M", bound=OutboundMessage)
+
+
+class RecipientResolver(Protocol):
+    """Turns a row's address into what the provider's send route needs, before the send (and
+    caches it). Raises ``OSError`` when it cannot: the row goes back unsent."""
+
+    def resolve(self, message: M) -> M: ...
 
 
 class ChannelSpec(Protocol):
@@ -51,6 +62,12 @@ class ChannelSpec(Protocol):
         self, settings: Settings, client: httpx.Client, token: Callable[[], str]
     ) -> ReadBack | None:
         """``None`` when the provider cannot be asked what was sent."""
+        ...
+
+    def build_resolver(
+        self, settings: Settings, client: httpx.Client, token: Callable[[], str], db: Database
+    ) -> RecipientResolver | None:
+        """``None`` when addresses are sent as stored."""
         ...
 
     def authenticate(self, secrets: WebhookSecretSource, headers: Mapping[str, str], raw_body: bytes) -> bool:

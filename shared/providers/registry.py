@@ -16,12 +16,13 @@ from functools import partial
 import httpx
 
 from shared.channels import messenger, unipile, whatsapp
-from shared.channels.spec import ChannelSpec, ReadBack
+from shared.channels.spec import ChannelSpec, ReadBack, RecipientResolver
 from shared.config import Settings
 from shared.providers.deadline import DeadlineTransport
 from shared.providers.http import USER_AGENT, PausePolicy, build_timeout
 from shared.providers.outcome import Channel, ProviderAdapter
 from shared.providers.secrets import TokenProvider
+from shared.storage.db import Database
 
 CHANNELS: Mapping[Channel, ChannelSpec] = {
     Channel.WHATSAPP: whatsapp.SPEC,
@@ -104,3 +105,16 @@ def build_read_backs(
         if reader is not None:
             readers[channel] = reader
     return readers
+
+
+def build_resolvers(
+    settings: Settings, client: httpx.Client, tokens: TokenProvider, db: Database
+) -> dict[Channel, RecipientResolver]:
+    """For ``DispatchDeps.resolvers``: channels whose addresses need a lookup before a send
+    (LinkedIn profile URLs and public identifiers)."""
+    resolvers: dict[Channel, RecipientResolver] = {}
+    for channel, spec in CHANNELS.items():
+        resolver = spec.build_resolver(settings, client, partial(tokens.token_for, channel), db)
+        if resolver is not None:
+            resolvers[channel] = resolver
+    return resolvers

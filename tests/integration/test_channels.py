@@ -12,14 +12,17 @@ from typing import Any
 import pytest
 
 from devstack.engine_testing import by_step, deliver, make_due, reply, rows, run_dispatcher
+from devstack.fake_channels import unipile as fake_unipile
 from devstack.fake_provider import FakeProvider
+from devstack.testing import TEST_TOKENS
 from shared.campaigns import create_campaign
 from shared.channels.whatsapp.templates import sync_templates
 from shared.dispatch import DispatchDeps
 from shared.enqueue import StepRejectedError
 from shared.events import CampaignSpec
 from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind
-from shared.providers.registry import make_http_client
+from shared.providers.registry import build_resolvers, make_http_client
+from shared.providers.secrets import StaticTokenSource
 from shared.sequences import EngineConfig
 from shared.storage.db import Database
 
@@ -27,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 WABA = "waba-1"
 SENDER = "sender-1"
-TEMPLATES = [
+TEMPLATES: list[dict[str, Any]] = [
     {
         "name": "order_update",
         "language": "en_US",
@@ -259,3 +262,41 @@ def test_an_invitation_step_must_be_an_invitation() -> None:
                 "steps": [{"message_type": "invite", "body": "hi", "action": "invitation"}],
             }
         )
+
+
+def test_profile_url_is_looked_up_once_per_contact(
+    database: Database, fake_provider: FakeProvider, deps: DispatchDeps
+) -> None:
+    """A LinkedIn contact given as a profile URL is sent to the provider id Unipile's lookup
+    returns; the id is kept on the contact, so the follow-up after acceptance needs no lookup."""
+    url = "https://www.linkedin.com/in/julien-crepieux/"
+    client = make_http_client(deps.settings)
+    resolving = dataclasses.replace(
+        deps, resolvers=build_resolvers(deps.settings, client, StaticTokenSource(TEST_TOKENS), database)
+    )
+    invite = {
+        "message_type": "invite",
+        "body": "hello",
+        "action": "invitation",
+        "content": {"kind": "invitation"},
+    }
+    follow_up = {"message_type": "message_1", "body": "Thanks!", "after_event": "new_relation"}
+    campaign_id = campaign(database, "linkedin", [invite, follow_up], [url])
+    try:
+        run_dispatcher(resolving)
+        provider_id = fake_unipile.profile_id("julien-crepieux")
+        [sent] = fake_provider.ledger()
+        assert (sent["kind"], sent["recipient"]) == ("invitation", provider_id)
+        cached = database.fetch_one(
+            "SELECT provider_profile_id FROM contacts WHERE address = %(a)s", {"a": url}
+        )
+        assert cached is not None and cached["provider_profile_id"] == provider_id
+        reads = fake_provider.stats()["read_requests"]
+
+        deliver(database, Channel.LINKEDIN, fake_provider.accept_invitation(SENDER, provider_id))
+        run_dispatcher(resolving)
+        assert by_step(database, campaign_id)[(url, "message_1")] == "sent"
+        assert fake_provider.ledger()[-1]["recipient"] == provider_id
+        assert fake_provider.stats()["read_requests"] == reads  # served from the contact
+    finally:
+        client.close()

@@ -16,10 +16,11 @@ from shared.channels.content import ContentModel
 from shared.channels.events import ProviderEvent
 from shared.channels.messenger import content, webhook
 from shared.channels.messenger.adapter import MessengerSendAdapter
-from shared.channels.spec import ReadBack
+from shared.channels.spec import ReadBack, RecipientResolver
 from shared.config import Settings
 from shared.providers.http import PausePolicy
 from shared.providers.outcome import Channel, OutboundMessage, ProviderAdapter
+from shared.storage.db import Database
 
 
 class MessengerChannel:
@@ -42,6 +43,11 @@ class MessengerChannel:
     def build_read_back(
         self, settings: Settings, client: httpx.Client, token: Callable[[], str]
     ) -> ReadBack | None:
+        return None
+
+    def build_resolver(
+        self, settings: Settings, client: httpx.Client, token: Callable[[], str], db: Database
+    ) -> RecipientResolver | None:
         return None
 
     def authenticate(self, secrets: WebhookSecretSource, headers: Mapping[str, str], raw_body: bytes) -> bool:

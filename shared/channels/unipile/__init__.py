@@ -14,13 +14,15 @@ from psycopg.rows import DictRow
 from shared.channels.auth import WebhookSecretSource
 from shared.channels.content import ContentModel
 from shared.channels.events import ProviderEvent
-from shared.channels.spec import ReadBack
+from shared.channels.spec import ReadBack, RecipientResolver
 from shared.channels.unipile import content, webhook
 from shared.channels.unipile.adapter import UnipileLinkedInAdapter
+from shared.channels.unipile.profiles import UnipileProfiles
 from shared.channels.unipile.read_back import UnipileReadBack
 from shared.config import Settings
 from shared.providers.http import PausePolicy
 from shared.providers.outcome import Channel, OutboundMessage, ProviderAdapter
+from shared.storage.db import Database
 
 
 class UnipileChannel:
@@ -43,6 +45,11 @@ class UnipileChannel:
         self, settings: Settings, client: httpx.Client, token: Callable[[], str]
     ) -> ReadBack | None:
         return UnipileReadBack(client, settings.unipile_base_url, token)
+
+    def build_resolver(
+        self, settings: Settings, client: httpx.Client, token: Callable[[], str], db: Database
+    ) -> RecipientResolver | None:
+        return UnipileProfiles(client, settings.unipile_base_url, token, db)
 
     def authenticate(self, secrets: WebhookSecretSource, headers: Mapping[str, str], raw_body: bytes) -> bool:
         return webhook.authenticate(secrets, headers, raw_body)
