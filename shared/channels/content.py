@@ -8,11 +8,8 @@ this module only holds what they share.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
-
-ContentKind = Literal["text", "template", "media", "invitation", "inmail"]
 
 # Meta's 24-hour windows: WhatsApp's customer service window and Messenger's standard
 # messaging window both open at each message the person sends (sources in the channel
@@ -22,10 +19,6 @@ WINDOW = timedelta(hours=24)
 
 class ContentModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ContentError(ValueError):
-    """The step's content is not something this channel can send; the reason says why."""
 
 
 def window_open(last_inbound_at: datetime | None, now: datetime, length: timedelta = WINDOW) -> bool:

@@ -25,12 +25,6 @@ from shared.providers.outcome import OutboundMessage
 TEXT_MAX_CHARS = 2000
 MessagingType = Literal["RESPONSE", "UPDATE", "MESSAGE_TAG"]
 Tag = Literal["CONFIRMED_EVENT_UPDATE", "POST_PURCHASE_UPDATE", "ACCOUNT_UPDATE", "HUMAN_AGENT"]
-ALLOWED_TAGS: tuple[str, ...] = (
-    "CONFIRMED_EVENT_UPDATE",
-    "POST_PURCHASE_UPDATE",
-    "ACCOUNT_UPDATE",
-    "HUMAN_AGENT",
-)
 # HUMAN_AGENT may answer up to 7 days after the person's message; the other tags have no window.
 HUMAN_AGENT_WINDOW = timedelta(days=7)
 

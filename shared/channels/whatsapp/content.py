@@ -79,10 +79,6 @@ class TemplateHeader(ContentModel):
             raise ValueError("a text header takes text, a media header takes media")
         return self
 
-    @property
-    def parameter_count(self) -> int:
-        return 1
-
 
 class QuickReplyButton(ContentModel):
     type: Literal["quick_reply"] = "quick_reply"
