@@ -43,6 +43,17 @@ def storable_text(value: str) -> str:
 Text = Annotated[str, AfterValidator(storable_text)]
 
 
+def storable_json(value: Any) -> Any:
+    """Every string in a JSON value (keys too) passes ``storable_text``: jsonb cannot hold NUL."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): storable_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable_json(v) for v in value]
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -129,7 +140,7 @@ class EnqueueStep(_Strict):
     # Beyond plain text: a JSON object with a ``kind`` (text | template | media | invitation |
     # inmail) that the channel's content model validates (``shared/channels/<channel>/content.py``).
     # ``body`` stays the readable text the audit shows. None: ``body`` is sent as plain text.
-    content: dict[str, Any] | None = None
+    content: Annotated[dict[str, Any], AfterValidator(storable_json)] | None = None
     # Wait for this provider event instead of the previous step's send, then delay_seconds
     # (LinkedIn: "new_relation", the invitation was accepted). Not on step 1.
     after_event: Literal["new_relation"] | None = None

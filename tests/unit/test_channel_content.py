@@ -383,3 +383,16 @@ def test_messenger_window(content: dict[str, Any], last_inbound: timedelta | Non
     assert (
         messenger.hold_reason(message(Channel.MESSENGER, content, last_inbound_at=at), NOW) is not None
     ) == held
+
+
+def test_a_nul_anywhere_in_content_is_refused_before_any_io() -> None:
+    from shared.events import EnqueueStep
+
+    with pytest.raises(ValidationError, match="NUL"):
+        EnqueueStep.model_validate(
+            {
+                "message_type": "a",
+                "body": "b",
+                "content": {"kind": "template", "body_parameters": ["ok", "x\x00"]},
+            }
+        )
