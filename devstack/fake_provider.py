@@ -54,7 +54,6 @@ Run standalone: ``python -m devstack.fake_provider --port 0 --ready-file PATH``.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import ipaddress
 import json
@@ -88,19 +87,24 @@ from pydantic import (
     model_validator,
 )
 
+from devstack.fake_channels import messenger, unipile, whatsapp
+from devstack.fake_channels.base import Answer, Dialect, Invalid, SendRequest, token
+from devstack.fake_channels.messenger import MESSENGER
+from devstack.fake_channels.meta import graph_error
+from devstack.fake_channels.unipile import LINKEDIN, unipile_error
+from devstack.fake_channels.whatsapp import WHATSAPP
 from devstack.fake_webhooks import WebhookConfig, WebhookEmitter
 
 DEFAULT_WHATSAPP_TOKEN = "test-whatsapp-token"
 DEFAULT_MESSENGER_TOKEN = "test-messenger-token"
 DEFAULT_UNIPILE_KEY = "test-unipile-key"
 
-WHATSAPP = "whatsapp"
-MESSENGER = "messenger"
-LINKEDIN = "linkedin"
 ChannelName = Literal["whatsapp", "messenger", "linkedin"]
 
 _GRAPH_SEND = re.compile(r"^/(v\d+(?:\.\d+)?)/([^/]+)/messages/?$")
 _UNIPILE_CHAT_MESSAGES = re.compile(r"^/api/v1/chats/([^/]+)/messages/?$")
+_GRAPH_TEMPLATES = re.compile(r"^/(v\d+(?:\.\d+)?)/([^/]+)/message_templates/?$")
+_UNIPILE_USER = re.compile(r"^/api/v1/users/([^/]+)/?$")
 _MAX_BODY = 1 << 20
 
 
@@ -236,10 +240,6 @@ class ChatMessage(BaseModel):
         return value
 
 
-def _token(nbytes: int) -> str:
-    return base64.urlsafe_b64encode(secrets.token_bytes(nbytes)).decode().rstrip("=")
-
-
 class _State:
     """Everything the handler threads share, behind one lock."""
 
@@ -260,6 +260,11 @@ class _State:
             self.chat_by_pair: dict[tuple[str, str], str] = {}
             self.requests = Counter[str]()
             self.faults_fired = Counter[str]()
+            # The 24-hour windows: off unless a test turns them on, like the library's.
+            self.enforce_windows = False
+            self.inbound: dict[tuple[str, str, str], datetime] = {}
+            self.templates = whatsapp.Templates()
+            self.invitations: set[tuple[str, str]] = set()
             self._apply(self._default_config)
 
     def _apply(self, config: FaultConfig) -> None:
@@ -288,7 +293,7 @@ class _State:
                 if (
                     rule.action is FaultAction.RATE_LIMIT
                     and rule.per_sender_per_second is not None
-                    and self._take_token(index, rule, channel, sender)
+                    and self._taketoken(index, rule, channel, sender)
                 ):
                     continue
                 self.fired[index] += 1
@@ -300,7 +305,7 @@ class _State:
                 break
             return decision
 
-    def _take_token(self, index: int, rule: FaultRule, channel: str, sender: str) -> bool:
+    def _taketoken(self, index: int, rule: FaultRule, channel: str, sender: str) -> bool:
         assert rule.per_sender_per_second is not None
         rate = rule.per_sender_per_second
         capacity = float(rule.burst if rule.burst is not None else max(1, round(rate)))
@@ -326,19 +331,18 @@ class _State:
         text: str,
         correlation: str | None,
         fault: str | None,
+        kind: str = "text",
     ) -> dict[str, Any]:
         with self.lock:
             thread_id: str | None = None
-            if channel == WHATSAPP:
-                message_id = "wamid." + base64.b64encode(secrets.token_bytes(30)).decode()
-            elif channel == MESSENGER:
-                message_id = "m_" + _token(48)
-            else:
-                message_id = _token(16)
+            message_id = _DIALECTS[channel].new_message_id()
+            if kind == "invitation":
+                self.invitations.add((sender_id, recipient))
+            elif channel == LINKEDIN:
                 pair = (sender_id, recipient)
                 thread_id = self.chat_by_pair.get(pair)
                 if thread_id is None:
-                    thread_id = _token(16)
+                    thread_id = token(16)
                     self.chat_by_pair[pair] = thread_id
                     self.chats[thread_id] = _Chat(thread_id, sender_id, recipient)
             entry: dict[str, Any] = {
@@ -351,6 +355,7 @@ class _State:
                 "thread_id": thread_id,
                 "correlation": correlation,
                 "fault": fault,
+                "kind": kind,
                 "timestamp": _now_iso(),
             }
             self.ledger.append(entry)
@@ -358,6 +363,17 @@ class _State:
             if thread_id is not None:
                 self.chats[thread_id].messages.append(entry)
             return dict(entry)
+
+    def refusal(self, request: SendRequest, dialect: Dialect) -> Answer | None:
+        """What the provider answers a request it refuses on its own rules: a message outside
+        the 24-hour window, a template that is not approved or does not fit."""
+        with self.lock:
+            last = self.inbound.get((request.channel, request.sender_id, request.recipient))
+            enforce = self.enforce_windows
+        window = request.window
+        if enforce and window is not None and (last is None or datetime.now(UTC) - last >= window):
+            return dialect.window_closed()
+        return self.templates.refusal(request) if request.channel == WHATSAPP else None
 
     def ledger_copy(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -394,11 +410,11 @@ class _State:
             pair = (account_id, attendee_id)
             thread_id = self.chat_by_pair.get(pair)
             if thread_id is None:
-                thread_id = _token(16)
+                thread_id = token(16)
                 self.chat_by_pair[pair] = thread_id
                 self.chats[thread_id] = _Chat(thread_id, account_id, attendee_id)
             entry = {
-                "provider_message_id": _token(16),
+                "provider_message_id": token(16),
                 "thread_id": thread_id,
                 "text": text,
                 "timestamp": timestamp,
@@ -434,295 +450,11 @@ class _State:
             ]
 
 
-# --- Provider dialects: the real success and error bodies ------------------------------------
-
-Answer = tuple[int, dict[str, Any], dict[str, str]]
-
-
-def _graph_error(
-    status: int, code: int, message: str, *, subcode: int | None = None, details: str | None = None
-) -> Answer:
-    error: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code}
-    if subcode is not None:
-        error["error_subcode"] = subcode
-    if details is not None:
-        error["error_data"] = {"messaging_product": "whatsapp", "details": details}
-    error["fbtrace_id"] = _token(12)
-    return status, {"error": error}, {}
-
-
-def _unipile_error(
-    status: int, kind: str, title: str, detail: str, headers: dict[str, str] | None = None
-) -> Answer:
-    body = {
-        "status": status,
-        "type": f"errors/{kind}",
-        "title": title,
-        "detail": detail,
-        "instance": "/api/v1/chats",
-    }
-    return status, body, headers or {}
-
-
-class _Dialect:
-    channel: str
-
-    def unauthorized(self) -> Answer:
-        raise NotImplementedError
-
-    def invalid(self, why: str) -> Answer:
-        raise NotImplementedError
-
-    def accepted(self, entry: Mapping[str, Any]) -> Answer:
-        raise NotImplementedError
-
-    def rate_limited(self, rule: FaultRule) -> Answer:
-        raise NotImplementedError
-
-    def server_error(self, status: int) -> Answer:
-        raise NotImplementedError
-
-    def permanent(self) -> Answer:
-        raise NotImplementedError
-
-    def sender_blocked(self) -> Answer:
-        raise NotImplementedError
-
-    def error_code(self, code: int | str, status: int) -> Answer:
-        return _graph_error(status, code, f"(#{code}) Injected error")  # type: ignore[arg-type]
-
-
-class _WhatsApp(_Dialect):
-    channel = WHATSAPP
-
-    def unauthorized(self) -> Answer:
-        return _graph_error(401, 190, "Invalid OAuth access token - Cannot parse access token")
-
-    def invalid(self, why: str) -> Answer:
-        return _graph_error(400, 100, "(#100) Invalid parameter", details=why)
-
-    def accepted(self, entry: Mapping[str, Any]) -> Answer:
-        body = {
-            "messaging_product": "whatsapp",
-            "contacts": [{"input": entry["recipient"], "wa_id": entry["recipient"].lstrip("+")}],
-            "messages": [{"id": entry["provider_message_id"], "message_status": "accepted"}],
-        }
-        return 200, body, {}
-
-    def rate_limited(self, rule: FaultRule) -> Answer:
-        # Throughput errors come back as HTTP 400, not 429.
-        return _graph_error(
-            400,
-            130429,
-            "(#130429) Rate limit hit",
-            details="Cloud API message throughput has been reached.",
-        )
-
-    def server_error(self, status: int) -> Answer:
-        if status == 503:
-            return _graph_error(
-                503, 131016, "(#131016) Service unavailable", details="A service is temporarily unavailable."
-            )
-        return _graph_error(
-            status,
-            131000,
-            "(#131000) Something went wrong",
-            details="Message failed to send because of an unknown error.",
-        )
-
-    def permanent(self) -> Answer:
-        return _graph_error(
-            400,
-            131026,
-            "(#131026) Message Undeliverable",
-            details=(
-                "Unable to deliver message. Reasons can include: the recipient phone number is not "
-                "a WhatsApp phone number."
-            ),
-        )
-
-    def sender_blocked(self) -> Answer:
-        return _graph_error(
-            400,
-            131048,
-            "(#131048) Spam rate limit hit",
-            details=(
-                "Message failed to send because there are restrictions on how many messages can be "
-                "sent from this phone number."
-            ),
-        )
-
-
-class _Messenger(_Dialect):
-    channel = MESSENGER
-
-    def unauthorized(self) -> Answer:
-        return _graph_error(400, 190, "Invalid OAuth access token - Cannot parse access token")
-
-    def invalid(self, why: str) -> Answer:
-        return _graph_error(400, 100, f"(#100) {why}")
-
-    def accepted(self, entry: Mapping[str, Any]) -> Answer:
-        return 200, {"recipient_id": entry["recipient"], "message_id": entry["provider_message_id"]}, {}
-
-    def rate_limited(self, rule: FaultRule) -> Answer:
-        return _graph_error(400, 613, "(#613) Calls to this api have exceeded the rate limit.")
-
-    def server_error(self, status: int) -> Answer:
-        status_, body, headers = _graph_error(
-            status, 2, "An unexpected error has occurred. Please retry your request later."
-        )
-        body["error"]["is_transient"] = True
-        return status_, body, headers
-
-    def permanent(self) -> Answer:
-        return _graph_error(400, 551, "(#551) This person isn't available right now.", subcode=1545041)
-
-    def sender_blocked(self) -> Answer:
-        return _graph_error(
-            400,
-            190,
-            "Error validating access token: The session has been invalidated because the user "
-            "changed their password.",
-            subcode=460,
-        )
-
-
-class _Unipile(_Dialect):
-    channel = LINKEDIN
-
-    def unauthorized(self) -> Answer:
-        return _unipile_error(
-            401, "missing_credentials", "Missing credentials", "The API key is missing or invalid."
-        )
-
-    def invalid(self, why: str) -> Answer:
-        return _unipile_error(400, "invalid_parameters", "Invalid parameters", why)
-
-    def accepted(self, entry: Mapping[str, Any]) -> Answer:
-        body = {
-            "object": "ChatStarted",
-            "chat_id": entry["thread_id"],
-            "message_id": entry["provider_message_id"],
-        }
-        return 201, body, {}
-
-    def rate_limited(self, rule: FaultRule) -> Answer:
-        headers = {} if rule.retry_after_seconds is None else {"Retry-After": f"{rule.retry_after_seconds:g}"}
-        return _unipile_error(429, "too_many_requests", "Too many requests", "Please retry later.", headers)
-
-    def server_error(self, status: int) -> Answer:
-        if status == 503:
-            return _unipile_error(
-                503, "service_unavailable", "Service unavailable", "Please try again later."
-            )
-        if status == 504:
-            return _unipile_error(
-                504, "request_timeout", "Request timeout", "The provider did not answer in time."
-            )
-        return _unipile_error(status, "unexpected_error", "Unexpected error", "An unexpected error occurred.")
-
-    def permanent(self) -> Answer:
-        return _unipile_error(
-            422,
-            "no_connection_with_recipient",
-            "No connection with recipient",
-            "You are not connected with this user.",
-        )
-
-    def sender_blocked(self) -> Answer:
-        return _unipile_error(
-            403, "account_restricted", "Account restricted", "The LinkedIn account is restricted."
-        )
-
-    def error_code(self, code: int | str, status: int) -> Answer:
-        return _unipile_error(status, str(code), "Injected error", f"Injected error type {code}.")
-
-
-_DIALECTS: dict[str, _Dialect] = {WHATSAPP: _WhatsApp(), MESSENGER: _Messenger(), LINKEDIN: _Unipile()}
-
-
-@dataclass(frozen=True)
-class _SendRequest:
-    channel: str
-    sender_id: str
-    recipient: str
-    text: str
-    correlation: str | None
-
-
-class _Invalid(Exception):
-    pass
-
-
-def _parse_graph(channel: str, sender_id: str, data: Mapping[str, Any]) -> _SendRequest:
-    if channel == WHATSAPP:
-        if data.get("messaging_product") != "whatsapp":
-            raise _Invalid("messaging_product must be whatsapp")
-        if data.get("recipient_type", "individual") != "individual":
-            raise _Invalid("recipient_type must be individual")
-        if data.get("type", "text") != "text":
-            raise _Invalid("only text messages are supported by the fake")
-        to = data.get("to")
-        text = data.get("text")
-        body = text.get("body") if isinstance(text, Mapping) else None
-        callback = data.get("biz_opaque_callback_data")
-        if not isinstance(to, str) or not to:
-            raise _Invalid("to is required")
-        if not isinstance(body, str) or not body or len(body) > 4096:
-            raise _Invalid("text.body must be 1-4096 characters")
-        if callback is not None and (not isinstance(callback, str) or len(callback) > 512):
-            raise _Invalid("biz_opaque_callback_data must be a string of at most 512 characters")
-        return _SendRequest(WHATSAPP, sender_id, to, body, callback)
-    recipient = data.get("recipient")
-    psid = recipient.get("id") if isinstance(recipient, Mapping) else None
-    message = data.get("message")
-    text = message.get("text") if isinstance(message, Mapping) else None
-    metadata = message.get("metadata") if isinstance(message, Mapping) else None
-    if data.get("messaging_type") not in ("RESPONSE", "UPDATE", "MESSAGE_TAG"):
-        raise _Invalid("messaging_type must be RESPONSE, UPDATE or MESSAGE_TAG")
-    if not isinstance(psid, str) or not psid:
-        raise _Invalid("recipient.id is required")
-    if not isinstance(text, str) or not text or len(text) > 2000:
-        raise _Invalid("message.text must be 1-2000 characters")
-    if metadata is not None and (not isinstance(metadata, str) or len(metadata) > 1000):
-        raise _Invalid("message.metadata must be a string of at most 1000 characters")
-    return _SendRequest(MESSENGER, sender_id, psid, text, metadata)
-
-
-def parse_multipart(content_type: str, body: bytes) -> dict[str, list[str]]:
-    """Form fields of a multipart/form-data body (files are read as text, too)."""
-    found = re.search(r'boundary="?([^";]+)"?', content_type)
-    if not content_type.lower().startswith("multipart/form-data") or found is None:
-        raise _Invalid("body must be multipart/form-data")
-    delimiter = b"--" + found.group(1).encode()
-    fields: dict[str, list[str]] = {}
-    for part in body.split(delimiter)[1:]:
-        if part.startswith(b"--"):
-            break
-        part = part.removeprefix(b"\r\n").removesuffix(b"\r\n")
-        head, sep, content = part.partition(b"\r\n\r\n")
-        if not sep:
-            raise _Invalid("malformed multipart part")
-        name = re.search(rb'(?im)^content-disposition:.*?\bname="([^"]*)"', head)
-        if name is None:
-            raise _Invalid("multipart part without a name")
-        fields.setdefault(name.group(1).decode(), []).append(content.decode("utf-8"))
-    return fields
-
-
-def _parse_unipile(content_type: str, body: bytes) -> _SendRequest:
-    fields = parse_multipart(content_type, body)
-    account = fields.get("account_id", [""])[0]
-    text = fields.get("text", [""])[0]
-    attendees = fields.get("attendees_ids", [])
-    if not account:
-        raise _Invalid("account_id is required")
-    if not text:
-        raise _Invalid("text is required")
-    if len(attendees) != 1 or not attendees[0]:
-        raise _Invalid("the fake supports exactly one attendees_ids")
-    return _SendRequest(LINKEDIN, account, attendees[0], text, None)
+_DIALECTS: dict[str, Dialect] = {
+    WHATSAPP: whatsapp.WhatsAppDialect(),
+    MESSENGER: messenger.MessengerDialect(),
+    LINKEDIN: unipile.UnipileDialect(),
+}
 
 
 # --- HTTP server --------------------------------------------------------------------------
@@ -798,7 +530,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
         if length > _MAX_BODY:
-            raise _Invalid("body too large")
+            raise Invalid("body too large")
         return self.rfile.read(length) if length else b""
 
     def _reply(self, status: int, body: object, headers: Mapping[str, str] | None = None) -> None:
@@ -848,6 +580,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, self.state.config.model_dump(mode="json"))
         elif (found := _UNIPILE_CHAT_MESSAGES.match(path)) is not None:
             self._unipile_read_back(found.group(1), parse_qs(url.query))
+        elif (found := _GRAPH_TEMPLATES.match(path)) is not None:
+            self._whatsapp_templates(found.group(2))
+        elif (found := _UNIPILE_USER.match(path)) is not None:
+            self._unipile_profile(found.group(1))
         else:
             self._reply(404, {"error": "not found", "path": path})
 
@@ -855,7 +591,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         try:
             body = self._read_body()
-        except (_Invalid, ValueError):
+        except (Invalid, ValueError):
             self.close_connection = True
             self._reply(400, {"error": "unreadable body"})
             return
@@ -877,8 +613,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self.state.set_faults(config)
             self._reply(200, config.model_dump(mode="json"))
+        elif path in _CONTROL_POSTS:
+            self._control(path, body)
         elif (found := _GRAPH_SEND.match(path)) is not None:
             self._graph_send(found.group(2), body)
+        elif path.rstrip("/") == "/api/v1/users/invite":
+            self._unipile_invite(body)
         elif path.rstrip("/") == "/api/v1/chats":
             self._unipile_send(body)
         else:
@@ -908,9 +648,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             if not isinstance(data, Mapping):
-                raise _Invalid("body must be a JSON object")
-            request = _parse_graph(channel, sender_id, data)
-        except _Invalid as exc:
+                raise Invalid("body must be a JSON object")
+            parse = whatsapp.parse_request if channel == WHATSAPP else messenger.parse_request
+            request = parse(sender_id, data)
+        except Invalid as exc:
             self.state.count("invalid")
             self.state.count("rejected")
             self._answer(dialect.invalid(str(exc)))
@@ -927,8 +668,63 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(dialect.unauthorized())
             return
         try:
-            request = _parse_unipile(self.headers.get("Content-Type", ""), raw)
-        except (_Invalid, UnicodeDecodeError) as exc:
+            request = unipile.parse_request(self.headers.get("Content-Type", ""), raw)
+        except (Invalid, UnicodeDecodeError) as exc:
+            self.state.count("invalid")
+            self.state.count("rejected")
+            self._answer(dialect.invalid(str(exc)))
+            return
+        self._serve(request, dialect)
+
+    def _control(self, path: str, body: bytes) -> None:
+        try:
+            data = json.loads(body or b"{}")
+            if path == "/_fake/windows":
+                self.state.enforce_windows = bool(data["enforce"])
+                self._reply(200, {"enforce": self.state.enforce_windows})
+            elif path == "/_fake/inbound":
+                at = datetime.fromisoformat(data["timestamp"]) if data.get("timestamp") else datetime.now(UTC)
+                _add_inbound(self.state, str(data["channel"]), str(data["sender"]), str(data["contact"]), at)
+                self._reply(200, {"ok": True})
+            elif path == "/_fake/whatsapp/templates":
+                self.state.templates.put(
+                    str(data["business_account_id"]), list(data["phone_number_ids"]), list(data["templates"])
+                )
+                self._reply(200, {"ok": True})
+            else:
+                self._reply(200, _accept_invitation(self.state, data["account_id"], data["provider_id"]))
+        except (ValueError, KeyError, TypeError, LookupError) as exc:
+            self._reply(400, {"error": "invalid control request", "detail": str(exc)})
+
+    def _whatsapp_templates(self, business_account_id: str) -> None:
+        self.state.count("read")
+        if not self._bearer_ok(WHATSAPP):
+            self._answer(_DIALECTS[WHATSAPP].unauthorized())
+            return
+        found = self.state.templates.listing(business_account_id)
+        if found is None:
+            self._answer(graph_error(400, 100, "(#100) Unsupported get request."))
+            return
+        self._reply(200, {"data": found, "paging": {"cursors": {"before": "MAZDZD", "after": "MjQZD"}}})
+
+    def _unipile_profile(self, identifier: str) -> None:
+        self.state.count("read")
+        if not secrets.compare_digest(self.headers.get("X-API-KEY", ""), self.state.tokens[LINKEDIN]):
+            self._answer(_DIALECTS[LINKEDIN].unauthorized())
+            return
+        self._reply(200, unipile.profile(identifier))
+
+    def _unipile_invite(self, raw: bytes) -> None:
+        self.state.count("send")
+        dialect = _DIALECTS[LINKEDIN]
+        if not secrets.compare_digest(self.headers.get("X-API-KEY", ""), self.state.tokens[LINKEDIN]):
+            self.state.count("unauthorized")
+            self.state.count("rejected")
+            self._answer(dialect.unauthorized())
+            return
+        try:
+            request = unipile.parse_invitation(raw)
+        except Invalid as exc:
             self.state.count("invalid")
             self.state.count("rejected")
             self._answer(dialect.invalid(str(exc)))
@@ -944,13 +740,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         items = self.state.chat_messages(chat_id)
         if items is None:
-            self._answer(_unipile_error(404, "resource_not_found", "Resource not found", f"chat {chat_id}"))
+            self._answer(unipile_error(404, "resource_not_found", "Resource not found", f"chat {chat_id}"))
             return
         limit = int(query.get("limit", ["100"])[0] or 100)
         self._reply(200, {"object": "MessageList", "items": items[:limit], "cursor": None})
 
-    def _serve(self, request: _SendRequest, dialect: _Dialect) -> None:
+    def _serve(self, request: SendRequest, dialect: Dialect) -> None:
         state = self.state
+        refused = state.refusal(request, dialect)
+        if refused is not None:
+            state.count("rejected")
+            self._answer(refused)
+            return
         decision = state.decide(request.channel, request.sender_id, request.recipient)
         if decision.latency_seconds > 0 and state.stopping.wait(decision.latency_seconds):
             self._drop()
@@ -970,6 +771,7 @@ class _Handler(BaseHTTPRequestHandler):
                 text=request.text,
                 correlation=request.correlation,
                 fault=action.value if action is not None else None,
+                kind=request.kind,
             )
             emitter = state.webhooks
             if emitter is not None:
@@ -992,7 +794,7 @@ class _Handler(BaseHTTPRequestHandler):
         assert rule is not None
         state.count("rejected")
         if action is FaultAction.RATE_LIMIT:
-            self._answer(dialect.rate_limited(rule))
+            self._answer(dialect.rate_limited(rule.retry_after_seconds))
         elif action is FaultAction.SERVER_ERROR:
             self._answer(dialect.server_error(rule.status))
         elif action is FaultAction.PERMANENT:
@@ -1012,6 +814,26 @@ def _add_chat_message(state: _State, typed: ChatMessage) -> dict[str, Any]:
         timestamp=_iso(typed.timestamp) if typed.timestamp is not None else _now_iso(),
         is_sender=typed.is_sender,
     )
+
+
+_CONTROL_POSTS = frozenset(
+    {"/_fake/windows", "/_fake/inbound", "/_fake/whatsapp/templates", "/_fake/unipile/accept"}
+)
+
+
+def _add_inbound(state: _State, channel: str, sender: str, contact: str, at: datetime) -> None:
+    with state.lock:
+        key = (channel, sender, contact)
+        state.inbound[key] = max(at, state.inbound.get(key, at))
+
+
+def _accept_invitation(state: _State, account_id: str, provider_id: str) -> dict[str, Any]:
+    """The person accepts: the ``new_relation`` webhook body Unipile would send (a test
+    delivers it). Only an invitation the fake accepted can be accepted."""
+    with state.lock:
+        if (account_id, provider_id) not in state.invitations:
+            raise LookupError(f"no invitation from {account_id} to {provider_id}")
+    return unipile.new_relation(account_id, provider_id, None)
 
 
 def _check_loopback(host: str) -> None:
@@ -1125,6 +947,25 @@ class FakeProvider:
         if config is not None:
             self._state.webhooks = WebhookEmitter(config)
         return self._state.webhooks
+
+    def set_windows(self, enforce: bool) -> None:
+        """Enforce Meta's 24-hour windows (WhatsApp 131047, Messenger 10/2018278) or not."""
+        self._state.enforce_windows = enforce
+
+    def add_inbound(self, channel: str, sender: str, contact: str, at: datetime | None = None) -> None:
+        """The contact wrote to the sender at ``at`` (default now): its window opens."""
+        _add_inbound(self._state, channel, sender, contact, at or datetime.now(UTC))
+
+    def set_templates(
+        self, business_account_id: str, phone_number_ids: list[str], templates: list[dict[str, Any]]
+    ) -> None:
+        """A WABA's templates as ``GET /{waba-id}/message_templates`` lists them (``name``,
+        ``language``, ``status``, ``category``, ``components``); sends are checked against them."""
+        self._state.templates.put(business_account_id, phone_number_ids, templates)
+
+    def accept_invitation(self, account_id: str, provider_id: str) -> dict[str, Any]:
+        """The invited person accepts; returns the ``new_relation`` webhook body to deliver."""
+        return _accept_invitation(self._state, account_id, provider_id)
 
     def add_chat_message(
         self,

@@ -36,6 +36,8 @@ def make_settings(db_url: str, aws: LocalAwsResources, provider_url: str, **over
         "pacing_whatsapp": {},
         "pacing_messenger": {},
         "pacing_linkedin": {},
+        # No windows unless a test turns them on: the suites send to contacts that never wrote.
+        "channel_windows": False,
         **{field: secret_id for field, secret_id in aws.secret_ids.items()},
         **overrides,
     }

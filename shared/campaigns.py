@@ -37,6 +37,7 @@ from shared.enqueue import (
     as_stored,
     hold_campaign,
     normalise_contacts,
+    reject_unsendable_steps,
     start_members,
     step_params,
     stored_region,
@@ -175,6 +176,7 @@ def create_campaign(
                     sql.ADD_CAMPAIGN_SENDER,
                     {"campaign_id": spec.campaign_id, "sender_account_id": sender["id"]},
                 )
+            reject_unsendable_steps(conn, spec.channel, [s["id"] for s in senders], spec.steps)
             conn.execute(sql.INSERT_CAMPAIGN_STEPS, step_params(spec.campaign_id, spec.steps))
             conn.execute(
                 sql.RECORD_CAMPAIGN_DECISION,

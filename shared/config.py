@@ -164,6 +164,11 @@ class Settings(BaseSettings):
     sweeper_timeout_seconds: int = Field(default=120, ge=10, le=900)
     sweep_batch_size: int = Field(default=500, ge=1, le=10_000)
     unknown_grace_seconds: int = Field(default=900, ge=0)
+    # Meta's 24-hour windows (WhatsApp customer service, Messenger standard messaging): a
+    # free-form message to a contact who has not written in the window is held, not sent to
+    # fail. Rechecked this often (a message from the contact reopens the window).
+    channel_windows: bool = True
+    window_recheck_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     unknown_policy_whatsapp: UnknownPolicy = "hold"
     unknown_policy_messenger: UnknownPolicy = "hold"
     unknown_policy_linkedin: UnknownPolicy = "hold"

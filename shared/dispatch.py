@@ -27,11 +27,13 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from shared.channels.spec import RecipientResolver
 from shared.config import Settings
 from shared.events import DispatchRequest
 from shared.idempotency import GuardResult, GuardVerdict, SendGuard
 from shared.observability import Metric, Stage, Tally, logger
 from shared.providers.outcome import Channel, OutcomeKind, ProviderAdapter, SendOutcome
+from shared.providers.registry import channel_spec
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus, RetryPolicy, SendingVerdict
 from shared.storage.migrate import schema_behind
 
@@ -49,6 +51,8 @@ class DispatchDeps:
     queue: QueueRepository
     guard: SendGuard
     adapters: Mapping[Channel, ProviderAdapter]
+    # Address lookups before a send (LinkedIn profile URL -> provider id), cached per contact.
+    resolvers: Mapping[Channel, RecipientResolver] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep
 
@@ -197,6 +201,34 @@ def _deliver(
         return None
     if remaining.get_remaining_time_in_millis() < settings.stop_claiming_margin_ms:
         _release_unsent(queue, message, tally, 0.0, "invocation out of time")
+        return None
+    resolver = deps.resolvers.get(message.channel)
+    if resolver is not None:
+        try:
+            message = resolver.resolve(message)
+        except OSError as exc:
+            # A lookup is a read: nothing was sent, and the row is tried again later.
+            _release_unsent(queue, message, tally, settings.retry_base_seconds, f"recipient lookup: {exc}")
+            return None
+    held = (
+        channel_spec(message.channel).hold_reason(message, datetime.now(UTC))
+        if settings.channel_windows
+        else None
+    )
+    if held is not None:
+        # Checked again before every send, not only at enqueue: the window may have closed
+        # while the row waited. No provider call, no attempt spent; it waits for a reply.
+        with tally.timed(Stage.POSTGRES):
+            queue.settle_pending(
+                message,
+                delay_seconds=settings.window_recheck_seconds,
+                outcome=None,
+                expected=QueueStatus.CLAIMED,
+                refund_attempt=True,
+                last_error=held,
+            )
+        tally.add(Metric.RELEASED_UNSENT)
+        logger.info("not sent: held", extra={**_keys(message), "reason": held})
         return None
 
     with tally.timed(Stage.POSTGRES):

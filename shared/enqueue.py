@@ -15,6 +15,7 @@ recently is skipped (the cross-campaign policy, seed 000), with the reason recor
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pydantic import BaseModel
 from shared.addresses import AddressProblem, InvalidAddressError, mask_address, normalise_address
 from shared.events import EnqueueContact, EnqueueRequest, EnqueueStep
 from shared.providers.outcome import Channel
+from shared.providers.registry import channel_spec
 from shared.sequences import EngineConfig, QueueingResult, queue_waiting_contacts
 from shared.storage import sql
 from shared.storage.db import Database
@@ -40,6 +42,7 @@ __all__ = [
     "EnqueueReport",
     "InvalidAddressError",
     "InvalidContact",
+    "StepRejectedError",
     "UnknownCampaignError",
     "enqueue_campaign",
     "normalise_address",
@@ -156,16 +159,48 @@ def step_params(campaign_id: UUID, steps: Sequence[EnqueueStep]) -> dict[str, An
         "bodies": [s.body for s in steps],
         "delays": [s.delay_seconds for s in steps],
         "actions": [s.action.value for s in steps],
+        "contents": [json.dumps(s.content, sort_keys=True) if s.content is not None else None for s in steps],
+        "after_events": [s.after_event for s in steps],
     }
 
 
-def stored_steps(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> list[tuple[str, str, int, str]]:
+StoredStep = tuple[str, str, int, str, dict[str, Any] | None, str | None]
+
+
+def stored_steps(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> list[StoredStep]:
     rows = conn.execute(sql.CAMPAIGN_STEPS, {"campaign_id": campaign_id}).fetchall()
-    return [(r["message_type"], r["body"], r["delay_seconds"], r["action"]) for r in rows]
+    return [
+        (r["message_type"], r["body"], r["delay_seconds"], r["action"], r["content"], r["after_event"])
+        for r in rows
+    ]
 
 
-def as_stored(steps: Sequence[EnqueueStep]) -> list[tuple[str, str, int, str]]:
-    return [(s.message_type, s.body, s.delay_seconds, s.action.value) for s in steps]
+def as_stored(steps: Sequence[EnqueueStep]) -> list[StoredStep]:
+    return [
+        (s.message_type, s.body, s.delay_seconds, s.action.value, s.content, s.after_event) for s in steps
+    ]
+
+
+class StepRejectedError(ValueError):
+    """A step names something the provider would refuse (an unapproved or paused WhatsApp
+    template, a wrong parameter count). Raised inside the transaction: nothing is written."""
+
+
+def reject_unsendable_steps(
+    conn: psycopg.Connection[DictRow],
+    channel: Channel,
+    sender_ids: Sequence[UUID],
+    steps: Sequence[EnqueueStep],
+) -> None:
+    spec = channel_spec(channel)
+    for step in steps:
+        if step.content is None:
+            continue
+        parsed = spec.parse_content(step.content)
+        for sender_id in sender_ids:
+            problem = spec.enqueue_problem(conn, sender_id, parsed)
+            if problem is not None:
+                raise StepRejectedError(f"step {step.message_type}: {problem}. Nothing was enqueued.")
 
 
 def hold_campaign(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> dict[str, Any]:
@@ -284,6 +319,7 @@ def enqueue_campaign(
             )
         campaign = hold_campaign(conn, request.campaign_id)
         _check_same_campaign(conn, request, sender["id"], campaign)
+        reject_unsendable_steps(conn, request.channel, [sender["id"]], request.steps)
         if campaign["status"] == "cancelled":
             raise CampaignClosedError(f"campaign {request.campaign_id} is cancelled; nothing was enqueued")
         ids = add_members(conn, request.campaign_id, request.channel, contacts.unique)

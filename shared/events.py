@@ -10,7 +10,7 @@ after the transaction has begun, with no field named.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
 from pydantic import (
@@ -24,11 +24,13 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from shared.addresses import validate_region
 from shared.pacing import Action, SenderPacing
 from shared.providers.outcome import Channel
+from shared.providers.registry import channel_spec
 
 
 def storable_text(value: str) -> str:
@@ -39,6 +41,17 @@ def storable_text(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(storable_text)]
+
+
+def storable_json(value: Any) -> Any:
+    """Every string in a JSON value (keys too) passes ``storable_text``: jsonb cannot hold NUL."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(str(k)): storable_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable_json(v) for v in value]
+    return value
 
 
 class _Strict(BaseModel):
@@ -124,6 +137,29 @@ class EnqueueStep(_Strict):
     delay_seconds: int = Field(default=0, ge=0, le=90 * 24 * 3600)
     # What the row spends of its sender's caps (LinkedIn invitations have their own).
     action: Action = Action.MESSAGE
+    # Beyond plain text: a JSON object with a ``kind`` (text | template | media | invitation |
+    # inmail) that the channel's content model validates (``shared/channels/<channel>/content.py``).
+    # ``body`` stays the readable text the audit shows. None: ``body`` is sent as plain text.
+    content: Annotated[dict[str, Any], AfterValidator(storable_json)] | None = None
+    # Wait for this provider event instead of the previous step's send, then delay_seconds
+    # (LinkedIn: "new_relation", the invitation was accepted). Not on step 1.
+    after_event: Literal["new_relation"] | None = None
+
+
+def _contents_fit(channel: Channel, steps: list[EnqueueStep]) -> None:
+    """Every step's content is something the channel can send, and an invitation is spent from
+    the invitation caps (``action``) exactly when it is one."""
+    spec = channel_spec(channel)
+    if steps and steps[0].after_event is not None:
+        raise ValueError("step 1 cannot wait for an event: nothing was sent to react to")
+    for step in steps:
+        kind = (
+            spec.parse_content(step.content).model_dump().get("kind") if step.content is not None else "text"
+        )
+        if (kind == "invitation") != (step.action is Action.INVITATION):
+            raise ValueError(
+                f"step {step.message_type}: action {step.action.value} does not fit content kind {kind}"
+            )
 
 
 def _unique_message_types(steps: list[EnqueueStep]) -> list[EnqueueStep]:
@@ -165,6 +201,11 @@ class EnqueueRequest(_Strict):
     def _unique_steps(cls, steps: list[EnqueueStep]) -> list[EnqueueStep]:
         return _unique_message_types(steps)
 
+    @model_validator(mode="after")
+    def _steps_fit_channel(self) -> Self:
+        _contents_fit(self.channel, self.steps)
+        return self
+
 
 # --- control: campaign lifecycle and sender accounts ------------------------------------------
 
@@ -192,6 +233,11 @@ class CampaignSpec(_Strict):
     @classmethod
     def _unique_steps(cls, steps: list[EnqueueStep]) -> list[EnqueueStep]:
         return _unique_message_types(steps)
+
+    @model_validator(mode="after")
+    def _steps_fit_channel(self) -> Self:
+        _contents_fit(self.channel, self.steps)
+        return self
 
     @field_validator("senders")
     @classmethod

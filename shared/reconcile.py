@@ -19,20 +19,22 @@ Every decision is written to ``queue_decisions`` with who took it and why.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel
 
 from shared import absence
+from shared.channels.spec import ReadBack
 from shared.config import Settings
 from shared.idempotency import RecordState, SendGuard
 from shared.observability import logger
-from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind, SendOutcome
+from shared.providers.outcome import Channel, OutcomeKind, SendOutcome
+from shared.providers.registry import channel_spec
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
 from shared.storage import sql
 from shared.storage.db import Database
@@ -40,17 +42,6 @@ from shared.storage.db import Database
 # How far a provider's clock (or Postgres') may run behind the other: text-matched evidence
 # must be no older than the attempt's start minus this. Shared with ``sql.EVIDENCE_BY_TEXT``.
 EVIDENCE_CLOCK_SKEW = timedelta(minutes=5)
-
-
-class ReadBack(Protocol):
-    """Looks a message up at the provider (Unipile: the chat's messages, ``is_sender``)."""
-
-    def find_sent(
-        self, message: OutboundMessage, thread_id: str, *, not_before: datetime
-    ) -> Sequence[SendOutcome]:
-        """Every message our account sent in the thread with this text, timestamped at or after
-        ``not_before``, newest first."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -271,7 +262,7 @@ def _find_evidence(deps: ReconcileDeps, message: ClaimedMessage, sending_started
         "sender_account_id": message.sender_account_id,
     }
     event = db.fetch_one(sql.EVIDENCE_BY_KEY, params)
-    if event is None and message.channel is Channel.LINKEDIN:
+    if event is None and channel_spec(message.channel).evidence_by_text:
         event = db.fetch_one(sql.EVIDENCE_BY_TEXT, params)
     if event is not None:
         return _Evidence(

@@ -20,7 +20,7 @@ from shared.config import Settings, load_settings
 from shared.dispatch import DispatchDeps
 from shared.idempotency import SendGuard
 from shared.pacing import policy_from_settings
-from shared.providers.registry import build_adapters, build_read_backs, make_http_client
+from shared.providers.registry import build_adapters, build_read_backs, build_resolvers, make_http_client
 from shared.providers.secrets import TokenSource
 from shared.queue import QueueRepository
 from shared.storage.db import Database
@@ -88,11 +88,13 @@ def build_guard(config: Settings) -> SendGuard:
 
 
 def build_dispatch_deps(config: Settings, db: Database) -> DispatchDeps:
+    client, tokens = make_http_client(config), TokenSource(config)
     return DispatchDeps(
         settings=config,
         queue=QueueRepository(db, policy_from_settings(config)),
         guard=build_guard(config),
-        adapters=build_adapters(config, make_http_client(config), TokenSource(config)),
+        adapters=build_adapters(config, client, tokens),
+        resolvers=build_resolvers(config, client, tokens, db),
     )
 
 

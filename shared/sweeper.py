@@ -38,12 +38,13 @@ from typing import Any, LiteralString
 from pydantic import BaseModel
 
 from shared.campaigns import settle_campaigns
+from shared.channels.spec import ReadBack
 from shared.config import Settings
 from shared.idempotency import RecordLookup, RecordState, SendGuard
 from shared.observability import Metric, emit_values, logger
 from shared.providers.outcome import Channel, OutcomeKind
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
-from shared.reconcile import ReadBack, ReconcileDeps, detect_duplicates, reconcile_unknown, record_decision
+from shared.reconcile import ReconcileDeps, detect_duplicates, reconcile_unknown, record_decision
 from shared.storage import sql
 from shared.storage.migrate import schema_behind
 from shared.webhooks import ProviderEventStore

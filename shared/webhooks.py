@@ -2,11 +2,12 @@
 
 Order matters and is fixed here, not in the handler:
 
-1. authenticate the exact raw bytes (Meta: ``X-Hub-Signature-256``, HMAC-SHA256 with the app
-   secret; Unipile: the shared secret in ``Unipile-Auth``). A bad or missing signature is a
-   401 and nothing is parsed or stored;
+1. authenticate the exact raw bytes with the channel's own check (``ChannelSpec.authenticate``:
+   Meta's ``X-Hub-Signature-256``, Unipile's shared secret in ``Unipile-Auth``). A bad or
+   missing signature is a 401 and nothing is parsed or stored;
 2. parse JSON. A body that is not JSON after a valid signature is a 400, nothing stored;
-3. turn the document into ``provider_events`` rows, one per status/message. Shapes we do not
+3. turn the document into ``provider_events`` rows with the channel's parser
+   (``ChannelSpec.parse_events``), one per status/message. Shapes we do not
    understand are stored as ``unrecognised`` and answered 200: providers retry non-2xx
    answers for days, and a shape we cannot read today is still evidence for an operator
    (beyond ``UNRECOGNISED_PAYLOAD_MAX_BYTES`` as a summary with the hashes, see ``capped``);
@@ -28,26 +29,57 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import psycopg
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from psycopg.rows import DictRow
 
-from shared.config import Settings
+from shared.channels.auth import (
+    SecretsManagerWebhookSecrets,
+    WebhookSecretMissingError,
+    WebhookSecrets,
+    WebhookSecretSource,
+    required,
+    supplied_bytes,
+)
+from shared.channels.events import (
+    UNRECOGNISED,
+    WAITABLE_EVENTS,
+    ProviderEvent,
+    canonical_json,
+    unrecognised,
+)
 from shared.observability import logger, metrics
 from shared.providers.outcome import Channel
+from shared.providers.registry import channel_spec
 from shared.sequences import ContactStop, StopCause, stop_contacts_in
 from shared.storage import sql
 from shared.storage.db import Database, DatabaseUnavailableError
 
-META_SIGNATURE_HEADER = "x-hub-signature-256"
-META_SIGNATURE_PREFIX = "sha256="
-UNIPILE_AUTH_HEADER = "unipile-auth"
-UNRECOGNISED = "unrecognised"
+# Re-exported: the webhook handler's dependencies are built from these.
+__all__ = [
+    "EventSink",
+    "MalformedBodyError",
+    "ProviderEvent",
+    "ProviderEventStore",
+    "SecretsManagerWebhookSecrets",
+    "StoreReport",
+    "WebhookDeps",
+    "WebhookResult",
+    "WebhookSecretMissingError",
+    "WebhookSecretSource",
+    "WebhookSecrets",
+    "capped",
+    "decode_body",
+    "handle_request",
+    "handle_webhook",
+    "load_json",
+    "verify_subscription",
+]
+
 # An unrecognised item larger than this (canonical JSON, UTF-8) is stored as a summary with
 # the first UNRECOGNISED_HEAD_CHARS characters. A signed body can be 6 MB (Lambda's request
 # limit) of a shape nothing reads; kept whole, each delivery and retry of it is 6 MB of jsonb.
@@ -60,124 +92,10 @@ JSON_CONTENT_TYPE = "application/json"
 TEXT_CONTENT_TYPE = "text/plain"
 
 
-# --- secrets -----------------------------------------------------------------------------------
-
-
-class WebhookSecretMissingError(RuntimeError):
-    """A webhook secret is empty. Failing loudly (and letting the provider retry) beats
-    verifying against an empty key, which anyone could forge."""
-
-
-class WebhookSecretSource(Protocol):
-    def meta_app_secret(self) -> str: ...
-
-    def meta_verify_token(self) -> str: ...
-
-    def unipile_webhook_secret(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class WebhookSecrets:
-    """Plain secret values, for tests and local runs."""
-
-    meta_app_secret_value: str = field(repr=False)
-    unipile_webhook_secret_value: str = field(repr=False)
-    meta_verify_token_value: str = field(repr=False)
-
-    def meta_app_secret(self) -> str:
-        return self.meta_app_secret_value
-
-    def meta_verify_token(self) -> str:
-        return self.meta_verify_token_value
-
-    def unipile_webhook_secret(self) -> str:
-        return self.unipile_webhook_secret_value
-
-
-class SecretsManagerWebhookSecrets:
-    """Secrets Manager through Powertools Parameters. Each call goes through the provider's
-    cache (``secret_cache_seconds``), so a rotated secret is picked up without a redeploy."""
-
-    def __init__(self, settings: Settings, provider: SecretsProvider) -> None:
-        self._settings = settings
-        self._provider = provider
-
-    def _get(self, secret_id: str) -> str:
-        value = self._provider.get(secret_id, max_age=self._settings.secret_cache_seconds)
-        if isinstance(value, bytes):
-            value = value.decode("utf-8")
-        if not isinstance(value, str) or not value.strip():
-            raise WebhookSecretMissingError(f"secret {secret_id} holds no value")
-        return value.strip()
-
-    def meta_app_secret(self) -> str:
-        return self._get(self._settings.meta_app_secret_id)
-
-    def meta_verify_token(self) -> str:
-        return self._get(self._settings.meta_verify_token_secret_id)
-
-    def unipile_webhook_secret(self) -> str:
-        return self._get(self._settings.unipile_webhook_secret_id)
-
-
-def _required(secret: str, name: str) -> bytes:
-    if not secret:
-        raise WebhookSecretMissingError(f"the {name} is empty")
-    return secret.encode("utf-8")
-
-
-# --- authentication ------------------------------------------------------------------------------
-
-
-def lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """HTTP header names are case-insensitive; Function URLs lower-case them, other callers
-    (tests, a proxy) may not."""
-    return {name.lower(): value for name, value in headers.items()}
-
-
-def meta_signature(app_secret: str, raw_body: bytes) -> str:
-    """The ``X-Hub-Signature-256`` value Meta sends for ``raw_body``."""
-    digest = hmac.new(_required(app_secret, "Meta app secret"), raw_body, hashlib.sha256).hexdigest()
-    return META_SIGNATURE_PREFIX + digest
-
-
-def _supplied_bytes(value: str | None) -> bytes | None:
-    """A header or query value as the bytes to compare, or None when it has none: a value
-    holding a lone surrogate (JSON can carry one in the Lambda event) is not UTF-8 text, so
-    it cannot equal a secret. Encoding it anyway raised, which answered 500, not 401."""
-    if value is None:
-        return None
-    try:
-        return value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-
-
-def verify_meta_signature(app_secret: str, headers: Mapping[str, str], raw_body: bytes) -> bool:
-    expected = meta_signature(app_secret, raw_body)
-    supplied = lower_headers(headers).get(META_SIGNATURE_HEADER)
-    if supplied is None:
-        return False
-    supplied = supplied.strip()
-    if not supplied.startswith(META_SIGNATURE_PREFIX):
-        return False
-    # Hex is case-insensitive; the prefix is not (Meta sends it lower case).
-    candidate = _supplied_bytes(META_SIGNATURE_PREFIX + supplied[len(META_SIGNATURE_PREFIX) :].lower())
-    return candidate is not None and hmac.compare_digest(expected.encode("ascii"), candidate)
-
-
-def verify_unipile_secret(shared_secret: str, headers: Mapping[str, str]) -> bool:
-    expected = _required(shared_secret, "Unipile webhook secret")
-    supplied = _supplied_bytes(lower_headers(headers).get(UNIPILE_AUTH_HEADER))
-    return supplied is not None and hmac.compare_digest(expected, supplied)
-
-
 def is_authentic(
     secrets: WebhookSecretSource, channel: Channel, headers: Mapping[str, str], raw_body: bytes
 ) -> bool:
-    if channel is Channel.LINKEDIN:
-        return verify_unipile_secret(secrets.unipile_webhook_secret(), headers)
-    return verify_meta_signature(secrets.meta_app_secret(), headers, raw_body)
+    return channel_spec(channel).authenticate(secrets, headers, raw_body)
 
 
 # --- body ------------------------------------------------------------------------------------------
@@ -237,54 +155,6 @@ def load_json(raw_body: bytes) -> Any:
 # --- parsing ---------------------------------------------------------------------------------------
 
 
-# The status of an inbound message: the contact wrote to us.
-RECEIVED = "received"
-# Inbound event types that are a reply: a message the contact wrote. Reactions, postbacks and
-# WhatsApp system notices (a number change) are not; a campaign can still stop on them by
-# listing them in stop_on_events.
-REPLY_EVENT_TYPES = frozenset({"message", "message_received"})
-
-
-@dataclass(frozen=True)
-class ProviderEvent:
-    """One ``provider_events`` row. ``watermark`` is set for events that name no message but
-    cover everything sent to ``recipient`` up to a time (Messenger reads and deliveries).
-    ``contact`` is the person on the other side: who replied or reacted, or whose message the
-    status is about."""
-
-    event_type: str
-    dedupe_key: str
-    payload: Any
-    status: str | None = None
-    provider_message_id: str | None = None
-    provider_thread_id: str | None = None
-    recipient: str | None = None
-    idempotency_key: str | None = None
-    occurred_at: datetime | None = None
-    watermark: datetime | None = None
-    contact: str | None = None
-
-    @property
-    def is_reply(self) -> bool:
-        return self.status == RECEIVED and self.event_type in REPLY_EVENT_TYPES and self.contact is not None
-
-    @property
-    def stop_names(self) -> tuple[str, ...]:
-        """How a campaign's ``stop_on_events`` names this event: its type, and type:status."""
-        return (self.event_type, f"{self.event_type}:{self.status}") if self.status else (self.event_type,)
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def unrecognised(item: Any) -> ProviderEvent:
-    """Kept verbatim. Its dedupe key is the hash of its content, so a retried delivery of the
-    same unknown shape is still stored once."""
-    digest = hashlib.sha256(canonical_json(item).encode("utf-8")).hexdigest()
-    return ProviderEvent(event_type=UNRECOGNISED, dedupe_key=f"{UNRECOGNISED}:{digest}", payload=item)
-
-
 def capped(event: ProviderEvent, raw_body: bytes) -> ProviderEvent:
     """``event`` itself, or for an ``unrecognised`` payload over the limit a summary that
     still identifies it: sizes and sha256 of the item and of the whole signed body, its
@@ -308,334 +178,9 @@ def capped(event: ProviderEvent, raw_body: bytes) -> ProviderEvent:
     return replace(event, payload=summary)
 
 
-def _obj(value: Any) -> dict[str, Any] | None:
-    return value if isinstance(value, dict) else None
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _str(value: Any) -> str | None:
-    """Ids are strings, but Graph occasionally sends numbers; booleans are never ids."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, int):
-        return str(value)
-    return None
-
-
-def _epoch(value: Any, divisor: int) -> datetime | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value) if isinstance(value, (int, float, str)) else None
-        if number is None:
-            return None
-        return datetime.fromtimestamp(number / divisor, UTC)
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
-def _iso(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-# WhatsApp value keys that accompany statuses and inbound messages; anything else (errors) is
-# kept whole.
-_WHATSAPP_KNOWN_KEYS = frozenset({"statuses", "messages", "contacts", "metadata", "messaging_product"})
-
-
-def parse_whatsapp(document: Any) -> list[ProviderEvent]:
-    events: list[ProviderEvent] = []
-    doc = _obj(document)
-    for entry in _list(doc.get("entry")) if doc else []:
-        changes = _list(entry.get("changes")) if isinstance(entry, dict) else []
-        if not changes:
-            events.append(unrecognised(entry))
-            continue
-        for change in changes:
-            value = _obj(change.get("value")) if isinstance(change, dict) else None
-            if value is None:
-                events.append(unrecognised(change))
-                continue
-            statuses = _list(value.get("statuses"))
-            for item in statuses:
-                events.append(_whatsapp_status(item) or unrecognised(item))
-            messages = _list(value.get("messages"))
-            business = _str((_obj(value.get("metadata")) or {}).get("phone_number_id"))
-            for item in messages:
-                events.append(_whatsapp_inbound(item, business) or unrecognised(item))
-            if not (statuses or messages) or set(value) - _WHATSAPP_KNOWN_KEYS:
-                events.append(unrecognised(change))
-    return events
-
-
-# Inbound message types that are not something the person wrote (Meta, WhatsApp Business
-# Platform, "Messages webhook reference": reaction, system). Their event type is the message
-# type itself; everything else the person sent (text, media, button, interactive, ...) is a
-# "message", i.e. a reply.
-_WHATSAPP_NON_REPLY_TYPES = frozenset({"reaction", "system", "unsupported"})
-
-
-def _whatsapp_inbound(item: Any, business: str | None) -> ProviderEvent | None:
-    """``value.messages[]``: a message from a WhatsApp user (``from``: their number as digits,
-    which is how contacts store it; ``id``: its wamid). Source: Meta, WhatsApp Business
-    Platform, "Messages webhook reference" (text, reaction and system messages)."""
-    message = _obj(item)
-    if message is None:
-        return None
-    wamid, sender, kind = _str(message.get("id")), _str(message.get("from")), _str(message.get("type"))
-    if wamid is None or sender is None:
-        return None
-    event_type = kind if kind in _WHATSAPP_NON_REPLY_TYPES else "message"
-    return ProviderEvent(
-        event_type=event_type,
-        dedupe_key=f"inbound:{wamid}",
-        payload=message,
-        status=RECEIVED,
-        provider_message_id=wamid,
-        recipient=business,
-        occurred_at=_epoch(message.get("timestamp"), 1),
-        contact=sender,
-    )
-
-
-def _whatsapp_status(item: Any) -> ProviderEvent | None:
-    status = _obj(item)
-    if status is None:
-        return None
-    wamid, state = _str(status.get("id")), _str(status.get("status"))
-    if wamid is None or state is None:
-        return None
-    return ProviderEvent(
-        event_type="status",
-        dedupe_key=f"{wamid}:{state}",
-        # Verbatim, so errors[], conversation and pricing stay with the row.
-        payload=status,
-        status=state,
-        provider_message_id=wamid,
-        recipient=_str(status.get("recipient_id")),
-        idempotency_key=_str(status.get("biz_opaque_callback_data")),
-        occurred_at=_epoch(status.get("timestamp"), 1),
-        contact=_str(status.get("recipient_id")),
-    )
-
-
-def parse_messenger(document: Any) -> list[ProviderEvent]:
-    events: list[ProviderEvent] = []
-    doc = _obj(document)
-    for entry in _list(doc.get("entry")) if doc else []:
-        messaging = _list(entry.get("messaging")) if isinstance(entry, dict) else []
-        if not messaging:
-            events.append(unrecognised(entry))
-            continue
-        for item in messaging:
-            events.extend(_messenger_item(item) or [unrecognised(item)])
-    return events
-
-
-def _watermark_event(
-    event_type: str,
-    status: str,
-    item: dict[str, Any],
-    sender: str | None,
-    occurred_at: datetime | None,
-    raw_watermark: Any,
-) -> list[ProviderEvent]:
-    """A Messenger delivery or read that names no message: everything the person (``sender``)
-    received up to the watermark. The raw watermark keeps the dedupe key exact."""
-    watermark = _epoch(raw_watermark, 1000)
-    if sender is None or watermark is None:
-        return []
-    return [
-        ProviderEvent(
-            event_type=event_type,
-            dedupe_key=f"{event_type}:{sender}:{raw_watermark}",
-            payload=item,
-            status=status,
-            recipient=sender,
-            occurred_at=occurred_at,
-            watermark=watermark,
-            contact=sender,
-        )
-    ]
-
-
-def _messenger_item(value: Any) -> list[ProviderEvent]:
-    item = _obj(value)
-    if item is None:
-        return []
-    sender = _str((_obj(item.get("sender")) or {}).get("id"))
-    recipient = _str((_obj(item.get("recipient")) or {}).get("id"))
-    occurred_at = _epoch(item.get("timestamp"), 1000)
-
-    message = _obj(item.get("message"))
-    if message is not None and message.get("is_echo") is True:
-        mid = _str(message.get("mid"))
-        if mid is None:
-            return []
-        # An echo is sent by the Page: `recipient` is the person.
-        return [
-            ProviderEvent(
-                event_type="message_echo",
-                dedupe_key=f"echo:{mid}",
-                payload=item,
-                status="sent",
-                provider_message_id=mid,
-                recipient=recipient,
-                idempotency_key=_str(message.get("metadata")),
-                occurred_at=occurred_at,
-                contact=recipient,
-            )
-        ]
-
-    # A message from the person (Meta, Messenger Platform, "messages" webhook event: `sender`
-    # is their PSID, `recipient` the Page, `message.mid` its id).
-    if message is not None:
-        mid = _str(message.get("mid"))
-        if mid is None or sender is None:
-            return []
-        return [
-            ProviderEvent(
-                event_type="message",
-                dedupe_key=f"message:{mid}",
-                payload=item,
-                status=RECEIVED,
-                provider_message_id=mid,
-                recipient=recipient,
-                occurred_at=occurred_at,
-                contact=sender,
-            )
-        ]
-
-    # A reaction to a message (Meta, Messenger Platform, "message_reactions Webhook Event
-    # Reference": `reaction.mid` names the message reacted to, `action` react or unreact).
-    reaction = _obj(item.get("reaction"))
-    if reaction is not None:
-        mid, action = _str(reaction.get("mid")), _str(reaction.get("action"))
-        if mid is None or sender is None or action is None:
-            return []
-        return [
-            ProviderEvent(
-                event_type="reaction",
-                dedupe_key=f"reaction:{sender}:{mid}:{action}:{_str(item.get('timestamp'))}",
-                payload=item,
-                status=RECEIVED,
-                provider_message_id=None,
-                recipient=recipient,
-                occurred_at=occurred_at,
-                contact=sender,
-            )
-        ]
-
-    # Deliveries and reads are sent by the person: `sender` is who received our message.
-    delivery = _obj(item.get("delivery"))
-    if delivery is not None:
-        mids = [mid for mid in (_str(m) for m in _list(delivery.get("mids"))) if mid]
-        if mids:
-            watermark = _epoch(delivery.get("watermark"), 1000)
-            return [
-                ProviderEvent(
-                    event_type="delivery",
-                    dedupe_key=f"delivery:{mid}",
-                    payload=item,
-                    status="delivered",
-                    provider_message_id=mid,
-                    recipient=sender,
-                    occurred_at=occurred_at,
-                    watermark=watermark,
-                    contact=sender,
-                )
-                for mid in mids
-            ]
-        return _watermark_event("delivery", "delivered", item, sender, occurred_at, delivery.get("watermark"))
-
-    read = _obj(item.get("read"))
-    if read is not None:
-        return _watermark_event("read", "read", item, sender, occurred_at, read.get("watermark"))
-    return []
-
-
-def parse_unipile(document: Any) -> list[ProviderEvent]:
-    doc = _obj(document)
-    if doc is None:
-        return [unrecognised(document)]
-    event, message_id = _str(doc.get("event")), _str(doc.get("message_id"))
-    account_type = _str(doc.get("account_type"))
-    # Unipile also connects WhatsApp, Messenger and mail accounts; sendonce sends only LinkedIn
-    # through it, and a row under `linkedin` must not be evidence for another network.
-    if (
-        event is None
-        or message_id is None
-        or not event.startswith("message_")
-        or (account_type is not None and account_type.upper() != "LINKEDIN")
-    ):
-        return [unrecognised(doc)]
-
-    account_user = _str((_obj(doc.get("account_info")) or {}).get("user_id"))
-    sender = _str((_obj(doc.get("sender")) or {}).get("attendee_provider_id"))
-    is_sender = doc.get("is_sender")
-    if isinstance(is_sender, bool | int):
-        ours = bool(is_sender)
-    else:
-        ours = account_user is not None and sender == account_user
-
-    # message_read on our message: the contact read it.
-    status = ("read" if event == "message_read" else "sent") if ours else RECEIVED
-
-    if ours:
-        others = [
-            pid
-            for pid in (_str(a.get("attendee_provider_id")) for a in _list(doc.get("attendees")) if _obj(a))
-            if pid and pid not in (sender, account_user)
-        ]
-        # In a group chat there is no single recipient to match a queue row against.
-        recipient = others[0] if len(others) == 1 else None
-    else:
-        recipient = account_user
-    # The contact: whom our message went to, or who wrote (Unipile, "Message object":
-    # `is_sender` tells whether the account's user sent it).
-    contact = recipient if ours else sender
-
-    payload = dict(doc)
-    text = doc.get("message")
-    # Reconciliation matches Unipile evidence on payload->>'text' (EVIDENCE_BY_TEXT); Unipile
-    # calls the field `message`.
-    if isinstance(text, str) and "text" not in payload:
-        payload["text"] = text
-    return [
-        ProviderEvent(
-            event_type=event,
-            dedupe_key=f"{event}:{message_id}",
-            payload=payload,
-            status=status,
-            provider_message_id=message_id,
-            provider_thread_id=_str(doc.get("chat_id")),
-            recipient=recipient,
-            occurred_at=_iso(doc.get("timestamp")),
-            contact=contact,
-        )
-    ]
-
-
 def parse_events(channel: Channel, document: Any) -> list[ProviderEvent]:
     """Never raises and never returns nothing: a delivery we cannot read is stored whole."""
-    if channel is Channel.WHATSAPP:
-        events = parse_whatsapp(document)
-    elif channel is Channel.MESSENGER:
-        events = parse_messenger(document)
-    else:
-        events = parse_unipile(document)
-    return events or [unrecognised(document)]
+    return channel_spec(channel).parse_events(document) or [unrecognised(document)]
 
 
 # --- storage ---------------------------------------------------------------------------------------
@@ -745,8 +290,33 @@ class ProviderEventStore:
                         },
                     ).fetchall()
                 )
+            inbound = [e for e in events if e.is_reply and e.occurred_at is not None]
+            if inbound:
+                # The 24-hour windows open at each message the contact sends (replays included:
+                # GREATEST keeps the latest, so a replay never moves it back).
+                conn.execute(
+                    sql.RECORD_INBOUND,
+                    {
+                        "channel": channel.value,
+                        "addresses": [e.contact for e in inbound],
+                        "ats": [e.occurred_at for e in inbound],
+                    },
+                )
             stored = {row["dedupe_key"] for row in inserted}
-            stopped = _stop_sequences(conn, channel, [e for e in events if e.dedupe_key in stored])
+            fresh = [e for e in events if e.dedupe_key in stored]
+            stopped = _stop_sequences(conn, channel, fresh)
+            for event in fresh:
+                if event.event_type in WAITABLE_EVENTS and event.contact is not None:
+                    conn.execute(
+                        sql.QUEUE_AFTER_EVENT,
+                        {
+                            "channel": channel.value,
+                            "contacts": [event.contact, *event.aliases],
+                            "sender_provider_id": event.recipient,
+                            "event_name": event.event_type,
+                            "occurred_at": event.occurred_at or datetime.now(UTC),
+                        },
+                    )
         return StoreReport(
             stored=len(inserted),
             duplicates=len(events) - len(inserted),
@@ -849,14 +419,14 @@ def verify_subscription(secrets: WebhookSecretSource, query: Mapping[str, str]) 
     string (which proxies and access logs keep) and is typed into Meta's dashboard, and the
     app secret signs the webhooks whose evidence settles ``unknown`` rows as sent. Compared
     in constant time."""
-    expected = _required(secrets.meta_verify_token(), "Meta verify token")
-    token = _supplied_bytes(query.get("hub.verify_token"))
+    expected = required(secrets.meta_verify_token(), "Meta verify token")
+    token = supplied_bytes(query.get("hub.verify_token"))
     challenge = query.get("hub.challenge")
     if (
         query.get("hub.mode") != "subscribe"
         or token is None
         or not challenge
-        or _supplied_bytes(challenge) is None
+        or supplied_bytes(challenge) is None
         or not hmac.compare_digest(expected, token)
     ):
         metrics.add_metric(name="WebhookRejected", unit=MetricUnit.Count, value=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +37,13 @@ class OutboundMessage(BaseModel):
     recipient: str = Field(min_length=1, description="E.164 digits, PSID, or Unipile attendee id.")
     body: str = Field(min_length=1)
     message_type: str
+    # ``send_queue.content``: None is plain text (``body``); otherwise the channel package's
+    # content model (``shared/channels/<channel>/content.py``) reads it.
+    content: dict[str, Any] | None = None
+    # The contact's last inbound message (the 24-hour windows) and, on LinkedIn, the provider
+    # id its profile URL or public identifier was resolved to.
+    last_inbound_at: datetime | None = None
+    provider_profile_id: str | None = None
 
 
 class OutcomeKind(StrEnum):

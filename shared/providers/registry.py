@@ -1,4 +1,7 @@
-"""Builds the one HTTP client and the adapter per channel that a container reuses.
+"""The channel registry, and the one HTTP client and adapter per channel a container reuses.
+
+``CHANNELS`` is the only place the library names channel packages: adding a channel is its
+package (``shared/channels/<name>/``, implementing ``ChannelSpec``) plus one line here.
 
 One ``httpx.Client`` is shared by every adapter and every send thread: it is thread-safe, and
 its pool is sized so a dispatcher's ``send_concurrency`` threads never wait for a connection.
@@ -6,19 +9,31 @@ its pool is sized so a dispatcher's ``send_concurrency`` threads never wait for 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from functools import partial
 
 import httpx
 
+from shared.channels import messenger, unipile, whatsapp
+from shared.channels.spec import ChannelSpec, ReadBack, RecipientResolver
 from shared.config import Settings
 from shared.providers.deadline import DeadlineTransport
 from shared.providers.http import USER_AGENT, PausePolicy, build_timeout
-from shared.providers.messenger import MessengerSendAdapter
 from shared.providers.outcome import Channel, ProviderAdapter
 from shared.providers.secrets import TokenProvider
-from shared.providers.unipile import UnipileLinkedInAdapter, UnipileReadBack
-from shared.providers.whatsapp import WhatsAppCloudAdapter
+from shared.storage.db import Database
+
+CHANNELS: Mapping[Channel, ChannelSpec] = {
+    Channel.WHATSAPP: whatsapp.SPEC,
+    Channel.MESSENGER: messenger.SPEC,
+    Channel.LINKEDIN: unipile.SPEC,
+}
+
+
+def channel_spec(channel: Channel) -> ChannelSpec:
+    return CHANNELS[Channel(channel)]
+
 
 # Below every provider's and load balancer's idle timeout, so a pooled connection is never
 # reused just as the server closes it (that race surfaces as an ambiguous disconnect). A
@@ -73,34 +88,33 @@ def build_adapters(
     ``StaticTokenSource``; it is asked on every send, so rotation needs no restart. Pause
     lengths come from ``settings.sender_pause_seconds`` unless ``pauses`` is given."""
     pauses = pauses or pause_policy(settings)
-    graph_adapters = {Channel.WHATSAPP: WhatsAppCloudAdapter, Channel.MESSENGER: MessengerSendAdapter}
-    adapters: dict[Channel, ProviderAdapter] = {
-        channel: adapter(
-            client,
-            settings.graph_api_base_url,
-            partial(tokens.token_for, channel),
-            settings.graph_api_version,
-            pauses=pauses,
-            call_budget_seconds=settings.provider_call_budget_seconds,
-        )
-        for channel, adapter in graph_adapters.items()
+    return {
+        channel: spec.build_adapter(settings, client, partial(tokens.token_for, channel), pauses)
+        for channel, spec in CHANNELS.items()
     }
-    adapters[Channel.LINKEDIN] = UnipileLinkedInAdapter(
-        client,
-        settings.unipile_base_url,
-        partial(tokens.token_for, Channel.LINKEDIN),
-        pauses=pauses,
-        call_budget_seconds=settings.provider_call_budget_seconds,
-    )
-    return adapters
 
 
 def build_read_backs(
     settings: Settings, client: httpx.Client, tokens: TokenProvider
-) -> dict[Channel, UnipileReadBack]:
-    """Readers for ``SweepDeps.read_back``: only Unipile can be asked what was sent."""
-    return {
-        Channel.LINKEDIN: UnipileReadBack(
-            client, settings.unipile_base_url, partial(tokens.token_for, Channel.LINKEDIN)
-        )
-    }
+) -> dict[Channel, ReadBack]:
+    """Readers for ``SweepDeps.read_back``: the channels whose provider can be asked what was
+    sent (today only Unipile)."""
+    readers: dict[Channel, ReadBack] = {}
+    for channel, spec in CHANNELS.items():
+        reader = spec.build_read_back(settings, client, partial(tokens.token_for, channel))
+        if reader is not None:
+            readers[channel] = reader
+    return readers
+
+
+def build_resolvers(
+    settings: Settings, client: httpx.Client, tokens: TokenProvider, db: Database
+) -> dict[Channel, RecipientResolver]:
+    """For ``DispatchDeps.resolvers``: channels whose addresses need a lookup before a send
+    (LinkedIn profile URLs and public identifiers)."""
+    resolvers: dict[Channel, RecipientResolver] = {}
+    for channel, spec in CHANNELS.items():
+        resolver = spec.build_resolver(settings, client, partial(tokens.token_for, channel), db)
+        if resolver is not None:
+            resolvers[channel] = resolver
+    return resolvers

@@ -154,8 +154,8 @@ WHERE q.id = picked.id
   AND c.id = q.contact_id
   AND s.id = q.sender_account_id
 RETURNING q.id AS queue_id, q.idempotency_key, q.attempts, q.max_attempts, q.message_type, q.body,
-          q.action, c.channel, c.address AS recipient, s.id AS sender_account_id,
-          s.provider_account_id AS sender_provider_id
+          q.content, q.action, c.channel, c.address AS recipient, s.id AS sender_account_id,
+          s.provider_account_id AS sender_provider_id, c.last_inbound_at, c.provider_profile_id
 """
 
 # The budgets of the senders a claim served, written back before its transaction commits.
@@ -284,15 +284,15 @@ WITH settled AS (
     FOR UPDATE OF cc
 ), next_step AS (
     SELECT q.campaign_id, q.contact_id, q.sender_account_id, q.max_attempts, q.sent_at,
-           nxt.message_type, nxt.body, nxt.action, nxt.delay_seconds
+           nxt.message_type, nxt.body, nxt.content, nxt.action, nxt.delay_seconds, nxt.after_event
     FROM sequence q
     JOIN campaigns cp ON cp.id = q.campaign_id AND cp.status IN ('active', 'paused')
     JOIN campaign_steps cur ON cur.campaign_id = q.campaign_id AND cur.message_type = q.message_type
     JOIN campaign_steps nxt ON nxt.campaign_id = q.campaign_id AND nxt.position = cur.position + 1
 ), queued AS (
-    INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, action,
+    INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, content, action,
                             scheduled_for, max_attempts)
-    SELECT n.campaign_id, n.contact_id, n.sender_account_id, n.message_type, n.body, n.action,
+    SELECT n.campaign_id, n.contact_id, n.sender_account_id, n.message_type, n.body, n.content, n.action,
            CASE WHEN sa.window_start IS NULL AND sa.window_days IS NULL
                 THEN n.sent_at + make_interval(secs => n.delay_seconds)
                 ELSE sendonce_next_window_open(n.sent_at + make_interval(secs => n.delay_seconds),
@@ -300,6 +300,9 @@ WITH settled AS (
            END,
            n.max_attempts
     FROM next_step n JOIN sender_accounts sa ON sa.id = n.sender_account_id
+    -- A step that waits for an event is queued when the event arrives (QUEUE_AFTER_EVENT);
+    -- the sequence stays active meanwhile.
+    WHERE n.after_event IS NULL
     ON CONFLICT (campaign_id, contact_id, message_type) DO NOTHING
     RETURNING id
 ), progressed AS (
@@ -479,15 +482,18 @@ ORDER BY s.provider_account_id
 """
 
 INSERT_CAMPAIGN_STEPS: LiteralString = """
-INSERT INTO campaign_steps (campaign_id, position, message_type, body, delay_seconds, action)
-SELECT %(campaign_id)s, st.position, st.message_type, st.body, st.delay_seconds, st.action
-FROM unnest(%(message_types)s::text[], %(bodies)s::text[], %(delays)s::int[], %(actions)s::text[])
-     WITH ORDINALITY AS st(message_type, body, delay_seconds, action, position)
+INSERT INTO campaign_steps (campaign_id, position, message_type, body, delay_seconds, action, content,
+                            after_event)
+SELECT %(campaign_id)s, st.position, st.message_type, st.body, st.delay_seconds, st.action, st.content,
+       st.after_event
+FROM unnest(%(message_types)s::text[], %(bodies)s::text[], %(delays)s::int[], %(actions)s::text[],
+            %(contents)s::jsonb[], %(after_events)s::text[])
+     WITH ORDINALITY AS st(message_type, body, delay_seconds, action, content, after_event, position)
 ON CONFLICT DO NOTHING
 """
 
 CAMPAIGN_STEPS: LiteralString = """
-SELECT position, message_type, body, delay_seconds, action
+SELECT position, message_type, body, delay_seconds, action, content, after_event
 FROM campaign_steps WHERE campaign_id = %(campaign_id)s ORDER BY position
 """
 
@@ -591,9 +597,9 @@ RETURNING cc.contact_id
 # Only for contacts whose sequence this call started (never one already running, whose step 1
 # a settle may be updating: its unique check would wait on that settle).
 QUEUE_FIRST_STEP: LiteralString = """
-INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, action, scheduled_for,
-                        max_attempts)
-SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, st.message_type, st.body, st.action,
+INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, content, action,
+                        scheduled_for, max_attempts)
+SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, st.message_type, st.body, st.content, st.action,
        CASE WHEN s.window_start IS NULL AND s.window_days IS NULL
             THEN now() + make_interval(secs => st.delay_seconds)
             ELSE sendonce_next_window_open(now() + make_interval(secs => st.delay_seconds),
@@ -709,6 +715,15 @@ _NOTHING_LEFT: LiteralString = """
                   JOIN campaign_steps nxt ON nxt.campaign_id = q.campaign_id AND nxt.position = cur.position + 1
                   JOIN campaign_contacts cc ON cc.campaign_id = q.campaign_id AND cc.contact_id = q.contact_id
                   WHERE q.campaign_id = cp.id AND q.status = 'unknown' AND cc.sequence_state = 'halted')
+  -- A sequence waiting for a provider event (an invitation not yet accepted) is not done.
+  AND NOT EXISTS (SELECT 1 FROM campaign_contacts cc
+                  JOIN send_queue q ON q.campaign_id = cc.campaign_id AND q.contact_id = cc.contact_id
+                                   AND q.status = 'sent'
+                  JOIN campaign_steps cur ON cur.campaign_id = q.campaign_id AND cur.message_type = q.message_type
+                  JOIN campaign_steps nxt ON nxt.campaign_id = q.campaign_id AND nxt.position = cur.position + 1
+                  WHERE cc.campaign_id = cp.id AND cc.sequence_state = 'active' AND nxt.after_event IS NOT NULL
+                    AND NOT EXISTS (SELECT 1 FROM send_queue w WHERE w.campaign_id = cc.campaign_id
+                                    AND w.contact_id = cc.contact_id AND w.message_type = nxt.message_type))
 """
 
 COMPLETABLE_CAMPAIGNS: LiteralString = (
@@ -1369,4 +1384,96 @@ WHERE l.id = b.id
               < CASE b.status WHEN 'read' THEN 2 ELSE 1 END
       END
 RETURNING l.id
+"""
+
+
+# --- channels: windows, WhatsApp templates, LinkedIn profiles ----------------------------------
+
+# Inbound messages open the 24-hour window; a late, replayed webhook never moves it back. A
+# contact who writes before any campaign names them is kept too: their window is open when a
+# campaign reaches them. Sorted, so concurrent deliveries lock contacts in one order.
+RECORD_INBOUND: LiteralString = """
+INSERT INTO contacts (channel, address, last_inbound_at)
+SELECT %(channel)s, address, max(at)
+FROM unnest(%(addresses)s::text[], %(ats)s::timestamptz[]) AS i(address, at)
+GROUP BY address
+ORDER BY address
+ON CONFLICT (channel, address) DO UPDATE
+SET last_inbound_at = GREATEST(contacts.last_inbound_at, EXCLUDED.last_inbound_at)
+WHERE contacts.last_inbound_at IS NULL OR contacts.last_inbound_at < EXCLUDED.last_inbound_at
+"""
+
+SET_SENDER_BUSINESS_ACCOUNT: LiteralString = """
+UPDATE sender_accounts SET business_account_id = %(business_account_id)s
+WHERE channel = 'whatsapp' AND provider_account_id = ANY(%(provider_account_ids)s::text[])
+"""
+
+# A sync replaces what the WABA had: a template deleted at Meta disappears here too.
+DELETE_WHATSAPP_TEMPLATES: LiteralString = """
+DELETE FROM whatsapp_templates WHERE business_account_id = %(business_account_id)s
+"""
+
+INSERT_WHATSAPP_TEMPLATES: LiteralString = """
+INSERT INTO whatsapp_templates (business_account_id, name, language, status, category, template_id,
+                                body_parameters, header_format, header_parameters, buttons, components)
+SELECT %(business_account_id)s, t.name, t.language, t.status, t.category, t.template_id, t.body_parameters,
+       t.header_format, t.header_parameters, t.buttons, t.components
+FROM unnest(%(names)s::text[], %(languages)s::text[], %(statuses)s::text[], %(categories)s::text[],
+            %(template_ids)s::text[], %(body_parameters)s::int[], %(header_formats)s::text[],
+            %(header_parameters)s::int[], %(buttons)s::jsonb[], %(components)s::jsonb[])
+     AS t(name, language, status, category, template_id, body_parameters, header_format, header_parameters,
+          buttons, components)
+ON CONFLICT (business_account_id, name, language) DO UPDATE
+SET status = EXCLUDED.status, category = EXCLUDED.category, template_id = EXCLUDED.template_id,
+    body_parameters = EXCLUDED.body_parameters, header_format = EXCLUDED.header_format,
+    header_parameters = EXCLUDED.header_parameters, buttons = EXCLUDED.buttons,
+    components = EXCLUDED.components, synced_at = now()
+"""
+
+WHATSAPP_TEMPLATE_FOR_SENDER: LiteralString = """
+SELECT t.name, t.language, t.status, t.body_parameters, t.header_format, t.header_parameters, t.buttons,
+       s.business_account_id
+FROM sender_accounts s
+LEFT JOIN whatsapp_templates t
+  ON t.business_account_id = s.business_account_id AND t.name = %(name)s AND t.language = %(language)s
+WHERE s.id = %(sender_account_id)s
+"""
+
+CONTACT_PROFILE: LiteralString = """
+SELECT provider_profile_id FROM contacts WHERE id = %(contact_id)s
+"""
+
+SET_CONTACT_PROFILE: LiteralString = """
+UPDATE contacts SET provider_profile_id = %(provider_profile_id)s, provider_profile_checked_at = now()
+WHERE channel = %(channel)s AND address = %(address)s
+"""
+
+# A provider event a step waits for (LinkedIn: new_relation, the invitation accepted): queue
+# that step for every active sequence of this contact, on the sender the event is about, whose
+# previous step was sent. Due delay_seconds after the event, moved into the sender's window.
+# Runs in the webhook's transaction, only for newly stored events; ON CONFLICT makes a second
+# delivery of the event harmless either way.
+QUEUE_AFTER_EVENT: LiteralString = """
+INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, content, action,
+                        scheduled_for, max_attempts)
+SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, nxt.message_type, nxt.body, nxt.content, nxt.action,
+       CASE WHEN sa.window_start IS NULL AND sa.window_days IS NULL
+            THEN %(occurred_at)s::timestamptz + make_interval(secs => nxt.delay_seconds)
+            ELSE sendonce_next_window_open(%(occurred_at)s::timestamptz + make_interval(secs => nxt.delay_seconds),
+                                           sa.timezone, sa.window_days, sa.window_start, sa.window_end)
+       END,
+       prev.max_attempts
+FROM contacts c
+JOIN campaign_contacts cc ON cc.contact_id = c.id AND cc.sequence_state = 'active'
+JOIN campaigns cp ON cp.id = cc.campaign_id AND cp.status IN ('active', 'paused')
+JOIN sender_accounts sa ON sa.id = cc.sender_account_id
+JOIN send_queue prev ON prev.campaign_id = cc.campaign_id AND prev.contact_id = cc.contact_id AND prev.status = 'sent'
+JOIN campaign_steps cur ON cur.campaign_id = prev.campaign_id AND cur.message_type = prev.message_type
+JOIN campaign_steps nxt ON nxt.campaign_id = cur.campaign_id AND nxt.position = cur.position + 1
+WHERE c.channel = %(channel)s
+  AND (c.address = ANY(%(contacts)s::text[]) OR c.provider_profile_id = ANY(%(contacts)s::text[]))
+  AND (%(sender_provider_id)s::text IS NULL OR sa.provider_account_id = %(sender_provider_id)s)
+  AND nxt.after_event = %(event_name)s
+ON CONFLICT (campaign_id, contact_id, message_type) DO NOTHING
+RETURNING id
 """

@@ -20,6 +20,7 @@ from devstack.aws import FAKE_CREDENTIALS, LocalAwsResources
 from devstack.drip_server import DripServer
 from devstack.testing import TEST_TOKENS, enqueue_contacts, make_settings
 from shared.bounded_calls import CallBudgetExceededError
+from shared.channels.whatsapp.adapter import WhatsAppCloudAdapter
 from shared.config import Settings
 from shared.dispatch import DispatchDeps, dispatch
 from shared.events import DispatchRequest
@@ -27,7 +28,6 @@ from shared.idempotency import GuardVerdict, SendGuard
 from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind, SendOutcome
 from shared.providers.registry import build_adapters, make_http_client
 from shared.providers.secrets import StaticTokenSource
-from shared.providers.whatsapp import WhatsAppCloudAdapter
 from shared.queue import QueueRepository
 from shared.runtime import dynamodb_client
 from shared.storage.db import Database, DatabaseUnavailableError

@@ -23,12 +23,12 @@ import httpx
 import pytest
 
 from devstack.fake_provider import FakeProvider, FakeProviderClient, FaultConfig
+from shared.channels.unipile.read_back import ReadBackError, UnipileReadBack
 from shared.config import Settings
 from shared.providers.http import HttpAdapter
 from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind, ProviderAdapter
 from shared.providers.registry import build_adapters, build_read_backs, make_http_client
 from shared.providers.secrets import StaticTokenSource
-from shared.providers.unipile import ReadBackError, UnipileReadBack
 
 pytestmark = pytest.mark.integration
 

@@ -15,14 +15,14 @@ import httpx
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
+from shared.channels.messenger.adapter import MessengerSendAdapter
+from shared.channels.unipile.adapter import UnipileLinkedInAdapter
+from shared.channels.whatsapp.adapter import WhatsAppCloudAdapter
 from shared.config import Settings
 from shared.providers.http import PausePolicy, exception_outcome
-from shared.providers.messenger import MessengerSendAdapter
 from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind
 from shared.providers.registry import build_adapters, build_read_backs, make_http_client
 from shared.providers.secrets import StaticTokenSource, TokenSource, TokenUnavailableError
-from shared.providers.unipile import UnipileLinkedInAdapter
-from shared.providers.whatsapp import WhatsAppCloudAdapter
 
 SPEC = Path("/work/shared/reference/whatsapp-cloud-api-openapi-v23.0.yaml")
 TOKENS = {

@@ -19,11 +19,14 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.channels.messenger.adapter import MessengerSendAdapter
+from shared.channels.messenger.errors import MESSENGER_ERROR_RULES
+from shared.channels.unipile.adapter import UnipileLinkedInAdapter
+from shared.channels.unipile.errors import UNIPILE_ERROR_RULES, error_type
+from shared.channels.whatsapp.adapter import WhatsAppCloudAdapter
+from shared.channels.whatsapp.errors import WHATSAPP_ERROR_RULES
 from shared.providers.http import HttpAdapter, PausePolicy, Rule
-from shared.providers.messenger import MESSENGER_ERROR_RULES, MessengerSendAdapter
 from shared.providers.outcome import PROVABLY_NOT_SENT, Channel, OutboundMessage, OutcomeKind, SendOutcome
-from shared.providers.unipile import UNIPILE_ERROR_RULES, UnipileLinkedInAdapter, error_type
-from shared.providers.whatsapp import WHATSAPP_ERROR_RULES, WhatsAppCloudAdapter
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 PAUSES = PausePolicy()

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.channels.unipile.read_back import UnipileReadBack, message_time
 from shared.providers.outcome import Channel, OutboundMessage
-from shared.providers.unipile import UnipileReadBack, message_time
 
 ATTEMPT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 NOT_BEFORE = ATTEMPT - timedelta(minutes=5)

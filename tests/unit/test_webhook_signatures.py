@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from shared.channels.auth import meta_signature, verify_meta_signature
+from shared.channels.unipile.webhook import verify_unipile_secret
 from shared.providers.outcome import Channel
 from shared.storage.db import DatabaseUnavailableError
 from shared.webhooks import (
@@ -26,11 +28,8 @@ from shared.webhooks import (
     handle_request,
     handle_webhook,
     load_json,
-    meta_signature,
     parse_events,
-    verify_meta_signature,
     verify_subscription,
-    verify_unipile_secret,
 )
 
 META_SECRET = "test-meta-app-secret"

@@ -1,18 +1,11 @@
-"""WhatsApp Cloud API (Meta Graph): ``POST /{version}/{phone_number_id}/messages``.
-
-The message's idempotency key travels as ``biz_opaque_callback_data``: Cloud API does not
-process it, but echoes it in every status webhook, which is how an ``unknown`` row is later
-proven sent. Error codes follow Meta's documentation, cited in the table; see ``GraphAdapter``
-for the order in which HTTP status and code are weighed.
-"""
+"""WhatsApp Cloud API error codes: which ones prove a request was refused, and the source of
+each. A code missing here is ambiguous (``GraphAdapter``), never "provably not sent"."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
 
-from shared.providers.http import GraphAdapter, Rule, ambiguous, blocked, permanent, retry, throttle
-from shared.providers.outcome import Channel, OutboundMessage, SendOutcome
+from shared.providers.http import Rule, ambiguous, blocked, permanent, retry, throttle
 
 # Meta's WhatsApp Cloud API error codes (title and meaning of every code below, HTTP status
 # included), and the Graph API error page those codes build on.
@@ -66,32 +59,3 @@ WHATSAPP_ERROR_RULES: Mapping[int, Rule] = {
     131016: ambiguous(WA_ERRORS),  # "Service unavailable"
     133004: ambiguous(WA_ERRORS),  # "Server Temporarily Unavailable"
 }
-
-
-class WhatsAppCloudAdapter(GraphAdapter):
-    channel: Channel = Channel.WHATSAPP
-    provider: ClassVar[str] = "whatsapp"
-    error_rules: ClassVar[Mapping[int, Rule]] = WHATSAPP_ERROR_RULES
-
-    def _payload(self, message: OutboundMessage) -> dict[str, Any]:
-        return {
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            "to": message.recipient,
-            "type": "text",
-            "text": {"body": message.body},
-            "biz_opaque_callback_data": message.idempotency_key,
-        }
-
-    def _success(self, data: object, http_status: int) -> SendOutcome | None:
-        if not isinstance(data, Mapping):
-            return None
-        messages = data.get("messages")
-        if not isinstance(messages, list) or not messages or not isinstance(messages[0], Mapping):
-            return None
-        message_id = messages[0].get("id")
-        if not isinstance(message_id, str) or not message_id:
-            return None
-        # "held_for_quality_assessment" and "paused" still carry a wamid: Meta owns the
-        # message now, and its fate arrives by webhook.
-        return SendOutcome.sent(message_id, http_status=http_status)

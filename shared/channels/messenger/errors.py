@@ -1,17 +1,11 @@
-"""Messenger Send API (Meta Graph): ``POST /{version}/{page_id}/messages`` with a Page token.
-
-``messaging_type`` is ``UPDATE`` (a business-initiated, non-promotional update). The
-idempotency key travels as ``message.metadata``, which Meta echoes in the
-``message_echoes`` webhook: the evidence that resolves an ``unknown`` row.
-"""
+"""Messenger Send API error codes: which ones prove a request was refused, and the source of
+each. A code missing here is ambiguous (``GraphAdapter``), never "provably not sent"."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
 
-from shared.providers.http import GraphAdapter, Rule, ambiguous, blocked, permanent, throttle
-from shared.providers.outcome import Channel, OutboundMessage, SendOutcome
+from shared.providers.http import Rule, ambiguous, blocked, permanent, throttle
 
 MESSENGER_ERRORS = "https://developers.facebook.com/docs/messenger-platform/error-codes"
 GRAPH_ERRORS = "https://developers.facebook.com/docs/graph-api/guides/error-handling"
@@ -37,24 +31,3 @@ MESSENGER_ERROR_RULES: Mapping[int, Rule] = {
     2: ambiguous(MESSENGER_ERRORS),  # "An unexpected error has occurred"
     1: ambiguous(GRAPH_ERRORS),  # "API Unknown": possibly a temporary issue due to downtime
 }
-
-
-class MessengerSendAdapter(GraphAdapter):
-    channel: Channel = Channel.MESSENGER
-    provider: ClassVar[str] = "messenger"
-    error_rules: ClassVar[Mapping[int, Rule]] = MESSENGER_ERROR_RULES
-
-    def _payload(self, message: OutboundMessage) -> dict[str, Any]:
-        return {
-            "recipient": {"id": message.recipient},
-            "messaging_type": "UPDATE",
-            "message": {"text": message.body, "metadata": message.idempotency_key},
-        }
-
-    def _success(self, data: object, http_status: int) -> SendOutcome | None:
-        if not isinstance(data, Mapping):
-            return None
-        message_id = data.get("message_id")
-        if not isinstance(message_id, str) or not message_id:
-            return None
-        return SendOutcome.sent(message_id, http_status=http_status)

@@ -1,0 +1,71 @@
+"""Messenger Send API (Meta Graph)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import httpx
+import psycopg
+from psycopg.rows import DictRow
+
+from shared.channels.auth import WebhookSecretSource
+from shared.channels.content import ContentModel
+from shared.channels.events import ProviderEvent
+from shared.channels.messenger import content, webhook
+from shared.channels.messenger.adapter import MessengerSendAdapter
+from shared.channels.spec import ReadBack, RecipientResolver
+from shared.config import Settings
+from shared.providers.http import PausePolicy
+from shared.providers.outcome import Channel, OutboundMessage, ProviderAdapter
+from shared.storage.db import Database
+
+
+class MessengerChannel:
+    channel = Channel.MESSENGER
+    # message.metadata is echoed in the message_echoes webhook.
+    evidence_by_text = False
+
+    def build_adapter(
+        self, settings: Settings, client: httpx.Client, token: Callable[[], str], pauses: PausePolicy
+    ) -> ProviderAdapter:
+        return MessengerSendAdapter(
+            client,
+            settings.graph_api_base_url,
+            token,
+            settings.graph_api_version,
+            pauses=pauses,
+            call_budget_seconds=settings.provider_call_budget_seconds,
+        )
+
+    def build_read_back(
+        self, settings: Settings, client: httpx.Client, token: Callable[[], str]
+    ) -> ReadBack | None:
+        return None
+
+    def build_resolver(
+        self, settings: Settings, client: httpx.Client, token: Callable[[], str], db: Database
+    ) -> RecipientResolver | None:
+        return None
+
+    def authenticate(self, secrets: WebhookSecretSource, headers: Mapping[str, str], raw_body: bytes) -> bool:
+        return webhook.authenticate(secrets, headers, raw_body)
+
+    def parse_events(self, document: Any) -> list[ProviderEvent]:
+        return webhook.parse_messenger(document)
+
+    def parse_content(self, raw: Mapping[str, Any]) -> ContentModel:
+        return content.parse(raw)
+
+    def enqueue_problem(
+        self, conn: psycopg.Connection[DictRow], sender_account_id: UUID, content: ContentModel
+    ) -> str | None:
+        return None
+
+    def hold_reason(self, message: OutboundMessage, now: datetime) -> str | None:
+        return content.hold_reason(message, now)
+
+
+SPEC = MessengerChannel()

@@ -1,0 +1,302 @@
+"""The channel rules end to end, against real Postgres and the fake provider: WhatsApp
+template approval checked at enqueue, the 24-hour window held at send (and refused by the
+fake as Meta refuses it), and a LinkedIn invitation, its acceptance, then the follow-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from devstack.engine_testing import by_step, deliver, make_due, reply, rows, run_dispatcher
+from devstack.fake_channels import unipile as fake_unipile
+from devstack.fake_provider import FakeProvider
+from devstack.testing import TEST_TOKENS
+from shared.campaigns import create_campaign
+from shared.channels.whatsapp.templates import sync_templates
+from shared.dispatch import DispatchDeps
+from shared.enqueue import StepRejectedError
+from shared.events import CampaignSpec
+from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind
+from shared.providers.registry import build_resolvers, make_http_client
+from shared.providers.secrets import StaticTokenSource
+from shared.sequences import EngineConfig
+from shared.storage.db import Database
+
+pytestmark = pytest.mark.integration
+
+WABA = "waba-1"
+SENDER = "sender-1"
+TEMPLATES: list[dict[str, Any]] = [
+    {
+        "name": "order_update",
+        "language": "en_US",
+        "status": "APPROVED",
+        "category": "UTILITY",
+        "id": "t1",
+        "components": [
+            {"type": "BODY", "text": "Hi {{1}}, order {{2}} shipped."},
+            {"type": "BUTTONS", "buttons": [{"type": "QUICK_REPLY", "text": "Stop promotions"}]},
+        ],
+    },
+    {
+        "name": "spring_sale",
+        "language": "en_US",
+        "status": "PAUSED",
+        "category": "MARKETING",
+        "id": "t2",
+        "components": [{"type": "BODY", "text": "Spring sale!"}],
+    },
+]
+ORDER_UPDATE = {
+    "kind": "template",
+    "name": "order_update",
+    "language": "en_US",
+    "body_parameters": ["Ana", "#1234"],
+    "buttons": [{"type": "quick_reply", "index": 0, "payload": "STOP"}],
+}
+
+
+def campaign(
+    db: Database,
+    channel: str,
+    steps: list[dict[str, Any]],
+    contacts: list[str],
+    *,
+    sender: str = SENDER,
+    policy: str = "skip",
+) -> uuid.UUID:
+    campaign_id = uuid.uuid4()
+    spec = CampaignSpec.model_validate(
+        {
+            "campaign_id": str(campaign_id),
+            "name": f"channels {campaign_id.hex[:6]}",
+            "channel": channel,
+            "senders": [sender],
+            "steps": steps,
+            "contacts": [{"address": a} for a in contacts],
+            "cross_campaign_policy": policy,
+        }
+    )
+    create_campaign(db, spec, operator="test", config=EngineConfig(), start=True)
+    return campaign_id
+
+
+def synced(database: Database, fake_provider: FakeProvider, deps: DispatchDeps) -> None:
+    """The sender exists (a first campaign creates it), then its WABA's templates are synced."""
+    fake_provider.set_templates(WABA, [SENDER], TEMPLATES)
+    client = make_http_client(deps.settings)
+    try:
+        count = sync_templates(
+            database,
+            client,
+            base_url=deps.settings.graph_api_base_url,
+            version=deps.settings.graph_api_version,
+            business_account_id=WABA,
+            phone_number_ids=[SENDER],
+            token=lambda: "test-whatsapp-token",
+        )
+    finally:
+        client.close()
+    assert count == 2
+
+
+def test_unapproved_template_rejected_at_enqueue(
+    database: Database, fake_provider: FakeProvider, deps: DispatchDeps
+) -> None:
+    campaign(database, "whatsapp", [{"message_type": "hello", "body": "hello"}], ["15550100001"])
+    synced(database, fake_provider, deps)
+    paused = {"kind": "template", "name": "spring_sale", "language": "en_US"}
+    wrong_count = {**ORDER_UPDATE, "body_parameters": ["Ana"]}
+    missing = {"kind": "template", "name": "no_such", "language": "en_US"}
+    for content, why in (
+        (paused, "PAUSED"),
+        (wrong_count, "takes 2 body parameters"),
+        (missing, "does not exist"),
+    ):
+        step = {"message_type": "intro", "body": "[template]", "content": content}
+        with pytest.raises(StepRejectedError, match=why):
+            campaign(database, "whatsapp", [step], ["15550100002"])
+    # Nothing of a rejected campaign was written.
+    assert database.fetch_one("SELECT count(*) AS n FROM campaigns")["n"] == 1  # type: ignore[index]
+
+    approved = campaign(
+        database,
+        "whatsapp",
+        [{"message_type": "intro", "body": "[template order_update]", "content": ORDER_UPDATE}],
+        ["15550100002"],
+    )
+    assert run_dispatcher(deps)["Sent"] == 2  # the first campaign's text, and the template
+    assert by_step(database, approved) == {("15550100002", "intro"): "sent"}
+    [entry] = [m for m in fake_provider.ledger() if m["recipient"] == "15550100002"]
+    assert entry["kind"] == "template"
+
+
+def test_fake_refuses_an_unapproved_template_as_meta_does(
+    database: Database, fake_provider: FakeProvider, deps: DispatchDeps
+) -> None:
+    fake_provider.set_templates(WABA, [SENDER], TEMPLATES)
+    adapter = deps.adapters[Channel.WHATSAPP]
+
+    def send(content: dict[str, Any]) -> Any:
+        return adapter.send(
+            OutboundMessage(
+                queue_id=1,
+                idempotency_key=f"idem-{uuid.uuid4().hex}",
+                channel=Channel.WHATSAPP,
+                sender_account_id=uuid.uuid4(),
+                sender_provider_id=SENDER,
+                recipient="15550100009",
+                body="x",
+                message_type="x",
+                content=content,
+            )
+        )
+
+    paused = send({"kind": "template", "name": "spring_sale", "language": "en_US"})
+    assert (paused.kind, paused.reason) == (OutcomeKind.PERMANENT, "whatsapp:132015")
+    mismatch = send({**ORDER_UPDATE, "body_parameters": []})
+    assert (mismatch.kind, mismatch.reason) == (OutcomeKind.PERMANENT, "whatsapp:132000")
+    assert send(ORDER_UPDATE).kind is OutcomeKind.SENT
+
+
+def test_window_rule_both_ways(database: Database, fake_provider: FakeProvider, deps: DispatchDeps) -> None:
+    """A text step to a contact who wrote in the last 24 hours is sent; to one who did not, it
+    is held with the reason (no provider call, no attempt spent), and a template step to that
+    same contact is sent. The fake, like Meta, refuses the text outside the window (131047)."""
+    fake_provider.set_windows(True)
+    warm, cold = "15550100011", "15550100012"
+    # The warm contact wrote before the campaign (a reply during it would stop its sequence).
+    inbound = reply(Channel.WHATSAPP, warm)
+    inbound["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"] = str(int(time.time()) - 3600)
+    deliver(database, Channel.WHATSAPP, inbound)
+    fake_provider.add_inbound("whatsapp", SENDER, warm)
+
+    windowed = dataclasses.replace(deps, settings=deps.settings.model_copy(update={"channel_windows": True}))
+    text = campaign(database, "whatsapp", [{"message_type": "intro", "body": "Hi there"}], [warm, cold])
+    run_dispatcher(windowed)
+    assert by_step(database, text) == {(warm, "intro"): "sent", (cold, "intro"): "pending"}
+    [held] = [r for r in rows(database, text) if r["address"] == cold]
+    assert held["attempts"] == 0
+    reason = database.fetch_one("SELECT last_error FROM send_queue WHERE id = %(i)s", {"i": held["id"]})
+    assert reason is not None and "24-hour customer service window" in reason["last_error"]
+    assert [m["recipient"] for m in fake_provider.ledger()] == [warm]
+
+    # Still outside the window when due again: held again, never sent to fail.
+    make_due(database)
+    run_dispatcher(windowed)
+    assert by_step(database, text)[(cold, "intro")] == "pending"
+
+    fake_provider.set_templates(WABA, [SENDER], TEMPLATES)
+    synced(database, fake_provider, deps)
+    template = campaign(
+        database,
+        "whatsapp",
+        [{"message_type": "tpl", "body": "[template order_update]", "content": ORDER_UPDATE}],
+        [cold],
+        policy="allow",  # the held text campaign reached this contact moments ago
+    )
+    run_dispatcher(windowed)
+    assert by_step(database, template) == {(cold, "tpl"): "sent"}
+
+    # Without the hold (the library's check off), the fake refuses the text as Meta does.
+    make_due(database)
+    outcome_counts = run_dispatcher(deps)
+    assert by_step(database, text)[(cold, "intro")] == "failed", outcome_counts
+    failed = database.fetch_one("SELECT failure_reason FROM send_queue WHERE id = %(i)s", {"i": held["id"]})
+    assert failed is not None and "131047" in failed["failure_reason"]
+
+
+def test_invitation_acceptance_then_follow_up(
+    database: Database, fake_provider: FakeProvider, deps: DispatchDeps
+) -> None:
+    prospect = "ACoAAProspect01"
+    invite = {
+        "message_type": "invite",
+        "body": "Hi, let's connect",
+        "action": "invitation",
+        "content": {"kind": "invitation", "note": "Hi, let's connect"},
+    }
+    follow_up = {"message_type": "message_1", "body": "Thanks for connecting!", "after_event": "new_relation"}
+    campaign_id = campaign(database, "linkedin", [invite, follow_up], [prospect])
+
+    run_dispatcher(deps)
+    assert by_step(database, campaign_id) == {(prospect, "invite"): "sent"}
+    [row] = database.fetch_all("SELECT action FROM send_queue WHERE campaign_id = %(c)s", {"c": campaign_id})
+    assert row["action"] == "invitation"  # spent from the invitation caps, not the message caps
+    [sent] = fake_provider.ledger()
+    assert (sent["kind"], sent["recipient"], sent["text"]) == ("invitation", prospect, "Hi, let's connect")
+
+    # Not accepted yet: nothing follows, and the campaign is not complete.
+    make_due(database)
+    run_dispatcher(deps)
+    assert by_step(database, campaign_id) == {(prospect, "invite"): "sent"}
+    state = database.fetch_one("SELECT status FROM campaigns WHERE id = %(c)s", {"c": campaign_id})
+    assert state is not None and state["status"] == "active"
+
+    # Accepted: Unipile's new_relation webhook queues message 1 (delivered twice: queued once).
+    accepted = fake_provider.accept_invitation(SENDER, prospect)
+    deliver(database, Channel.LINKEDIN, accepted)
+    deliver(database, Channel.LINKEDIN, accepted)
+    assert by_step(database, campaign_id) == {
+        (prospect, "invite"): "sent",
+        (prospect, "message_1"): "pending",
+    }
+    run_dispatcher(deps)
+    assert by_step(database, campaign_id)[(prospect, "message_1")] == "sent"
+    follow = [m for m in fake_provider.ledger() if m["kind"] == "text"]
+    assert [(m["recipient"], m["text"]) for m in follow] == [(prospect, "Thanks for connecting!")]
+
+
+def test_an_invitation_step_must_be_an_invitation() -> None:
+    with pytest.raises(ValueError, match="does not fit content kind"):
+        CampaignSpec.model_validate(
+            {
+                "campaign_id": str(uuid.uuid4()),
+                "name": "x",
+                "channel": "linkedin",
+                "senders": [SENDER],
+                "steps": [{"message_type": "invite", "body": "hi", "action": "invitation"}],
+            }
+        )
+
+
+def test_profile_url_is_looked_up_once_per_contact(
+    database: Database, fake_provider: FakeProvider, deps: DispatchDeps
+) -> None:
+    """A LinkedIn contact given as a profile URL is sent to the provider id Unipile's lookup
+    returns; the id is kept on the contact, so the follow-up after acceptance needs no lookup."""
+    url = "https://www.linkedin.com/in/julien-crepieux/"
+    client = make_http_client(deps.settings)
+    resolving = dataclasses.replace(
+        deps, resolvers=build_resolvers(deps.settings, client, StaticTokenSource(TEST_TOKENS), database)
+    )
+    invite = {
+        "message_type": "invite",
+        "body": "hello",
+        "action": "invitation",
+        "content": {"kind": "invitation"},
+    }
+    follow_up = {"message_type": "message_1", "body": "Thanks!", "after_event": "new_relation"}
+    campaign_id = campaign(database, "linkedin", [invite, follow_up], [url])
+    try:
+        run_dispatcher(resolving)
+        provider_id = fake_unipile.profile_id("julien-crepieux")
+        [sent] = fake_provider.ledger()
+        assert (sent["kind"], sent["recipient"]) == ("invitation", provider_id)
+        cached = database.fetch_one(
+            "SELECT provider_profile_id FROM contacts WHERE address = %(a)s", {"a": url}
+        )
+        assert cached is not None and cached["provider_profile_id"] == provider_id
+        reads = fake_provider.stats()["read_requests"]
+
+        deliver(database, Channel.LINKEDIN, fake_provider.accept_invitation(SENDER, provider_id))
+        run_dispatcher(resolving)
+        assert by_step(database, campaign_id)[(url, "message_1")] == "sent"
+        assert fake_provider.ledger()[-1]["recipient"] == provider_id
+        assert fake_provider.stats()["read_requests"] == reads  # served from the contact
+    finally:
+        client.close()
