@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -25,6 +26,7 @@ import psycopg
 from psycopg.rows import DictRow
 from pydantic import BaseModel
 
+from shared import admission
 from shared.addresses import AddressProblem, InvalidAddressError, mask_address, normalise_address
 from shared.events import EnqueueContact, EnqueueRequest, EnqueueStep
 from shared.providers.outcome import Channel
@@ -91,12 +93,19 @@ class EnqueueReport(BaseModel):
     contacts_skipped: int
     skipped_by_reason: dict[str, int]
     assigned_by_sender: dict[str, int]
+    # Contacts left out because they are suppressed, or because a step's text cannot be sent to
+    # them (a variable they lack, an empty or too long text: shared.content), with the reasons.
+    contacts_suppressed: int = 0
+    contacts_rejected: int = 0
+    rejected_by_reason: dict[str, int] = {}
+    rejected_examples: list[admission.RejectedContact] = []
 
 
 @dataclass
 class NormalisedContacts:
     region: str | None
     unique: dict[str, str] = field(default_factory=dict)  # stored address -> display name
+    index_of: dict[str, int] = field(default_factory=dict)  # stored address -> first request index
     invalid_by_reason: Counter[str] = field(default_factory=Counter)
     invalid_examples: list[InvalidContact] = field(default_factory=list)
 
@@ -125,6 +134,7 @@ def normalise_contacts(
                 )
             continue
         result.unique.setdefault(address, contact.display_name)
+        result.index_of.setdefault(address, index)
     return result
 
 
@@ -156,16 +166,21 @@ def step_params(campaign_id: UUID, steps: Sequence[EnqueueStep]) -> dict[str, An
         "bodies": [s.body for s in steps],
         "delays": [s.delay_seconds for s in steps],
         "actions": [s.action.value for s in steps],
+        "send_ats": [s.send_at for s in steps],
+        "send_at_timezones": [s.send_at_timezone for s in steps],
     }
 
 
-def stored_steps(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> list[tuple[str, str, int, str]]:
+StoredStep = tuple[str, str, int, str, datetime | None]
+
+
+def stored_steps(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> list[StoredStep]:
     rows = conn.execute(sql.CAMPAIGN_STEPS, {"campaign_id": campaign_id}).fetchall()
-    return [(r["message_type"], r["body"], r["delay_seconds"], r["action"]) for r in rows]
+    return [(r["message_type"], r["body"], r["delay_seconds"], r["action"], r["send_at"]) for r in rows]
 
 
-def as_stored(steps: Sequence[EnqueueStep]) -> list[tuple[str, str, int, str]]:
-    return [(s.message_type, s.body, s.delay_seconds, s.action.value) for s in steps]
+def as_stored(steps: Sequence[EnqueueStep]) -> list[StoredStep]:
+    return [(s.message_type, s.body, s.delay_seconds, s.action.value, s.send_at) for s in steps]
 
 
 def hold_campaign(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> dict[str, Any]:
@@ -239,6 +254,27 @@ def pool_conflict(campaign_id: UUID, pool: Sequence[Mapping[str, Any]], channel:
     )
 
 
+def admit_contacts(
+    conn: psycopg.Connection[DictRow],
+    campaign_id: UUID,
+    channel: Channel,
+    steps: Sequence[EnqueueStep],
+    given: Sequence[EnqueueContact],
+    contacts: NormalisedContacts,
+) -> admission.Admission:
+    """Suppression and personalisation (``shared.admission``) for the normalised contacts."""
+    pool = [p["id"] for p in conn.execute(sql.CAMPAIGN_POOL, {"campaign_id": campaign_id}).fetchall()]
+    return admission.admit(
+        conn,
+        campaign_id=campaign_id,
+        channel=channel,
+        sender_ids=pool,
+        steps=steps,
+        profiles=admission.profiles_of(given, contacts.index_of),
+        origin=contacts.index_of,
+    )
+
+
 def enqueue_campaign(
     db: Database, request: EnqueueRequest, *, max_attempts: int = 5, config: EngineConfig | None = None
 ) -> EnqueueReport:
@@ -271,6 +307,15 @@ def enqueue_campaign(
                 {"campaign_id": request.campaign_id, "sender_account_id": sender["id"]},
             )
             conn.execute(sql.INSERT_CAMPAIGN_STEPS, step_params(request.campaign_id, request.steps))
+            if request.send_at is not None:
+                conn.execute(
+                    sql.SET_CAMPAIGN_SEND_AT,
+                    {
+                        "campaign_id": request.campaign_id,
+                        "send_at": request.send_at,
+                        "send_at_timezone": request.send_at_timezone,
+                    },
+                )
             conn.execute(
                 sql.RECORD_CAMPAIGN_DECISION,
                 {
@@ -286,7 +331,11 @@ def enqueue_campaign(
         _check_same_campaign(conn, request, sender["id"], campaign)
         if campaign["status"] == "cancelled":
             raise CampaignClosedError(f"campaign {request.campaign_id} is cancelled; nothing was enqueued")
-        ids = add_members(conn, request.campaign_id, request.channel, contacts.unique)
+        admitted = admit_contacts(
+            conn, request.campaign_id, request.channel, request.steps, request.contacts, contacts
+        )
+        ids = add_members(conn, request.campaign_id, request.channel, admitted.admitted)
+        admission.store(conn, request.campaign_id, request.channel, admitted)
         result = start_members(conn, campaign, config, ids, "enqueue")
         states = conn.execute(
             sql.MEMBERSHIP_STATES, {"campaign_id": request.campaign_id, "contact_ids": ids}
@@ -298,6 +347,10 @@ def enqueue_campaign(
     started = sum(1 for r in states if r["sequence_state"] not in ("waiting", "skipped"))
     addresses = len(contacts.unique)
     return EnqueueReport(
+        contacts_suppressed=admitted.suppressed,
+        contacts_rejected=admitted.rejected,
+        rejected_by_reason=dict(admitted.rejected_by_reason),
+        rejected_examples=admitted.rejected_examples,
         campaign_id=str(request.campaign_id),
         campaign_status=status_after["status"],
         sender_default_region=sender["default_region"],

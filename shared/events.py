@@ -10,8 +10,10 @@ after the transaction has begun, with no field named.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal, Self
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -24,9 +26,11 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from shared.addresses import validate_region
+from shared.content import validate_template
 from shared.pacing import Action, SenderPacing
 from shared.providers.outcome import Channel
 
@@ -105,6 +109,11 @@ class MigrateEvent(
 class EnqueueContact(_Strict):
     address: Text = Field(min_length=1, max_length=256)
     display_name: Text = Field(default="", max_length=256)
+    # Custom fields a step's template reads ({company}); merged over the stored ones.
+    fields: dict[
+        Annotated[Text, Field(min_length=1, max_length=64)], Annotated[Text, Field(max_length=1024)]
+    ] = Field(default_factory=dict, max_length=50)
+    linkedin_profile_url: Text | None = Field(default=None, max_length=512)
 
     @field_validator("address")
     @classmethod
@@ -115,12 +124,43 @@ class EnqueueContact(_Strict):
         return stripped
 
 
-class EnqueueStep(_Strict):
+def _zone_name(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA time zone {value!r}") from None
+    return value
+
+
+class _SendAt(_Strict):
+    """An absolute send time: an ISO 8601 time with an offset, or a local time plus
+    ``send_at_timezone`` (IANA). A local time that occurs twice (a fall-back hour) means its
+    first occurrence; one that does not exist (a spring-forward gap) is read with the offset
+    before the gap, i.e. it lands after the gap."""
+
+    send_at: datetime | None = None
+    send_at_timezone: Annotated[Text, AfterValidator(_zone_name)] | None = None
+
+    @model_validator(mode="after")
+    def _aware(self) -> Self:
+        if self.send_at is None:
+            if self.send_at_timezone is not None:
+                raise ValueError("send_at_timezone needs a send_at")
+            return self
+        if self.send_at.tzinfo is None:
+            if self.send_at_timezone is None:
+                raise ValueError("send_at without an offset needs send_at_timezone (an IANA zone)")
+            object.__setattr__(self, "send_at", self.send_at.replace(tzinfo=ZoneInfo(self.send_at_timezone)))
+        return self
+
+
+class EnqueueStep(_SendAt):
     """One step of a sequence. Step 1 is due ``delay_seconds`` after the contact is queued;
-    step N+1 ``delay_seconds`` after step N was sent. Both move into the sender's window."""
+    step N+1 ``delay_seconds`` after step N was sent; neither before ``send_at`` if set. Both
+    move into the sender's window. ``body`` is a template (``shared.content``)."""
 
     message_type: Text = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.:-]+$")
-    body: Text = Field(min_length=1, max_length=4096)
+    body: Annotated[Text, AfterValidator(validate_template)] = Field(min_length=1, max_length=4096)
     delay_seconds: int = Field(default=0, ge=0, le=90 * 24 * 3600)
     # What the row spends of its sender's caps (LinkedIn invitations have their own).
     action: Action = Action.MESSAGE
@@ -137,7 +177,7 @@ def _unique_message_types(steps: list[EnqueueStep]) -> list[EnqueueStep]:
 CrossCampaignPolicy = Literal["skip", "allow"]
 
 
-class EnqueueRequest(_Strict):
+class EnqueueRequest(_SendAt):
     """Start (or extend) a campaign: upsert contacts, store the steps, and queue step 1 once
     per contact (the later steps follow as each one is sent).
 
@@ -173,7 +213,7 @@ EventName = Annotated[Text, Field(min_length=1, max_length=64, pattern=r"^[a-z_]
 Reason = Annotated[Text, Field(max_length=512)]
 
 
-class CampaignSpec(_Strict):
+class CampaignSpec(_SendAt):
     """A campaign as ``campaign.create`` (and ``sendonce campaign create --file``) takes it."""
 
     campaign_id: UUID

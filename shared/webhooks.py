@@ -43,6 +43,7 @@ from shared.providers.outcome import Channel
 from shared.sequences import ContactStop, StopCause, stop_contacts_in
 from shared.storage import sql
 from shared.storage.db import Database, DatabaseUnavailableError
+from shared.suppression import OptOutRules, find_opt_outs, record_opt_outs
 
 META_SIGNATURE_HEADER = "x-hub-signature-256"
 META_SIGNATURE_PREFIX = "sha256="
@@ -687,8 +688,9 @@ class EventSink(Protocol):
 
 
 class ProviderEventStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, opt_out: OptOutRules | None = None) -> None:
         self._db = db
+        self._opt_out = opt_out or OptOutRules()
 
     def save(self, channel: Channel, events: Sequence[ProviderEvent]) -> StoreReport:
         """Rows and ledger updates commit together or not at all, so a failure (answered
@@ -746,7 +748,10 @@ class ProviderEventStore:
                     ).fetchall()
                 )
             stored = {row["dedupe_key"] for row in inserted}
-            stopped = _stop_sequences(conn, channel, [e for e in events if e.dedupe_key in stored])
+            new = [e for e in events if e.dedupe_key in stored]
+            # Before the reply stop, so an opt-out's sequences stop as opt-outs (issue 8).
+            stopped = record_opt_outs(conn, channel, find_opt_outs(channel, new, self._opt_out))
+            stopped += _stop_sequences(conn, channel, new)
         return StoreReport(
             stored=len(inserted),
             duplicates=len(events) - len(inserted),

@@ -200,28 +200,45 @@ _RECORD_ATTEMPT: LiteralString = """), attempt AS (
 SELECT count(*) AS settled FROM settled
 """
 
+# The active suppression (shared.suppression) of a queue row's contact, workspace-wide or for
+# the row's sender. Read by the recovery point, so a contact suppressed after its row was queued,
+# or even claimed, is never sent to: the row ends `cancelled`. One index probe per row.
+_SUPPRESSION_OF_ROW: LiteralString = """
+        SELECT s.reason FROM contacts c
+        JOIN suppressions s ON s.channel = c.channel AND s.address = c.address AND s.removed_at IS NULL
+        WHERE c.id = q.contact_id
+          AND (s.sender_account_id IS NULL OR s.sender_account_id = q.sender_account_id)
+        ORDER BY s.created_at LIMIT 1
+    """
+
 # The recovery point: committed before the idempotency record is written and before any
 # provider call, so the sweeper knows a `claimed` row was never offered to a provider.
 # It is also the last moment a row can be held back: a row whose contact's sequence was
-# stopped (a reply, an opt-out, an operator) or whose campaign is no longer active since the
-# claim goes to `cancelled`, or back to `pending` with its attempt refunded when the campaign
-# is paused. Read in the statement that moves the row, so a stop committed before this
+# stopped (a reply, an opt-out, an operator), whose contact is suppressed, or whose campaign is
+# no longer active since the claim goes to `cancelled`, or back to `pending` with its attempt
+# refunded when the campaign is paused. Read in the statement that moves the row, so a stop committed before this
 # statement is always seen; one committed after it is later than the point of no return.
-MARK_SENDING: LiteralString = """
+MARK_SENDING: LiteralString = (
+    """
 WITH verdict AS (
     SELECT q.id,
-           CASE WHEN cc.sequence_state IN ('stopped', 'skipped') OR cp.status NOT IN ('active', 'paused')
+           CASE WHEN sup.reason IS NOT NULL OR cc.sequence_state IN ('stopped', 'skipped')
+                     OR cp.status NOT IN ('active', 'paused')
                     THEN 'cancelled'
                 WHEN cp.status = 'paused' THEN 'pending'
                 ELSE 'sending'
            END AS next_status,
-           CASE WHEN cc.sequence_state IN ('stopped', 'skipped')
+           CASE WHEN sup.reason IS NOT NULL THEN 'suppressed: ' || sup.reason
+                WHEN cc.sequence_state IN ('stopped', 'skipped')
                     THEN 'sequence stopped: ' || COALESCE(cc.stopped_reason, cc.sequence_state)
                 ELSE 'campaign ' || cp.status
            END AS why
     FROM send_queue q
     JOIN campaigns cp ON cp.id = q.campaign_id
     LEFT JOIN campaign_contacts cc ON cc.campaign_id = q.campaign_id AND cc.contact_id = q.contact_id
+    LEFT JOIN LATERAL ("""
+    + _SUPPRESSION_OF_ROW
+    + """) AS sup ON true
     WHERE q.id = %(queue_id)s AND q.status = 'claimed' AND q.claim_token = %(claim_token)s
       AND q.lease_expires_at > now()
 ), moved AS (
@@ -244,6 +261,7 @@ WITH verdict AS (
 )
 SELECT next_status AS status FROM moved
 """
+)
 
 QUEUE_ROW_STATUS: LiteralString = "SELECT status::text AS status FROM send_queue WHERE id = %(queue_id)s"
 
@@ -277,14 +295,16 @@ WITH settled AS (
     SELECT %(queue_id)s, %(attempt)s, %(claim_token)s, 'sent', %(reason)s, '', %(http_status)s, %(writer)s
     WHERE %(record_attempt)s
 ), sequence AS (
-    SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, s.message_type, s.max_attempts, s.sent_at
+    SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, s.message_type, s.max_attempts, s.sent_at,
+           cc.rendered_bodies
     FROM settled s
     JOIN campaign_contacts cc ON cc.campaign_id = s.campaign_id AND cc.contact_id = s.contact_id
     WHERE cc.sequence_state IN ('active', 'halted')
     FOR UPDATE OF cc
 ), next_step AS (
     SELECT q.campaign_id, q.contact_id, q.sender_account_id, q.max_attempts, q.sent_at,
-           nxt.message_type, nxt.body, nxt.action, nxt.delay_seconds
+           nxt.message_type, COALESCE(q.rendered_bodies[nxt.position], nxt.body) AS body, nxt.action,
+           nxt.delay_seconds, nxt.send_at
     FROM sequence q
     JOIN campaigns cp ON cp.id = q.campaign_id AND cp.status IN ('active', 'paused')
     JOIN campaign_steps cur ON cur.campaign_id = q.campaign_id AND cur.message_type = q.message_type
@@ -294,8 +314,8 @@ WITH settled AS (
                             scheduled_for, max_attempts)
     SELECT n.campaign_id, n.contact_id, n.sender_account_id, n.message_type, n.body, n.action,
            CASE WHEN sa.window_start IS NULL AND sa.window_days IS NULL
-                THEN n.sent_at + make_interval(secs => n.delay_seconds)
-                ELSE sendonce_next_window_open(n.sent_at + make_interval(secs => n.delay_seconds),
+                THEN GREATEST(n.sent_at + make_interval(secs => n.delay_seconds), n.send_at)
+                ELSE sendonce_next_window_open(GREATEST(n.sent_at + make_interval(secs => n.delay_seconds), n.send_at),
                                                sa.timezone, sa.window_days, sa.window_start, sa.window_end)
            END,
            n.max_attempts
@@ -479,15 +499,18 @@ ORDER BY s.provider_account_id
 """
 
 INSERT_CAMPAIGN_STEPS: LiteralString = """
-INSERT INTO campaign_steps (campaign_id, position, message_type, body, delay_seconds, action)
-SELECT %(campaign_id)s, st.position, st.message_type, st.body, st.delay_seconds, st.action
-FROM unnest(%(message_types)s::text[], %(bodies)s::text[], %(delays)s::int[], %(actions)s::text[])
-     WITH ORDINALITY AS st(message_type, body, delay_seconds, action, position)
+INSERT INTO campaign_steps (campaign_id, position, message_type, body, delay_seconds, action, send_at,
+                            send_at_timezone)
+SELECT %(campaign_id)s, st.position, st.message_type, st.body, st.delay_seconds, st.action, st.send_at,
+       st.send_at_timezone
+FROM unnest(%(message_types)s::text[], %(bodies)s::text[], %(delays)s::int[], %(actions)s::text[],
+            %(send_ats)s::timestamptz[], %(send_at_timezones)s::text[])
+     WITH ORDINALITY AS st(message_type, body, delay_seconds, action, send_at, send_at_timezone, position)
 ON CONFLICT DO NOTHING
 """
 
 CAMPAIGN_STEPS: LiteralString = """
-SELECT position, message_type, body, delay_seconds, action
+SELECT position, message_type, body, delay_seconds, action, send_at
 FROM campaign_steps WHERE campaign_id = %(campaign_id)s ORDER BY position
 """
 
@@ -593,14 +616,17 @@ RETURNING cc.contact_id
 QUEUE_FIRST_STEP: LiteralString = """
 INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, action, scheduled_for,
                         max_attempts)
-SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, st.message_type, st.body, st.action,
+SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, st.message_type,
+       COALESCE(cc.rendered_bodies[1], st.body), st.action,
        CASE WHEN s.window_start IS NULL AND s.window_days IS NULL
-            THEN now() + make_interval(secs => st.delay_seconds)
-            ELSE sendonce_next_window_open(now() + make_interval(secs => st.delay_seconds),
+            THEN GREATEST(now() + make_interval(secs => st.delay_seconds), st.send_at, cp.send_at)
+            ELSE sendonce_next_window_open(GREATEST(now() + make_interval(secs => st.delay_seconds),
+                                                    st.send_at, cp.send_at),
                                            s.timezone, s.window_days, s.window_start, s.window_end)
        END,
        %(max_attempts)s
 FROM campaign_contacts cc
+JOIN campaigns cp ON cp.id = cc.campaign_id
 JOIN campaign_steps st ON st.campaign_id = cc.campaign_id AND st.position = 1
 JOIN sender_accounts s ON s.id = cc.sender_account_id
 WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = ANY(%(contact_ids)s::uuid[])
@@ -1145,7 +1171,7 @@ ORDER BY cp.created_at
 
 AUDIT_QUEUE: LiteralString = """
 SELECT q.id AS queue_id, q.campaign_id, cp.name AS campaign, c.channel::text AS channel, c.address AS recipient,
-       q.message_type, q.status::text AS status, q.attempts, q.idempotency_key, q.provider_message_id,
+       q.message_type, q.body, q.status::text AS status, q.attempts, q.idempotency_key, q.provider_message_id,
        q.created_at, q.claimed_at, q.sending_started_at, q.sent_at, q.failure_reason, q.last_error
 FROM send_queue q
 JOIN contacts c ON c.id = q.contact_id
@@ -1283,4 +1309,94 @@ WHERE l.id = b.id
               < CASE b.status WHEN 'read' THEN 2 ELSE 1 END
       END
 RETURNING l.id
+"""
+
+
+# --- contact fields, personalised bodies, send_at (issue 8) ----------------------------------------
+
+# What a template can read of contacts that already exist: the request's own fields are merged
+# over these before rendering.
+CONTACT_PROFILES: LiteralString = """
+SELECT address, display_name, fields FROM contacts
+WHERE channel = %(channel)s::channel AND address = ANY(%(addresses)s::text[])
+"""
+
+# Runs after LOCK_CONTACTS in the same transaction, so the rows are already held. Only rows whose
+# fields or URL change are written: importing the same file twice writes nothing the second time.
+MERGE_CONTACT_FIELDS: LiteralString = """
+UPDATE contacts c
+SET fields = c.fields || t.fields,
+    linkedin_profile_url = COALESCE(t.linkedin_profile_url, c.linkedin_profile_url),
+    display_name = CASE WHEN c.display_name = '' THEN t.display_name ELSE c.display_name END
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(address text, display_name text, fields jsonb,
+                                               linkedin_profile_url text)
+WHERE c.channel = %(channel)s::channel AND c.address = t.address
+  AND (NOT c.fields @> t.fields
+       OR (t.linkedin_profile_url IS NOT NULL AND t.linkedin_profile_url IS DISTINCT FROM c.linkedin_profile_url)
+       OR (c.display_name = '' AND t.display_name <> ''))
+"""
+
+# Members of this campaign among these addresses: they keep the text rendered when they joined.
+EXISTING_MEMBERS: LiteralString = """
+SELECT c.address FROM campaign_contacts cc JOIN contacts c ON c.id = cc.contact_id
+WHERE cc.campaign_id = %(campaign_id)s AND c.channel = %(channel)s::channel
+  AND c.address = ANY(%(addresses)s::text[])
+"""
+
+# Written once, before the contact's sequence starts (QUEUE_FIRST_STEP reads it).
+SET_RENDERED_BODIES: LiteralString = """
+UPDATE campaign_contacts cc
+SET rendered_bodies = t.bodies
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(address text, bodies text[])
+JOIN contacts c ON c.channel = %(channel)s::channel AND c.address = t.address
+WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = c.id AND cc.rendered_bodies IS NULL
+"""
+
+SET_CAMPAIGN_SEND_AT: LiteralString = """
+UPDATE campaigns SET send_at = %(send_at)s, send_at_timezone = %(send_at_timezone)s
+WHERE id = %(campaign_id)s
+"""
+
+# --- suppression (issue 8) -----------------------------------------------------------------------
+
+# Addresses among these that an active suppression covers for any of these senders (or all).
+SUPPRESSED_AMONG: LiteralString = """
+SELECT DISTINCT s.address FROM suppressions s
+WHERE s.channel = %(channel)s::channel AND s.address = ANY(%(addresses)s::text[]) AND s.removed_at IS NULL
+  AND (s.sender_account_id IS NULL OR s.sender_account_id = ANY(%(sender_ids)s::uuid[]))
+"""
+
+ADD_SUPPRESSIONS: LiteralString = """
+INSERT INTO suppressions (channel, address, sender_account_id, source, reason, created_by)
+SELECT %(channel)s::channel, t.address, %(sender_account_id)s::uuid, %(source)s, t.reason, %(created_by)s
+FROM unnest(%(addresses)s::text[], %(reasons)s::text[]) AS t(address, reason)
+ON CONFLICT (channel, address, COALESCE(sender_account_id, '00000000-0000-0000-0000-000000000000'::uuid))
+    WHERE removed_at IS NULL DO NOTHING
+RETURNING id, address
+"""
+
+REMOVE_SUPPRESSION: LiteralString = """
+UPDATE suppressions
+SET removed_at = now(), removed_by = %(removed_by)s, removed_reason = %(reason)s
+WHERE channel = %(channel)s::channel AND address = %(address)s AND removed_at IS NULL
+  AND sender_account_id IS NOT DISTINCT FROM %(sender_account_id)s::uuid
+RETURNING id
+"""
+
+LIST_SUPPRESSIONS: LiteralString = """
+SELECT s.id, s.channel::text AS channel, s.address, sa.provider_account_id AS sender, s.source, s.reason,
+       s.created_by, s.created_at, s.removed_at, s.removed_by, s.removed_reason
+FROM suppressions s LEFT JOIN sender_accounts sa ON sa.id = s.sender_account_id
+WHERE (%(channel)s::channel IS NULL OR s.channel = %(channel)s::channel)
+  AND (%(address)s::text IS NULL OR s.address = %(address)s)
+  AND (%(include_removed)s OR s.removed_at IS NULL)
+ORDER BY s.created_at, s.id
+LIMIT %(limit)s
+"""
+
+# A sender-scoped suppression stops the contact only in the campaigns where that sender serves it.
+CAMPAIGNS_OF_CONTACT_SENDER: LiteralString = """
+SELECT cc.campaign_id FROM campaign_contacts cc JOIN contacts c ON c.id = cc.contact_id
+WHERE c.channel = %(channel)s::channel AND c.address = %(address)s
+  AND cc.sender_account_id = %(sender_account_id)s
 """
