@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from shared.addresses import mask_address
 from shared.content import ContentRejected, StepTemplate, field_key, render_steps
-from shared.events import EnqueueContact, EnqueueStep
+from shared.events import EnqueueContact
 from shared.providers.outcome import Channel
 from shared.storage import sql
 from shared.suppression import suppressed_among
@@ -84,7 +84,7 @@ def admit(
     campaign_id: UUID,
     channel: Channel,
     sender_ids: Sequence[UUID],
-    steps: Sequence[EnqueueStep],
+    steps: Sequence[StepTemplate],
     profiles: Mapping[str, Profile],
     origin: Mapping[str, int],
 ) -> Admission:
@@ -108,7 +108,6 @@ def admit(
             sql.CONTACT_PROFILES, {"channel": channel.value, "addresses": candidates}
         ).fetchall()
     }
-    templates = [StepTemplate(s.body, s.action) for s in steps]
     for address in candidates:
         given = profiles[address]
         result.profiles[address] = given
@@ -119,7 +118,7 @@ def admit(
         fields = {**(row["fields"] if row else {}), **given.fields}
         display = given.display_name or (row["display_name"] if row else "")
         try:
-            result.rendered[address] = render_steps(campaign_id, channel, address, display, fields, templates)
+            result.rendered[address] = render_steps(campaign_id, channel, address, display, fields, steps)
         except ContentRejected as exc:
             result.rejected_by_reason[exc.problem.value] += 1
             if len(result.rejected_examples) < MAX_REJECTED_EXAMPLES:

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from shared import admission
 from shared.addresses import AddressProblem, InvalidAddressError, mask_address, normalise_address
+from shared.content import StepTemplate
 from shared.events import EnqueueContact, EnqueueRequest, EnqueueStep
 from shared.providers.outcome import Channel
 from shared.sequences import EngineConfig, QueueingResult, queue_waiting_contacts
@@ -269,7 +270,7 @@ def admit_contacts(
         campaign_id=campaign_id,
         channel=channel,
         sender_ids=pool,
-        steps=steps,
+        steps=[StepTemplate(s.body, s.action) for s in steps],
         profiles=admission.profiles_of(given, contacts.index_of),
         origin=contacts.index_of,
     )
