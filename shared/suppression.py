@@ -16,7 +16,7 @@ everything that has not reached the provider.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from shared.addresses import normalise_address
 from shared.config import DEFAULT_OPT_OUT_KEYWORDS, DEFAULT_OPT_OUT_PAYLOADS, Settings
 from shared.providers.outcome import Channel
+from shared.senders import UnknownSenderError
 from shared.sequences import ContactStop, StopCause, stop_contacts_in
 from shared.storage import sql
 from shared.storage.db import Database
@@ -51,10 +52,6 @@ class SuppressionSource(StrEnum):
     BUTTON = "button"
     PROVIDER_PREFERENCE = "provider_preference"
     OPERATOR = "operator"
-
-
-class UnknownSenderError(LookupError):
-    pass
 
 
 def fold(text: str) -> str:
@@ -354,7 +351,3 @@ def suppressed_among(
         {"channel": channel.value, "addresses": list(addresses), "sender_ids": list(sender_ids)},
     ).fetchall()
     return {r["address"] for r in rows}
-
-
-def as_mapping(report: SuppressionReport) -> Mapping[str, Any]:
-    return report.model_dump()

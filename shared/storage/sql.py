@@ -1400,3 +1400,15 @@ SELECT cc.campaign_id FROM campaign_contacts cc JOIN contacts c ON c.id = cc.con
 WHERE c.channel = %(channel)s::channel AND c.address = %(address)s
   AND cc.sender_account_id = %(sender_account_id)s
 """
+
+# Every suppression, active or lifted, of a contact or of a campaign's contacts (sendonce audit).
+AUDIT_SUPPRESSIONS: LiteralString = """
+SELECT s.id, s.channel::text AS channel, s.address, sa.provider_account_id AS sender, s.source, s.reason,
+       s.created_by, s.created_at, s.removed_at, s.removed_by, s.removed_reason
+FROM suppressions s LEFT JOIN sender_accounts sa ON sa.id = s.sender_account_id
+WHERE (%(address)s::text IS NULL OR s.address = %(address)s)
+  AND (%(campaign_id)s::uuid IS NULL OR EXISTS (
+        SELECT 1 FROM campaign_contacts cc JOIN contacts c ON c.id = cc.contact_id
+        WHERE cc.campaign_id = %(campaign_id)s::uuid AND c.channel = s.channel AND c.address = s.address))
+ORDER BY s.created_at, s.id
+"""
