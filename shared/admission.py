@@ -9,8 +9,8 @@ Inside the enqueue transaction, before members are added:
    reason;
 3. contacts already members keep the text rendered when they joined.
 
-After ``add_members``, :func:`store` writes the contacts' fields and the rendered texts, before
-the sequences start: step 1's queue row, and every later one, copies that text.
+``add_members`` stores each new member with its rendered texts, and :func:`store` the contacts'
+fields, before the sequences start: step 1's queue row, and every later one, copies that text.
 """
 
 from __future__ import annotations
@@ -135,11 +135,9 @@ def admit(
     return result
 
 
-def store(
-    conn: psycopg.Connection[DictRow], campaign_id: UUID, channel: Channel, admission: Admission
-) -> None:
-    """After ``add_members`` (which locked the contacts): their fields, then the new members'
-    rendered texts."""
+def store(conn: psycopg.Connection[DictRow], channel: Channel, admission: Admission) -> None:
+    """After ``add_members`` (which locked the contacts and stored the new members' rendered
+    texts): the contacts' fields."""
     rows: list[dict[str, Any]] = [
         {
             "address": address,
@@ -153,12 +151,3 @@ def store(
     ]
     if rows:
         conn.execute(sql.MERGE_CONTACT_FIELDS, {"channel": channel.value, "rows": json.dumps(rows)})
-    if admission.rendered:
-        conn.execute(
-            sql.SET_RENDERED_BODIES,
-            {
-                "campaign_id": campaign_id,
-                "channel": channel.value,
-                "rows": json.dumps([{"address": a, "bodies": b} for a, b in admission.rendered.items()]),
-            },
-        )

@@ -208,9 +208,11 @@ def create_campaign(
             raise CampaignStateError(f"campaign {spec.campaign_id} is cancelled; no contacts were added")
         admitted = admit_contacts(conn, spec.campaign_id, spec.channel, spec.steps, spec.contacts, contacts)
         ids = (
-            add_members(conn, spec.campaign_id, spec.channel, admitted.admitted) if admitted.admitted else []
+            add_members(conn, spec.campaign_id, spec.channel, admitted.admitted, admitted.rendered)
+            if admitted.admitted
+            else []
         )
-        admission.store(conn, spec.campaign_id, spec.channel, admitted)
+        admission.store(conn, spec.channel, admitted)
         if start and campaign["status"] == "draft":
             _set_status(conn, spec.campaign_id, "draft", "active", "start", who, "started at creation")
             campaign["status"] = "active"

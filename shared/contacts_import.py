@@ -248,8 +248,12 @@ def import_contacts(
                 origin={a: parsed.lines[i] for a, i in index_of.items()},
             )
             existing = len(admitted.admitted) - len(admitted.rendered)
-            ids = add_members(conn, campaign_id, channel, admitted.admitted) if admitted.admitted else []
-            admission.store(conn, campaign_id, channel, admitted)
+            ids = (
+                add_members(conn, campaign_id, channel, admitted.admitted, admitted.rendered)
+                if admitted.admitted
+                else []
+            )
+            admission.store(conn, channel, admitted)
             result = start_members(conn, campaign, config, ids, "import")
             added += len(admitted.rendered)
             members += existing

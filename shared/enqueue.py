@@ -15,6 +15,7 @@ recently is skipped (the cross-campaign policy, seed 000), with the reason recor
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -201,10 +202,15 @@ def hold_campaign(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> dict[
 
 
 def add_members(
-    conn: psycopg.Connection[DictRow], campaign_id: UUID, channel: Channel, contacts: Mapping[str, str]
+    conn: psycopg.Connection[DictRow],
+    campaign_id: UUID,
+    channel: Channel,
+    contacts: Mapping[str, str],
+    rendered: Mapping[str, list[str]] | None = None,
 ) -> list[UUID]:
     """Upsert the contacts, lock them (see ``sql.LOCK_CONTACTS``) and make them members of the
-    campaign; returns their ids. New members wait until their sequence is started."""
+    campaign, each new one with its rendered texts (``shared.admission``); returns their ids.
+    New members wait until their sequence is started."""
     # Sorted: concurrent inserts of overlapping contact lists take their locks in one order.
     addresses = sorted(contacts)
     conn.execute(
@@ -213,7 +219,15 @@ def add_members(
     )
     rows = conn.execute(sql.LOCK_CONTACTS, {"channel": channel.value, "addresses": addresses}).fetchall()
     ids = [r["id"] for r in rows]
-    conn.execute(sql.ADD_CAMPAIGN_CONTACTS, {"campaign_id": campaign_id, "contact_ids": ids})
+    texts = rendered or {}
+    conn.execute(
+        sql.ADD_CAMPAIGN_CONTACTS,
+        {
+            "campaign_id": campaign_id,
+            "contact_ids": ids,
+            "rendered": [json.dumps(texts[r["address"]]) if r["address"] in texts else None for r in rows],
+        },
+    )
     return ids
 
 
@@ -335,8 +349,8 @@ def enqueue_campaign(
         admitted = admit_contacts(
             conn, request.campaign_id, request.channel, request.steps, request.contacts, contacts
         )
-        ids = add_members(conn, request.campaign_id, request.channel, admitted.admitted)
-        admission.store(conn, request.campaign_id, request.channel, admitted)
+        ids = add_members(conn, request.campaign_id, request.channel, admitted.admitted, admitted.rendered)
+        admission.store(conn, request.channel, admitted)
         result = start_members(conn, campaign, config, ids, "enqueue")
         states = conn.execute(
             sql.MEMBERSHIP_STATES, {"campaign_id": request.campaign_id, "contact_ids": ids}

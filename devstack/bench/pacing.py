@@ -61,7 +61,8 @@ def busiest_second(times: list[datetime]) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="the provider's limit R, msg/s")
-    parser.add_argument("--messages", type=int, default=1200)
+    # Its own flag: throughput already defines --messages, and argparse refuses a second one.
+    parser.add_argument("--pacing-messages", type=int, default=1200)
 
 
 def _drain(stack: LocalStack) -> None:
@@ -82,7 +83,7 @@ def _drain(stack: LocalStack) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    rate, messages = args.rate, args.messages
+    rate, messages = args.rate, args.pacing_messages
     configured = round(rate * 0.95, 2)
     burst = max(1, int(rate / 4))
     overrides: dict[str, Any] = {"send_concurrency": 4}

@@ -547,9 +547,12 @@ FOR NO KEY UPDATE OF c
 # Existing members are filtered out before the insert: a unique check against a membership
 # row a settle or a stop is updating would wait for that transaction, and the settle may be
 # waiting for this one (a deadlock). ON CONFLICT still covers two enqueues adding one member.
+# Each new member carries its rendered texts (a JSON array, or NULL), written once here.
 ADD_CAMPAIGN_CONTACTS: LiteralString = """
-INSERT INTO campaign_contacts (campaign_id, contact_id, sequence_state)
-SELECT %(campaign_id)s, t.id, 'waiting' FROM unnest(%(contact_ids)s::uuid[]) AS t(id)
+INSERT INTO campaign_contacts (campaign_id, contact_id, sequence_state, rendered_bodies)
+SELECT %(campaign_id)s, t.id, 'waiting',
+       CASE WHEN t.rendered IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(t.rendered)) END
+FROM unnest(%(contact_ids)s::uuid[], %(rendered)s::jsonb[]) AS t(id, rendered)
 WHERE NOT EXISTS (SELECT 1 FROM campaign_contacts cc
                   WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = t.id)
 ON CONFLICT DO NOTHING
@@ -1324,12 +1327,15 @@ WHERE channel = %(channel)s::channel AND address = ANY(%(addresses)s::text[])
 # Runs after LOCK_CONTACTS in the same transaction, so the rows are already held. Only rows whose
 # fields or URL change are written: importing the same file twice writes nothing the second time.
 MERGE_CONTACT_FIELDS: LiteralString = """
+WITH t AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
+        AS r(address text, display_name text, fields jsonb, linkedin_profile_url text)
+)
 UPDATE contacts c
 SET fields = c.fields || t.fields,
     linkedin_profile_url = COALESCE(t.linkedin_profile_url, c.linkedin_profile_url),
     display_name = CASE WHEN c.display_name = '' THEN t.display_name ELSE c.display_name END
-FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(address text, display_name text, fields jsonb,
-                                               linkedin_profile_url text)
+FROM t
 WHERE c.channel = %(channel)s::channel AND c.address = t.address
   AND (NOT c.fields @> t.fields
        OR (t.linkedin_profile_url IS NOT NULL AND t.linkedin_profile_url IS DISTINCT FROM c.linkedin_profile_url)
@@ -1341,15 +1347,6 @@ EXISTING_MEMBERS: LiteralString = """
 SELECT c.address FROM campaign_contacts cc JOIN contacts c ON c.id = cc.contact_id
 WHERE cc.campaign_id = %(campaign_id)s AND c.channel = %(channel)s::channel
   AND c.address = ANY(%(addresses)s::text[])
-"""
-
-# Written once, before the contact's sequence starts (QUEUE_FIRST_STEP reads it).
-SET_RENDERED_BODIES: LiteralString = """
-UPDATE campaign_contacts cc
-SET rendered_bodies = t.bodies
-FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(address text, bodies text[])
-JOIN contacts c ON c.channel = %(channel)s::channel AND c.address = t.address
-WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = c.id AND cc.rendered_bodies IS NULL
 """
 
 SET_CAMPAIGN_SEND_AT: LiteralString = """
