@@ -24,6 +24,8 @@ import io
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_plus
 from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
@@ -32,14 +34,14 @@ from shared import admission
 from shared.addresses import InvalidAddressError, mask_address, normalise_address
 from shared.content import StepTemplate
 from shared.enqueue import add_members, hold_campaign, start_members, stored_region
-from shared.events import EnqueueContact
+from shared.events import ContactImportEvent, ContactImportRequest, EnqueueContact
 from shared.pacing import Action
 from shared.providers.outcome import Channel
 from shared.sequences import EngineConfig
 from shared.storage import sql
 from shared.storage.db import Database
 
-__all__ = ["ImportFileError", "ImportReport", "RowProblem", "import_contacts", "parse_csv"]
+__all__ = ["ImportFileError", "ImportReport", "RowProblem", "import_contacts", "import_from_s3", "parse_csv"]
 
 # Rows per chunk written inside the one transaction: bounds each statement's arrays.
 CHUNK = 2000
@@ -280,3 +282,42 @@ def import_contacts(
         rejected_by_reason=rejected,
         problems=problems[:MAX_REPORTED_ROWS],
     )
+
+
+# --- the event path: a CSV object in S3 ------------------------------------------------------------
+
+_KEY = re.compile(r"^contacts/(?P<campaign>[0-9a-fA-F-]{36})/[^/]+$")
+
+
+class S3ImportReport(BaseModel):
+    imports: list[dict[str, Any]]
+
+
+def _objects(event: ContactImportEvent) -> list[tuple[str, str, UUID, str | None]]:
+    root = event.root
+    if isinstance(root, ContactImportRequest):
+        return [(root.bucket, root.key, root.campaign_id, root.sender_default_region)]
+    found: list[tuple[str, str, UUID, str | None]] = []
+    for record in root.Records:
+        key = unquote_plus(record.s3.object.key)  # S3 notifications URL-encode the key
+        match = _KEY.match(key)
+        if match is None:
+            raise ImportFileError(
+                f"object key {key!r} is not contacts/<campaign id>/<file>.csv; nothing was imported"
+            )
+        found.append((record.s3.bucket.name, key, UUID(match["campaign"]), None))
+    return found
+
+
+def import_from_s3(
+    db: Database, s3: Any, event: ContactImportEvent, *, config: EngineConfig
+) -> S3ImportReport:
+    """Each object the event names, read whole (at most ``MAX_FILE_BYTES``) and imported. ``s3``
+    is a boto3 S3 client."""
+    reports = []
+    for bucket, key, campaign_id, region in _objects(event):
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+        data = body.read(MAX_FILE_BYTES + 1)
+        report = import_contacts(db, campaign_id, data, config=config, region=region)
+        reports.append({"bucket": bucket, "key": key, **report.model_dump(mode="json")})
+    return S3ImportReport(imports=reports)

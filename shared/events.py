@@ -345,3 +345,56 @@ def parse_event[ModelT: BaseModel](model: type[ModelT], event: object) -> ModelT
         raise InvalidEventError(
             f"invalid {model.__name__} event ({exc.error_count()} problems): {problems}"
         ) from None
+
+
+# --- contact import from S3 (issue 8) --------------------------------------------------------------
+
+
+class ContactImportRequest(_Strict):
+    """An operator's import of a CSV object: ``events/contacts-import.json``."""
+
+    source: Literal["sendonce.api", "sendonce.manual"]
+    campaign_id: UUID
+    bucket: Text = Field(min_length=3, max_length=63)
+    key: Text = Field(min_length=1, max_length=1024)
+    sender_default_region: Annotated[Text, AfterValidator(validate_region)] | None = None
+
+
+class _S3Bucket(BaseModel):
+    name: Text
+
+
+class _S3Object(BaseModel):
+    key: Text
+
+
+class _S3Entity(BaseModel):
+    bucket: _S3Bucket
+    object: _S3Object
+
+
+class _S3Record(BaseModel):
+    eventSource: Literal["aws:s3"]
+    s3: _S3Entity
+
+
+class S3ImportNotification(BaseModel):
+    """S3's ObjectCreated notification (``events/contacts-import-s3.json``). The campaign is the
+    key's folder: ``contacts/<campaign id>/<file>.csv``. Fields S3 adds are ignored."""
+
+    Records: list[_S3Record] = Field(min_length=1, max_length=100)
+
+
+def _import_event_kind(event: Any) -> str:
+    return "s3" if isinstance(event, dict) and "Records" in event else "manual"
+
+
+class ContactImportEvent(
+    RootModel[
+        Annotated[
+            Annotated[ContactImportRequest, Tag("manual")] | Annotated[S3ImportNotification, Tag("s3")],
+            Discriminator(_import_event_kind),
+        ]
+    ]
+):
+    """What the contacts function accepts."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from devstack.aws import aws_client
 from devstack.engine_testing import CONFIG
 from devstack.stack import ROOT, LocalStack
 from shared.campaigns import create_campaign
@@ -197,3 +198,43 @@ def test_contacts_import_and_suppress_commands(stack: LocalStack, tmp_path: Path
         stack, "contacts", "import", str(tmp_path / "nope.csv"), "--campaign", str(campaign_id)
     )
     assert missing.returncode != 0
+
+
+# --- the event path: a CSV object in S3 (moto) ----------------------------------------------------
+
+SAMPLE_CAMPAIGN = uuid.UUID("5d2e8f3a-1c4b-4e7d-9a6f-0b3c2d1e4f52")  # the campaign events/contacts-* name
+
+
+def test_the_contacts_function_imports_the_s3_object_its_event_names(stack: LocalStack) -> None:
+    """Both sample events through the real handler, in its own process, against moto S3: the
+    operator's event and S3's ObjectCreated notification (whose key is URL-encoded)."""
+    spec = CampaignSpec.model_validate(
+        {
+            "campaign_id": str(SAMPLE_CAMPAIGN),
+            "name": "S3 import",
+            "channel": "whatsapp",
+            "senders": ["s3-sender"],
+            "steps": [{"message_type": "intro", "body": "Hi {first_name|there}"}],
+        }
+    )
+    create_campaign(stack.db, spec, operator="test", config=CONFIG, start=True)
+    s3 = aws_client("s3", stack.moto.endpoint)
+    bucket = "sendonce-contact-imports"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    manual = json.loads((ROOT / "events" / "contacts-import.json").read_text())
+    s3.put_object(
+        Bucket=bucket, Key=manual["key"], Body=b"phone,first_name\n(555) 000-0101,Ana\n15550000102,Ben\n"
+    )
+    s3.put_object(
+        Bucket=bucket,
+        Key=f"contacts/{SAMPLE_CAMPAIGN}/spring list 2.csv",
+        Body=b"phone,first_name\n15550000102,Ben\n15550000103,Cat\nbad,Row\n",
+    )
+    first = stack.spawn("contacts", ROOT / "events" / "contacts-import.json").finish()
+    [report] = first["imports"]
+    assert (report["contacts_added"], report["rows_queued"]) == (2, 2), "(555) 000-0101 read with region US"
+    second = stack.spawn("contacts", ROOT / "events" / "contacts-import-s3.json").finish()
+    [report] = second["imports"]
+    assert (report["contacts_added"], report["already_members"], report["invalid_rows"]) == (1, 1, 1)
+    assert [p["line"] for p in report["problems"]] == [4]
+    assert counts(stack.db, SAMPLE_CAMPAIGN)[1:] == (3, 3)
