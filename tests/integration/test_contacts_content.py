@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -236,3 +238,34 @@ def test_operator_suppress_add_stops_sequences_and_remove_is_recorded(database: 
     assert list_suppressions(database, address=A) == []
     [history] = list_suppressions(database, address=A, include_removed=True)
     assert (history["removed_by"], history["removed_reason"]) == ("operator:ops", "re-consented")
+
+
+# --- absolute send times (section 7) ------------------------------------------------------------------
+
+
+def test_send_at_with_a_time_zone_holds_a_step_and_a_campaign_until_then(
+    database: Database, deps: DispatchDeps
+) -> None:
+    """Step 1 is due at the later of its relative delay and its send_at (or the campaign's);
+    step 2 at the later of its delay after step 1 and its own send_at."""
+    campaign = uuid.uuid4()
+    step_two_at = datetime.now(UTC) + timedelta(days=3)
+    req = request(campaign, [{"address": A}], [("intro", "Hi", 0), ("follow_up", "Again", 60)])
+    payload = req.model_dump(mode="json")
+    payload["send_at"] = "2030-06-01T09:00"
+    payload["send_at_timezone"] = "Europe/Paris"
+    payload["steps"][1]["send_at"] = step_two_at.isoformat()
+    enqueue_campaign(database, EnqueueRequest.model_validate(payload))
+    [row] = database.fetch_all(
+        "SELECT scheduled_for FROM send_queue WHERE campaign_id = %(c)s", {"c": campaign}
+    )
+    assert row["scheduled_for"] == datetime(2030, 6, 1, 9, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    assert run_dispatcher(deps)["Sent"] == 0, "not before its send_at"
+    with database.connection() as conn:
+        conn.execute("UPDATE send_queue SET scheduled_for = now()")
+    assert run_dispatcher(deps)["Sent"] == 1
+    follow_up = database.fetch_one(
+        "SELECT scheduled_for FROM send_queue WHERE campaign_id = %(c)s AND message_type = 'follow_up'",
+        {"c": campaign},
+    )
+    assert follow_up is not None and follow_up["scheduled_for"] == step_two_at

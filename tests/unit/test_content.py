@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,7 +20,7 @@ from shared.content import (
 )
 from shared.pacing import Action
 from shared.providers.outcome import Channel
-from shared.suppression import OptOutRules
+from shared.suppression import OptOutRules, find_opt_outs
 
 CAMPAIGN = uuid.UUID("00000000-0000-0000-0000-000000000001")
 
@@ -104,3 +105,82 @@ def test_opt_out_keywords_match_whole_messages_only() -> None:
         assert rules.is_keyword(text), text
     for text in ("don't stop", "stop by tomorrow?", "", "STOP" * 30):
         assert not rules.is_keyword(text), text
+
+
+def _event(payload: dict[str, object], *, contact: str | None, status: str | None) -> SimpleNamespace:
+    return SimpleNamespace(payload=payload, contact=contact, status=status)
+
+
+def test_provider_opt_out_shapes_are_recognised() -> None:
+    rules = OptOutRules()
+    # WhatsApp: user_preferences webhook (Meta, "user_preferences webhook reference"), stored as an
+    # unrecognised change; a template's quick-reply button; an interactive reply button.
+    preference = {
+        "field": "user_preferences",
+        "value": {
+            "user_preferences": [
+                {
+                    "wa_id": "16505551234",
+                    "category": "marketing_messages",
+                    "value": "stop",
+                    "timestamp": 1731705721,
+                },
+                {
+                    "wa_id": "16505550000",
+                    "category": "marketing_messages",
+                    "value": "resume",
+                    "timestamp": 1731705721,
+                },
+            ]
+        },
+    }
+    button = {"from": "15550000001", "type": "button", "button": {"payload": "OPT_OUT", "text": "No thanks"}}
+    reply_button = {
+        "from": "15550000002",
+        "type": "interactive",
+        "interactive": {"type": "button_reply", "button_reply": {"id": "x1", "title": "Stop"}},
+    }
+    found = find_opt_outs(
+        Channel.WHATSAPP,
+        [
+            _event(preference, contact=None, status=None),
+            _event(button, contact="15550000001", status="received"),
+            _event(reply_button, contact="15550000002", status="received"),
+            _event({"type": "text", "text": {"body": "STOP"}}, contact="15550000003", status="sent"),
+        ],
+        rules,
+    )
+    assert {(o.contact, o.source.value) for o in found} == {
+        ("16505551234", "provider_preference"),
+        ("15550000001", "button"),
+        ("15550000002", "button"),
+    }, "a resume is not an opt-out, and only what the contact sent counts"
+
+    # Messenger: messaging_optins STOP_NOTIFICATIONS, a quick reply payload, a postback, a keyword;
+    # the Page's own echo never counts.
+    def item(psid: str, **extra: object) -> dict[str, object]:
+        return {"sender": {"id": psid}, "recipient": {"id": "PAGE"}, "timestamp": 1, **extra}
+
+    messenger = [
+        item(
+            "p1",
+            optin={"type": "notification_messages", "notification_messages_status": "STOP_NOTIFICATIONS"},
+        ),
+        item("p2", message={"mid": "m2", "text": "ok", "quick_reply": {"payload": "UNSUBSCRIBE"}}),
+        item("p3", postback={"title": "Unsubscribe", "payload": "MENU_3"}),
+        item("p4", message={"mid": "m4", "text": "arrêt"}),
+        item("p5", message={"mid": "m5", "text": "STOP", "is_echo": True}),
+        item(
+            "p6",
+            optin={"type": "notification_messages", "notification_messages_status": "RESUME_NOTIFICATIONS"},
+        ),
+    ]
+    found = find_opt_outs(Channel.MESSENGER, [_event(m, contact=None, status=None) for m in messenger], rules)
+    assert [(o.contact, o.source.value) for o in found] == [
+        ("p1", "provider_preference"),
+        ("p2", "button"),
+        ("p3", "button"),
+        ("p4", "keyword"),
+    ]
+    unipile = _event({"text": "Unsubscribe"}, contact="ACoAAB", status="received")
+    assert [o.contact for o in find_opt_outs(Channel.LINKEDIN, [unipile], rules)] == ["ACoAAB"]
