@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from types import SimpleNamespace
 
 import pytest
@@ -107,7 +108,7 @@ def test_opt_out_keywords_match_whole_messages_only() -> None:
         assert not rules.is_keyword(text), text
 
 
-def _event(payload: dict[str, object], *, contact: str | None, status: str | None) -> SimpleNamespace:
+def _event(payload: Mapping[str, object], *, contact: str | None, status: str | None) -> SimpleNamespace:
     return SimpleNamespace(payload=payload, contact=contact, status=status)
 
 
