@@ -136,8 +136,8 @@ def admit(
 
 
 def store(conn: psycopg.Connection[DictRow], channel: Channel, admission: Admission) -> None:
-    """After ``add_members`` (which locked the contacts and stored the new members' rendered
-    texts): the contacts' fields."""
+    """After ``add_members`` (which stored the new members' rendered texts): the contacts'
+    fields, for future campaigns (``sql.MERGE_CONTACT_FIELDS`` locks what it changes)."""
     rows: list[dict[str, Any]] = [
         {
             "address": address,

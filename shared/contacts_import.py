@@ -250,11 +250,10 @@ def import_contacts(
                 origin={a: parsed.lines[i] for a, i in index_of.items()},
             )
             existing = len(admitted.admitted) - len(admitted.rendered)
-            ids = (
-                add_members(conn, campaign_id, channel, admitted.admitted, admitted.rendered)
-                if admitted.admitted
-                else []
-            )
+            # Only new members: existing ones keep their texts and their sequences, and locking
+            # them again would write every row of a file imported twice.
+            joining = {a: admitted.admitted[a] for a in admitted.rendered}
+            ids = add_members(conn, campaign_id, channel, joining, admitted.rendered) if joining else []
             admission.store(conn, channel, admitted)
             result = start_members(conn, campaign, config, ids, "import")
             added += len(admitted.rendered)

@@ -1324,22 +1324,28 @@ SELECT address, display_name, fields FROM contacts
 WHERE channel = %(channel)s::channel AND address = ANY(%(addresses)s::text[])
 """
 
-# Runs after LOCK_CONTACTS in the same transaction, so the rows are already held. Only rows whose
-# fields or URL change are written: importing the same file twice writes nothing the second time.
+# Only rows whose fields, URL or empty display name change are locked and written, in address
+# order like every other contact lock (so two writers never wait on each other in a cycle):
+# importing the same file twice writes nothing the second time.
 MERGE_CONTACT_FIELDS: LiteralString = """
 WITH t AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
         AS r(address text, display_name text, fields jsonb, linkedin_profile_url text)
+), changed AS (
+    SELECT c.id, t.fields, t.linkedin_profile_url, t.display_name
+    FROM contacts c JOIN t ON c.channel = %(channel)s::channel AND c.address = t.address
+    WHERE NOT c.fields @> t.fields
+       OR (t.linkedin_profile_url IS NOT NULL AND t.linkedin_profile_url IS DISTINCT FROM c.linkedin_profile_url)
+       OR (c.display_name = '' AND t.display_name <> '')
+    ORDER BY c.address
+    FOR NO KEY UPDATE OF c
 )
 UPDATE contacts c
-SET fields = c.fields || t.fields,
-    linkedin_profile_url = COALESCE(t.linkedin_profile_url, c.linkedin_profile_url),
-    display_name = CASE WHEN c.display_name = '' THEN t.display_name ELSE c.display_name END
-FROM t
-WHERE c.channel = %(channel)s::channel AND c.address = t.address
-  AND (NOT c.fields @> t.fields
-       OR (t.linkedin_profile_url IS NOT NULL AND t.linkedin_profile_url IS DISTINCT FROM c.linkedin_profile_url)
-       OR (c.display_name = '' AND t.display_name <> ''))
+SET fields = c.fields || ch.fields,
+    linkedin_profile_url = COALESCE(ch.linkedin_profile_url, c.linkedin_profile_url),
+    display_name = CASE WHEN c.display_name = '' THEN ch.display_name ELSE c.display_name END
+FROM changed ch
+WHERE c.id = ch.id
 """
 
 # Members of this campaign among these addresses: they keep the text rendered when they joined.
