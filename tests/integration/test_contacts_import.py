@@ -17,7 +17,7 @@ import pytest
 from devstack.aws import aws_client
 from devstack.engine_testing import CONFIG
 from devstack.stack import ROOT, LocalStack
-from shared.campaigns import create_campaign
+from shared.campaigns import cancel_campaign, create_campaign
 from shared.contacts_import import ImportFileError, import_contacts
 from shared.events import CampaignSpec
 from shared.storage.db import Database
@@ -117,6 +117,12 @@ def test_a_file_level_error_writes_nothing(database: Database, data: bytes, mess
 def test_an_unknown_or_cancelled_campaign_is_a_file_level_error(database: Database) -> None:
     with pytest.raises(ImportFileError, match="no campaign"):
         import_contacts(database, uuid.uuid4(), b"phone\n15550000001\n", config=CONFIG)
+    campaign_id = campaign(database)
+    cancel_campaign(database, campaign_id, operator="test")
+    before = counts(database, campaign_id)
+    with pytest.raises(ImportFileError, match="cancelled"):
+        import_contacts(database, campaign_id, b"phone\n15550000001\n", config=CONFIG)
+    assert counts(database, campaign_id) == before
 
 
 def seed_002_csv(rows: int) -> bytes:
