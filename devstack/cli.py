@@ -22,6 +22,10 @@ commands work against the local stack and a deployed one.
     sendonce sender pause --channel CHANNEL --account ID [--until TIME | --for-minutes N] --operator NAME
     sendonce sender resume --channel CHANNEL --account ID --operator NAME
     sendonce sender configure --channel CHANNEL --account ID --operator NAME [pacing options]
+    sendonce contacts import FILE.csv --campaign ID [--region CC] [--json]
+    sendonce suppress add|remove --channel CHANNEL --address ADDRESS [--sender ID]
+                     --reason TEXT --operator NAME
+    sendonce suppress list [--channel CHANNEL] [--address ADDRESS] [--all] [--json]
 
 Every command and option has --help.
 """
@@ -36,6 +40,7 @@ from uuid import UUID
 
 from rich.table import Table
 
+from devstack.contacts_cli import add_contacts_commands, add_suppress_commands
 from devstack.engine_cli import add_campaign_commands, add_sender_commands
 from devstack.terminal import make_console
 from shared.absence import held_unknowns
@@ -94,6 +99,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 "channel",
                 "recipient",
                 "message_type",
+                "body",
                 "status",
                 "attempts",
                 "provider_message_id",
@@ -127,6 +133,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "decisions",
             found["decisions"],
             ["queue_id", "from_status", "to_status", "decided_by", "reason", "decided_at"],
+        )
+    )
+    console.print(
+        _table(
+            "suppressions",
+            found["suppressions"],
+            [
+                "channel",
+                "address",
+                "sender",
+                "source",
+                "reason",
+                "created_by",
+                "created_at",
+                "removed_at",
+                "removed_by",
+            ],
         )
     )
     return 0
@@ -249,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_campaign_commands(sub)
     add_sender_commands(sub)
+    add_contacts_commands(sub)
+    add_suppress_commands(sub)
     return parser
 
 

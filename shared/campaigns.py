@@ -29,11 +29,13 @@ import psycopg
 from psycopg.rows import DictRow
 from pydantic import BaseModel
 
+from shared import admission
 from shared.config import Settings
 from shared.enqueue import (
     CampaignConflictError,
     UnknownCampaignError,
     add_members,
+    admit_contacts,
     as_stored,
     hold_campaign,
     normalise_contacts,
@@ -99,6 +101,9 @@ class CampaignReport(BaseModel):
     assigned_by_sender: dict[str, int] = {}
     invalid_contacts: int = 0
     invalid_by_reason: dict[str, int] = {}
+    contacts_suppressed: int = 0
+    contacts_rejected: int = 0
+    rejected_by_reason: dict[str, int] = {}
 
 
 def _operator(name: str) -> str:
@@ -178,6 +183,15 @@ def create_campaign(
                 )
             reject_unsendable_steps(conn, spec.channel, [s["id"] for s in senders], spec.steps)
             conn.execute(sql.INSERT_CAMPAIGN_STEPS, step_params(spec.campaign_id, spec.steps))
+            if spec.send_at is not None:
+                conn.execute(
+                    sql.SET_CAMPAIGN_SEND_AT,
+                    {
+                        "campaign_id": spec.campaign_id,
+                        "send_at": spec.send_at,
+                        "send_at_timezone": spec.send_at_timezone,
+                    },
+                )
             conn.execute(
                 sql.RECORD_CAMPAIGN_DECISION,
                 {
@@ -194,7 +208,13 @@ def create_campaign(
             _check_same_spec(conn, spec, campaign)
         if contacts.unique and campaign["status"] == "cancelled":
             raise CampaignStateError(f"campaign {spec.campaign_id} is cancelled; no contacts were added")
-        ids = add_members(conn, spec.campaign_id, spec.channel, contacts.unique) if contacts.unique else []
+        admitted = admit_contacts(conn, spec.campaign_id, spec.channel, spec.steps, spec.contacts, contacts)
+        ids = (
+            add_members(conn, spec.campaign_id, spec.channel, admitted.admitted, admitted.rendered)
+            if admitted.admitted
+            else []
+        )
+        admission.store(conn, spec.channel, admitted)
         if start and campaign["status"] == "draft":
             _set_status(conn, spec.campaign_id, "draft", "active", "start", who, "started at creation")
             campaign["status"] = "active"
@@ -209,6 +229,9 @@ def create_campaign(
         contacts_added=len(ids),
         invalid_contacts=contacts.invalid,
         invalid_by_reason=dict(contacts.invalid_by_reason),
+        contacts_suppressed=admitted.suppressed,
+        contacts_rejected=admitted.rejected,
+        rejected_by_reason=dict(admitted.rejected_by_reason),
     )
     return _queueing(report, result)
 

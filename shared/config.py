@@ -14,6 +14,31 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 UnknownPolicy = Literal["hold", "resend", "resend_if_silent"]
 
+# The US carrier keywords (CTIA: STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT), the text of
+# WhatsApp's "Marketing opt-out" button ("Stop promotions"), and common translations.
+DEFAULT_OPT_OUT_KEYWORDS = (
+    "STOP",
+    "STOPALL",
+    "STOP ALL",
+    "UNSUBSCRIBE",
+    "CANCEL",
+    "END",
+    "QUIT",
+    "OPT OUT",
+    "OPTOUT",
+    "STOP PROMOTIONS",
+    "ARRET",  # fr (ARRÊT matches too: accents are folded)
+    "DESABONNER",  # fr
+    "BAJA",  # es
+    "PARAR",  # es, pt
+    "STOPP",  # de, sv, no
+    "ABMELDEN",  # de
+    "SAIR",  # pt
+    "DISISCRIVITI",  # it
+    "AFMELDEN",  # nl
+)
+DEFAULT_OPT_OUT_PAYLOADS = ("STOP", "OPT_OUT", "UNSUBSCRIBE")
+
 
 class ChannelPacing(BaseModel):
     """A channel's pacing defaults, for sender accounts that set nothing themselves (JSON in
@@ -158,6 +183,21 @@ class Settings(BaseSettings):
             "A contact queued or messaged by another campaign of the same sender within this "
             "window is skipped (per-campaign policy 'skip', the default)."
         ),
+    )
+
+    # --- Opt-out (shared.suppression) -------------------------------------------------------
+    opt_out_keywords: list[str] = Field(
+        default=list(DEFAULT_OPT_OUT_KEYWORDS),
+        min_length=1,
+        description=(
+            "An inbound message whose whole text is one of these (case, accents of the stored "
+            "keyword, surrounding spaces and punctuation aside) suppresses the contact and stops "
+            "its sequences. JSON list."
+        ),
+    )
+    opt_out_payloads: list[str] = Field(
+        default=list(DEFAULT_OPT_OUT_PAYLOADS),
+        description="Quick-reply / postback / button payloads that mean opt-out. JSON list.",
     )
 
     # --- Sweeper / reconciliation -----------------------------------------------------------

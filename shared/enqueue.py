@@ -19,6 +19,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -26,7 +27,9 @@ import psycopg
 from psycopg.rows import DictRow
 from pydantic import BaseModel
 
+from shared import admission
 from shared.addresses import AddressProblem, InvalidAddressError, mask_address, normalise_address
+from shared.content import StepTemplate
 from shared.events import EnqueueContact, EnqueueRequest, EnqueueStep
 from shared.providers.outcome import Channel
 from shared.providers.registry import channel_spec
@@ -94,12 +97,19 @@ class EnqueueReport(BaseModel):
     contacts_skipped: int
     skipped_by_reason: dict[str, int]
     assigned_by_sender: dict[str, int]
+    # Contacts left out because they are suppressed, or because a step's text cannot be sent to
+    # them (a variable they lack, an empty or too long text: shared.content), with the reasons.
+    contacts_suppressed: int = 0
+    contacts_rejected: int = 0
+    rejected_by_reason: dict[str, int] = {}
+    rejected_examples: list[admission.RejectedContact] = []
 
 
 @dataclass
 class NormalisedContacts:
     region: str | None
     unique: dict[str, str] = field(default_factory=dict)  # stored address -> display name
+    index_of: dict[str, int] = field(default_factory=dict)  # stored address -> first request index
     invalid_by_reason: Counter[str] = field(default_factory=Counter)
     invalid_examples: list[InvalidContact] = field(default_factory=list)
 
@@ -128,6 +138,7 @@ def normalise_contacts(
                 )
             continue
         result.unique.setdefault(address, contact.display_name)
+        result.index_of.setdefault(address, index)
     return result
 
 
@@ -161,23 +172,34 @@ def step_params(campaign_id: UUID, steps: Sequence[EnqueueStep]) -> dict[str, An
         "actions": [s.action.value for s in steps],
         "contents": [json.dumps(s.content, sort_keys=True) if s.content is not None else None for s in steps],
         "after_events": [s.after_event for s in steps],
+        "send_ats": [s.send_at for s in steps],
+        "send_at_timezones": [s.send_at_timezone for s in steps],
     }
 
 
-StoredStep = tuple[str, str, int, str, dict[str, Any] | None, str | None]
+StoredStep = tuple[str, str, int, str, dict[str, Any] | None, str | None, datetime | None]
 
 
 def stored_steps(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> list[StoredStep]:
     rows = conn.execute(sql.CAMPAIGN_STEPS, {"campaign_id": campaign_id}).fetchall()
     return [
-        (r["message_type"], r["body"], r["delay_seconds"], r["action"], r["content"], r["after_event"])
+        (
+            r["message_type"],
+            r["body"],
+            r["delay_seconds"],
+            r["action"],
+            r["content"],
+            r["after_event"],
+            r["send_at"],
+        )
         for r in rows
     ]
 
 
 def as_stored(steps: Sequence[EnqueueStep]) -> list[StoredStep]:
     return [
-        (s.message_type, s.body, s.delay_seconds, s.action.value, s.content, s.after_event) for s in steps
+        (s.message_type, s.body, s.delay_seconds, s.action.value, s.content, s.after_event, s.send_at)
+        for s in steps
     ]
 
 
@@ -220,10 +242,15 @@ def hold_campaign(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> dict[
 
 
 def add_members(
-    conn: psycopg.Connection[DictRow], campaign_id: UUID, channel: Channel, contacts: Mapping[str, str]
+    conn: psycopg.Connection[DictRow],
+    campaign_id: UUID,
+    channel: Channel,
+    contacts: Mapping[str, str],
+    rendered: Mapping[str, list[str]] | None = None,
 ) -> list[UUID]:
     """Upsert the contacts, lock them (see ``sql.LOCK_CONTACTS``) and make them members of the
-    campaign; returns their ids. New members wait until their sequence is started."""
+    campaign, each new one with its rendered texts (``shared.admission``); returns their ids.
+    New members wait until their sequence is started."""
     # Sorted: concurrent inserts of overlapping contact lists take their locks in one order.
     addresses = sorted(contacts)
     conn.execute(
@@ -232,7 +259,15 @@ def add_members(
     )
     rows = conn.execute(sql.LOCK_CONTACTS, {"channel": channel.value, "addresses": addresses}).fetchall()
     ids = [r["id"] for r in rows]
-    conn.execute(sql.ADD_CAMPAIGN_CONTACTS, {"campaign_id": campaign_id, "contact_ids": ids})
+    texts = rendered or {}
+    conn.execute(
+        sql.ADD_CAMPAIGN_CONTACTS,
+        {
+            "campaign_id": campaign_id,
+            "contact_ids": ids,
+            "rendered": [json.dumps(texts[r["address"]]) if r["address"] in texts else None for r in rows],
+        },
+    )
     return ids
 
 
@@ -274,6 +309,27 @@ def pool_conflict(campaign_id: UUID, pool: Sequence[Mapping[str, Any]], channel:
     )
 
 
+def admit_contacts(
+    conn: psycopg.Connection[DictRow],
+    campaign_id: UUID,
+    channel: Channel,
+    steps: Sequence[EnqueueStep],
+    given: Sequence[EnqueueContact],
+    contacts: NormalisedContacts,
+) -> admission.Admission:
+    """Suppression and personalisation (``shared.admission``) for the normalised contacts."""
+    pool = [p["id"] for p in conn.execute(sql.CAMPAIGN_POOL, {"campaign_id": campaign_id}).fetchall()]
+    return admission.admit(
+        conn,
+        campaign_id=campaign_id,
+        channel=channel,
+        sender_ids=pool,
+        steps=[StepTemplate(s.body, s.action) for s in steps],
+        profiles=admission.profiles_of(given, contacts.index_of),
+        origin=contacts.index_of,
+    )
+
+
 def enqueue_campaign(
     db: Database, request: EnqueueRequest, *, max_attempts: int = 5, config: EngineConfig | None = None
 ) -> EnqueueReport:
@@ -306,6 +362,15 @@ def enqueue_campaign(
                 {"campaign_id": request.campaign_id, "sender_account_id": sender["id"]},
             )
             conn.execute(sql.INSERT_CAMPAIGN_STEPS, step_params(request.campaign_id, request.steps))
+            if request.send_at is not None:
+                conn.execute(
+                    sql.SET_CAMPAIGN_SEND_AT,
+                    {
+                        "campaign_id": request.campaign_id,
+                        "send_at": request.send_at,
+                        "send_at_timezone": request.send_at_timezone,
+                    },
+                )
             conn.execute(
                 sql.RECORD_CAMPAIGN_DECISION,
                 {
@@ -322,7 +387,11 @@ def enqueue_campaign(
         reject_unsendable_steps(conn, request.channel, [sender["id"]], request.steps)
         if campaign["status"] == "cancelled":
             raise CampaignClosedError(f"campaign {request.campaign_id} is cancelled; nothing was enqueued")
-        ids = add_members(conn, request.campaign_id, request.channel, contacts.unique)
+        admitted = admit_contacts(
+            conn, request.campaign_id, request.channel, request.steps, request.contacts, contacts
+        )
+        ids = add_members(conn, request.campaign_id, request.channel, admitted.admitted, admitted.rendered)
+        admission.store(conn, request.channel, admitted)
         result = start_members(conn, campaign, config, ids, "enqueue")
         states = conn.execute(
             sql.MEMBERSHIP_STATES, {"campaign_id": request.campaign_id, "contact_ids": ids}
@@ -334,6 +403,10 @@ def enqueue_campaign(
     started = sum(1 for r in states if r["sequence_state"] not in ("waiting", "skipped"))
     addresses = len(contacts.unique)
     return EnqueueReport(
+        contacts_suppressed=admitted.suppressed,
+        contacts_rejected=admitted.rejected,
+        rejected_by_reason=dict(admitted.rejected_by_reason),
+        rejected_examples=admitted.rejected_examples,
         campaign_id=str(request.campaign_id),
         campaign_status=status_after["status"],
         sender_default_region=sender["default_region"],

@@ -10,8 +10,10 @@ after the transaction has begun, with no field named.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +30,7 @@ from pydantic import (
 )
 
 from shared.addresses import validate_region
+from shared.content import validate_template
 from shared.pacing import Action, SenderPacing
 from shared.providers.outcome import Channel
 from shared.providers.registry import channel_spec
@@ -118,6 +121,11 @@ class MigrateEvent(
 class EnqueueContact(_Strict):
     address: Text = Field(min_length=1, max_length=256)
     display_name: Text = Field(default="", max_length=256)
+    # Custom fields a step's template reads ({company}); merged over the stored ones.
+    fields: dict[
+        Annotated[Text, Field(min_length=1, max_length=64)], Annotated[Text, Field(max_length=1024)]
+    ] = Field(default_factory=dict, max_length=50)
+    linkedin_profile_url: Text | None = Field(default=None, max_length=512)
 
     @field_validator("address")
     @classmethod
@@ -128,12 +136,43 @@ class EnqueueContact(_Strict):
         return stripped
 
 
-class EnqueueStep(_Strict):
+def _zone_name(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA time zone {value!r}") from None
+    return value
+
+
+class _SendAt(_Strict):
+    """An absolute send time: an ISO 8601 time with an offset, or a local time plus
+    ``send_at_timezone`` (IANA). A local time that occurs twice (a fall-back hour) means its
+    first occurrence; one that does not exist (a spring-forward gap) is read with the offset
+    before the gap, i.e. it lands after the gap."""
+
+    send_at: datetime | None = None
+    send_at_timezone: Annotated[Text, AfterValidator(_zone_name)] | None = None
+
+    @model_validator(mode="after")
+    def _aware(self) -> Self:
+        if self.send_at is None:
+            if self.send_at_timezone is not None:
+                raise ValueError("send_at_timezone needs a send_at")
+            return self
+        if self.send_at.tzinfo is None:
+            if self.send_at_timezone is None:
+                raise ValueError("send_at without an offset needs send_at_timezone (an IANA zone)")
+            object.__setattr__(self, "send_at", self.send_at.replace(tzinfo=ZoneInfo(self.send_at_timezone)))
+        return self
+
+
+class EnqueueStep(_SendAt):
     """One step of a sequence. Step 1 is due ``delay_seconds`` after the contact is queued;
-    step N+1 ``delay_seconds`` after step N was sent. Both move into the sender's window."""
+    step N+1 ``delay_seconds`` after step N was sent; neither before ``send_at`` if set. Both
+    move into the sender's window. ``body`` is a template (``shared.content``)."""
 
     message_type: Text = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.:-]+$")
-    body: Text = Field(min_length=1, max_length=4096)
+    body: Annotated[Text, AfterValidator(validate_template)] = Field(min_length=1, max_length=4096)
     delay_seconds: int = Field(default=0, ge=0, le=90 * 24 * 3600)
     # What the row spends of its sender's caps (LinkedIn invitations have their own).
     action: Action = Action.MESSAGE
@@ -173,7 +212,7 @@ def _unique_message_types(steps: list[EnqueueStep]) -> list[EnqueueStep]:
 CrossCampaignPolicy = Literal["skip", "allow"]
 
 
-class EnqueueRequest(_Strict):
+class EnqueueRequest(_SendAt):
     """Start (or extend) a campaign: upsert contacts, store the steps, and queue step 1 once
     per contact (the later steps follow as each one is sent).
 
@@ -214,7 +253,7 @@ EventName = Annotated[Text, Field(min_length=1, max_length=64, pattern=r"^[a-z_]
 Reason = Annotated[Text, Field(max_length=512)]
 
 
-class CampaignSpec(_Strict):
+class CampaignSpec(_SendAt):
     """A campaign as ``campaign.create`` (and ``sendonce campaign create --file``) takes it."""
 
     campaign_id: UUID
@@ -351,3 +390,56 @@ def parse_event[ModelT: BaseModel](model: type[ModelT], event: object) -> ModelT
         raise InvalidEventError(
             f"invalid {model.__name__} event ({exc.error_count()} problems): {problems}"
         ) from None
+
+
+# --- contact import from S3 (issue 8) --------------------------------------------------------------
+
+
+class ContactImportRequest(_Strict):
+    """An operator's import of a CSV object: ``events/contacts-import.json``."""
+
+    source: Literal["sendonce.api", "sendonce.manual"]
+    campaign_id: UUID
+    bucket: Text = Field(min_length=3, max_length=63)
+    key: Text = Field(min_length=1, max_length=1024)
+    sender_default_region: Annotated[Text, AfterValidator(validate_region)] | None = None
+
+
+class _S3Bucket(BaseModel):
+    name: Text
+
+
+class _S3Object(BaseModel):
+    key: Text
+
+
+class _S3Entity(BaseModel):
+    bucket: _S3Bucket
+    object: _S3Object
+
+
+class _S3Record(BaseModel):
+    eventSource: Literal["aws:s3"]
+    s3: _S3Entity
+
+
+class S3ImportNotification(BaseModel):
+    """S3's ObjectCreated notification (``events/contacts-import-s3.json``). The campaign is the
+    key's folder: ``contacts/<campaign id>/<file>.csv``. Fields S3 adds are ignored."""
+
+    Records: list[_S3Record] = Field(min_length=1, max_length=100)
+
+
+def _import_event_kind(event: Any) -> str:
+    return "s3" if isinstance(event, dict) and "Records" in event else "manual"
+
+
+class ContactImportEvent(
+    RootModel[
+        Annotated[
+            Annotated[ContactImportRequest, Tag("manual")] | Annotated[S3ImportNotification, Tag("s3")],
+            Discriminator(_import_event_kind),
+        ]
+    ]
+):
+    """What the contacts function accepts."""

@@ -559,6 +559,10 @@ def audit(
                 sql.AUDIT_EVENTS, {"keys": keys, "message_ids": message_ids, "address": address}
             )
         ],
+        "suppressions": [
+            dict(r)
+            for r in db.fetch_all(sql.AUDIT_SUPPRESSIONS, {"campaign_id": campaign_id, "address": address})
+        ],
     }
 
 

@@ -24,6 +24,7 @@ from shared.providers.registry import build_adapters, build_read_backs, build_re
 from shared.providers.secrets import TokenSource
 from shared.queue import QueueRepository
 from shared.storage.db import Database
+from shared.suppression import OptOutRules
 from shared.sweeper import SweepDeps
 from shared.webhooks import ProviderEventStore, SecretsManagerWebhookSecrets, WebhookDeps
 
@@ -138,7 +139,10 @@ def dispatch_deps() -> DispatchDeps:
 
 def build_webhook_deps(config: Settings, db: Database) -> WebhookDeps:
     secrets = parameters.SecretsProvider(boto3_client=boto3.client("secretsmanager"))
-    return WebhookDeps(store=ProviderEventStore(db), secrets=SecretsManagerWebhookSecrets(config, secrets))
+    return WebhookDeps(
+        store=ProviderEventStore(db, OptOutRules.from_settings(config)),
+        secrets=SecretsManagerWebhookSecrets(config, secrets),
+    )
 
 
 def webhook_deps() -> WebhookDeps:

@@ -58,6 +58,7 @@ from shared.providers.registry import channel_spec
 from shared.sequences import ContactStop, StopCause, stop_contacts_in
 from shared.storage import sql
 from shared.storage.db import Database, DatabaseUnavailableError
+from shared.suppression import OptOutRules, find_opt_outs, record_opt_outs
 
 # Re-exported: the webhook handler's dependencies are built from these.
 __all__ = [
@@ -232,8 +233,9 @@ class EventSink(Protocol):
 
 
 class ProviderEventStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, opt_out: OptOutRules | None = None) -> None:
         self._db = db
+        self._opt_out = opt_out or OptOutRules()
 
     def save(self, channel: Channel, events: Sequence[ProviderEvent]) -> StoreReport:
         """Rows and ledger updates commit together or not at all, so a failure (answered
@@ -304,7 +306,9 @@ class ProviderEventStore:
                 )
             stored = {row["dedupe_key"] for row in inserted}
             fresh = [e for e in events if e.dedupe_key in stored]
-            stopped = _stop_sequences(conn, channel, fresh)
+            # Before the reply stop, so an opt-out's sequences stop as opt-outs (issue 8).
+            stopped = record_opt_outs(conn, channel, find_opt_outs(channel, fresh, self._opt_out))
+            stopped += _stop_sequences(conn, channel, fresh)
             for event in fresh:
                 if event.event_type in WAITABLE_EVENTS and event.contact is not None:
                     conn.execute(

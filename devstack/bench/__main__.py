@@ -3,6 +3,7 @@
     python -m devstack.bench                      # all scenarios
     python -m devstack.bench pacing fairness      # some
     python -m devstack.bench throughput --messages 5000 --dispatchers 1 4 8
+    python -m devstack.bench contact-import       # seed 002's 20,028 contacts from CSV
 
 Each scenario prints its figures and a one-line summary that starts with its name, and writes
 its results as JSON to bench-results/. The exit status is non-zero if any scenario missed a
@@ -15,7 +16,7 @@ import argparse
 from collections.abc import Callable
 from types import ModuleType
 
-from devstack.bench import absence, claim_scale, fairness, pacing, throughput
+from devstack.bench import absence, claim_scale, contact_import, fairness, pacing, throughput
 from devstack.bench.common import console
 
 SCENARIOS: dict[str, ModuleType] = {
@@ -24,6 +25,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "fairness": fairness,
     "claim-scale": claim_scale,
     "absence": absence,
+    "contact-import": contact_import,
 }
 
 

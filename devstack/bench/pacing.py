@@ -61,6 +61,7 @@ def busiest_second(times: list[datetime]) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="the provider's limit R, msg/s")
+    # Its own flag: throughput already defines --messages, and argparse refuses a second one.
     parser.add_argument("--pacing-messages", type=int, default=1200)
 
 

@@ -200,28 +200,45 @@ _RECORD_ATTEMPT: LiteralString = """), attempt AS (
 SELECT count(*) AS settled FROM settled
 """
 
+# The active suppression (shared.suppression) of a queue row's contact, workspace-wide or for
+# the row's sender. Read by the recovery point, so a contact suppressed after its row was queued,
+# or even claimed, is never sent to: the row ends `cancelled`. One index probe per row.
+_SUPPRESSION_OF_ROW: LiteralString = """
+        SELECT s.reason FROM contacts c
+        JOIN suppressions s ON s.channel = c.channel AND s.address = c.address AND s.removed_at IS NULL
+        WHERE c.id = q.contact_id
+          AND (s.sender_account_id IS NULL OR s.sender_account_id = q.sender_account_id)
+        ORDER BY s.created_at LIMIT 1
+    """
+
 # The recovery point: committed before the idempotency record is written and before any
 # provider call, so the sweeper knows a `claimed` row was never offered to a provider.
 # It is also the last moment a row can be held back: a row whose contact's sequence was
-# stopped (a reply, an opt-out, an operator) or whose campaign is no longer active since the
-# claim goes to `cancelled`, or back to `pending` with its attempt refunded when the campaign
-# is paused. Read in the statement that moves the row, so a stop committed before this
+# stopped (a reply, an opt-out, an operator), whose contact is suppressed, or whose campaign is
+# no longer active since the claim goes to `cancelled`, or back to `pending` with its attempt
+# refunded when the campaign is paused. Read in the statement that moves the row, so a stop committed before this
 # statement is always seen; one committed after it is later than the point of no return.
-MARK_SENDING: LiteralString = """
+MARK_SENDING: LiteralString = (
+    """
 WITH verdict AS (
     SELECT q.id,
-           CASE WHEN cc.sequence_state IN ('stopped', 'skipped') OR cp.status NOT IN ('active', 'paused')
+           CASE WHEN sup.reason IS NOT NULL OR cc.sequence_state IN ('stopped', 'skipped')
+                     OR cp.status NOT IN ('active', 'paused')
                     THEN 'cancelled'
                 WHEN cp.status = 'paused' THEN 'pending'
                 ELSE 'sending'
            END AS next_status,
-           CASE WHEN cc.sequence_state IN ('stopped', 'skipped')
+           CASE WHEN sup.reason IS NOT NULL THEN 'suppressed: ' || sup.reason
+                WHEN cc.sequence_state IN ('stopped', 'skipped')
                     THEN 'sequence stopped: ' || COALESCE(cc.stopped_reason, cc.sequence_state)
                 ELSE 'campaign ' || cp.status
            END AS why
     FROM send_queue q
     JOIN campaigns cp ON cp.id = q.campaign_id
     LEFT JOIN campaign_contacts cc ON cc.campaign_id = q.campaign_id AND cc.contact_id = q.contact_id
+    LEFT JOIN LATERAL ("""
+    + _SUPPRESSION_OF_ROW
+    + """) AS sup ON true
     WHERE q.id = %(queue_id)s AND q.status = 'claimed' AND q.claim_token = %(claim_token)s
       AND q.lease_expires_at > now()
 ), moved AS (
@@ -244,6 +261,7 @@ WITH verdict AS (
 )
 SELECT next_status AS status FROM moved
 """
+)
 
 QUEUE_ROW_STATUS: LiteralString = "SELECT status::text AS status FROM send_queue WHERE id = %(queue_id)s"
 
@@ -277,14 +295,16 @@ WITH settled AS (
     SELECT %(queue_id)s, %(attempt)s, %(claim_token)s, 'sent', %(reason)s, '', %(http_status)s, %(writer)s
     WHERE %(record_attempt)s
 ), sequence AS (
-    SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, s.message_type, s.max_attempts, s.sent_at
+    SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, s.message_type, s.max_attempts, s.sent_at,
+           cc.rendered_bodies
     FROM settled s
     JOIN campaign_contacts cc ON cc.campaign_id = s.campaign_id AND cc.contact_id = s.contact_id
     WHERE cc.sequence_state IN ('active', 'halted')
     FOR UPDATE OF cc
 ), next_step AS (
     SELECT q.campaign_id, q.contact_id, q.sender_account_id, q.max_attempts, q.sent_at,
-           nxt.message_type, nxt.body, nxt.content, nxt.action, nxt.delay_seconds, nxt.after_event
+           nxt.message_type, COALESCE(q.rendered_bodies[nxt.position], nxt.body) AS body, nxt.content,
+           nxt.action, nxt.delay_seconds, nxt.after_event, nxt.send_at
     FROM sequence q
     JOIN campaigns cp ON cp.id = q.campaign_id AND cp.status IN ('active', 'paused')
     JOIN campaign_steps cur ON cur.campaign_id = q.campaign_id AND cur.message_type = q.message_type
@@ -294,8 +314,8 @@ WITH settled AS (
                             scheduled_for, max_attempts)
     SELECT n.campaign_id, n.contact_id, n.sender_account_id, n.message_type, n.body, n.content, n.action,
            CASE WHEN sa.window_start IS NULL AND sa.window_days IS NULL
-                THEN n.sent_at + make_interval(secs => n.delay_seconds)
-                ELSE sendonce_next_window_open(n.sent_at + make_interval(secs => n.delay_seconds),
+                THEN GREATEST(n.sent_at + make_interval(secs => n.delay_seconds), n.send_at)
+                ELSE sendonce_next_window_open(GREATEST(n.sent_at + make_interval(secs => n.delay_seconds), n.send_at),
                                                sa.timezone, sa.window_days, sa.window_start, sa.window_end)
            END,
            n.max_attempts
@@ -483,17 +503,19 @@ ORDER BY s.provider_account_id
 
 INSERT_CAMPAIGN_STEPS: LiteralString = """
 INSERT INTO campaign_steps (campaign_id, position, message_type, body, delay_seconds, action, content,
-                            after_event)
+                            after_event, send_at, send_at_timezone)
 SELECT %(campaign_id)s, st.position, st.message_type, st.body, st.delay_seconds, st.action, st.content,
-       st.after_event
+       st.after_event, st.send_at, st.send_at_timezone
 FROM unnest(%(message_types)s::text[], %(bodies)s::text[], %(delays)s::int[], %(actions)s::text[],
-            %(contents)s::jsonb[], %(after_events)s::text[])
-     WITH ORDINALITY AS st(message_type, body, delay_seconds, action, content, after_event, position)
+            %(contents)s::jsonb[], %(after_events)s::text[], %(send_ats)s::timestamptz[],
+            %(send_at_timezones)s::text[])
+     WITH ORDINALITY AS st(message_type, body, delay_seconds, action, content, after_event, send_at,
+                           send_at_timezone, position)
 ON CONFLICT DO NOTHING
 """
 
 CAMPAIGN_STEPS: LiteralString = """
-SELECT position, message_type, body, delay_seconds, action, content, after_event
+SELECT position, message_type, body, delay_seconds, action, content, after_event, send_at
 FROM campaign_steps WHERE campaign_id = %(campaign_id)s ORDER BY position
 """
 
@@ -530,9 +552,12 @@ FOR NO KEY UPDATE OF c
 # Existing members are filtered out before the insert: a unique check against a membership
 # row a settle or a stop is updating would wait for that transaction, and the settle may be
 # waiting for this one (a deadlock). ON CONFLICT still covers two enqueues adding one member.
+# Each new member carries its rendered texts (a JSON array, or NULL), written once here.
 ADD_CAMPAIGN_CONTACTS: LiteralString = """
-INSERT INTO campaign_contacts (campaign_id, contact_id, sequence_state)
-SELECT %(campaign_id)s, t.id, 'waiting' FROM unnest(%(contact_ids)s::uuid[]) AS t(id)
+INSERT INTO campaign_contacts (campaign_id, contact_id, sequence_state, rendered_bodies)
+SELECT %(campaign_id)s, t.id, 'waiting',
+       CASE WHEN t.rendered IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(t.rendered)) END
+FROM unnest(%(contact_ids)s::uuid[], %(rendered)s::jsonb[]) AS t(id, rendered)
 WHERE NOT EXISTS (SELECT 1 FROM campaign_contacts cc
                   WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = t.id)
 ON CONFLICT DO NOTHING
@@ -599,14 +624,17 @@ RETURNING cc.contact_id
 QUEUE_FIRST_STEP: LiteralString = """
 INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, content, action,
                         scheduled_for, max_attempts)
-SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, st.message_type, st.body, st.content, st.action,
+SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, st.message_type,
+       COALESCE(cc.rendered_bodies[1], st.body), st.content, st.action,
        CASE WHEN s.window_start IS NULL AND s.window_days IS NULL
-            THEN now() + make_interval(secs => st.delay_seconds)
-            ELSE sendonce_next_window_open(now() + make_interval(secs => st.delay_seconds),
+            THEN GREATEST(now() + make_interval(secs => st.delay_seconds), st.send_at, cp.send_at)
+            ELSE sendonce_next_window_open(GREATEST(now() + make_interval(secs => st.delay_seconds),
+                                                    st.send_at, cp.send_at),
                                            s.timezone, s.window_days, s.window_start, s.window_end)
        END,
        %(max_attempts)s
 FROM campaign_contacts cc
+JOIN campaigns cp ON cp.id = cc.campaign_id
 JOIN campaign_steps st ON st.campaign_id = cc.campaign_id AND st.position = 1
 JOIN sender_accounts s ON s.id = cc.sender_account_id
 WHERE cc.campaign_id = %(campaign_id)s AND cc.contact_id = ANY(%(contact_ids)s::uuid[])
@@ -1227,7 +1255,7 @@ ORDER BY cp.created_at
 
 AUDIT_QUEUE: LiteralString = """
 SELECT q.id AS queue_id, q.campaign_id, cp.name AS campaign, c.channel::text AS channel, c.address AS recipient,
-       q.message_type, q.status::text AS status, q.attempts, q.idempotency_key, q.provider_message_id,
+       q.message_type, q.body, q.status::text AS status, q.attempts, q.idempotency_key, q.provider_message_id,
        q.created_at, q.claimed_at, q.sending_started_at, q.sent_at, q.failure_reason, q.last_error
 FROM send_queue q
 JOIN contacts c ON c.id = q.contact_id
@@ -1456,10 +1484,12 @@ WHERE channel = %(channel)s AND address = %(address)s
 QUEUE_AFTER_EVENT: LiteralString = """
 INSERT INTO send_queue (campaign_id, contact_id, sender_account_id, message_type, body, content, action,
                         scheduled_for, max_attempts)
-SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, nxt.message_type, nxt.body, nxt.content, nxt.action,
+SELECT cc.campaign_id, cc.contact_id, cc.sender_account_id, nxt.message_type,
+       COALESCE(cc.rendered_bodies[nxt.position], nxt.body), nxt.content, nxt.action,
        CASE WHEN sa.window_start IS NULL AND sa.window_days IS NULL
-            THEN %(occurred_at)s::timestamptz + make_interval(secs => nxt.delay_seconds)
-            ELSE sendonce_next_window_open(%(occurred_at)s::timestamptz + make_interval(secs => nxt.delay_seconds),
+            THEN GREATEST(%(occurred_at)s::timestamptz + make_interval(secs => nxt.delay_seconds), nxt.send_at)
+            ELSE sendonce_next_window_open(GREATEST(%(occurred_at)s::timestamptz + make_interval(secs => nxt.delay_seconds),
+                                                    nxt.send_at),
                                            sa.timezone, sa.window_days, sa.window_start, sa.window_end)
        END,
        prev.max_attempts
@@ -1476,4 +1506,104 @@ WHERE c.channel = %(channel)s
   AND nxt.after_event = %(event_name)s
 ON CONFLICT (campaign_id, contact_id, message_type) DO NOTHING
 RETURNING id
+"""
+# --- contact fields, personalised bodies, send_at (issue 8) ----------------------------------------
+
+# What a template can read of contacts that already exist: the request's own fields are merged
+# over these before rendering.
+CONTACT_PROFILES: LiteralString = """
+SELECT address, display_name, fields FROM contacts
+WHERE channel = %(channel)s::channel AND address = ANY(%(addresses)s::text[])
+"""
+
+# Only rows whose fields, URL or empty display name change are locked and written, in address
+# order like every other contact lock (so two writers never wait on each other in a cycle):
+# importing the same file twice writes nothing the second time.
+MERGE_CONTACT_FIELDS: LiteralString = """
+WITH t AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
+        AS r(address text, display_name text, fields jsonb, linkedin_profile_url text)
+), changed AS (
+    SELECT c.id, t.fields, t.linkedin_profile_url, t.display_name
+    FROM contacts c JOIN t ON c.channel = %(channel)s::channel AND c.address = t.address
+    WHERE NOT c.fields @> t.fields
+       OR (t.linkedin_profile_url IS NOT NULL AND t.linkedin_profile_url IS DISTINCT FROM c.linkedin_profile_url)
+       OR (c.display_name = '' AND t.display_name <> '')
+    ORDER BY c.address
+    FOR NO KEY UPDATE OF c
+)
+UPDATE contacts c
+SET fields = c.fields || ch.fields,
+    linkedin_profile_url = COALESCE(ch.linkedin_profile_url, c.linkedin_profile_url),
+    display_name = CASE WHEN c.display_name = '' THEN ch.display_name ELSE c.display_name END
+FROM changed ch
+WHERE c.id = ch.id
+"""
+
+# Members of this campaign among these addresses: they keep the text rendered when they joined.
+EXISTING_MEMBERS: LiteralString = """
+SELECT c.address FROM campaign_contacts cc JOIN contacts c ON c.id = cc.contact_id
+WHERE cc.campaign_id = %(campaign_id)s AND c.channel = %(channel)s::channel
+  AND c.address = ANY(%(addresses)s::text[])
+"""
+
+SET_CAMPAIGN_SEND_AT: LiteralString = """
+UPDATE campaigns SET send_at = %(send_at)s, send_at_timezone = %(send_at_timezone)s
+WHERE id = %(campaign_id)s
+"""
+
+# --- suppression (issue 8) -----------------------------------------------------------------------
+
+# Addresses among these that an active suppression covers for any of these senders (or all).
+SUPPRESSED_AMONG: LiteralString = """
+SELECT DISTINCT s.address FROM suppressions s
+WHERE s.channel = %(channel)s::channel AND s.address = ANY(%(addresses)s::text[]) AND s.removed_at IS NULL
+  AND (s.sender_account_id IS NULL OR s.sender_account_id = ANY(%(sender_ids)s::uuid[]))
+"""
+
+ADD_SUPPRESSIONS: LiteralString = """
+INSERT INTO suppressions (channel, address, sender_account_id, source, reason, created_by)
+SELECT %(channel)s::channel, t.address, %(sender_account_id)s::uuid, %(source)s, t.reason, %(created_by)s
+FROM unnest(%(addresses)s::text[], %(reasons)s::text[]) AS t(address, reason)
+ON CONFLICT (channel, address, COALESCE(sender_account_id, '00000000-0000-0000-0000-000000000000'::uuid))
+    WHERE removed_at IS NULL DO NOTHING
+RETURNING id, address
+"""
+
+REMOVE_SUPPRESSION: LiteralString = """
+UPDATE suppressions
+SET removed_at = now(), removed_by = %(removed_by)s, removed_reason = %(reason)s
+WHERE channel = %(channel)s::channel AND address = %(address)s AND removed_at IS NULL
+  AND sender_account_id IS NOT DISTINCT FROM %(sender_account_id)s::uuid
+RETURNING id
+"""
+
+LIST_SUPPRESSIONS: LiteralString = """
+SELECT s.id, s.channel::text AS channel, s.address, sa.provider_account_id AS sender, s.source, s.reason,
+       s.created_by, s.created_at, s.removed_at, s.removed_by, s.removed_reason
+FROM suppressions s LEFT JOIN sender_accounts sa ON sa.id = s.sender_account_id
+WHERE (%(channel)s::channel IS NULL OR s.channel = %(channel)s::channel)
+  AND (%(address)s::text IS NULL OR s.address = %(address)s)
+  AND (%(include_removed)s OR s.removed_at IS NULL)
+ORDER BY s.created_at, s.id
+LIMIT %(limit)s
+"""
+
+# A sender-scoped suppression stops the contact only in the campaigns where that sender serves it.
+CAMPAIGNS_OF_CONTACT_SENDER: LiteralString = """
+SELECT cc.campaign_id FROM campaign_contacts cc JOIN contacts c ON c.id = cc.contact_id
+WHERE c.channel = %(channel)s::channel AND c.address = %(address)s
+  AND cc.sender_account_id = %(sender_account_id)s
+"""
+
+# Every suppression, active or lifted, of a contact or of a campaign's contacts (sendonce audit).
+AUDIT_SUPPRESSIONS: LiteralString = """
+SELECT s.id, s.channel::text AS channel, s.address, sa.provider_account_id AS sender, s.source, s.reason,
+       s.created_by, s.created_at, s.removed_at, s.removed_by, s.removed_reason
+FROM suppressions s LEFT JOIN sender_accounts sa ON sa.id = s.sender_account_id
+WHERE (%(address)s::text IS NULL OR s.address = %(address)s)
+  AND (%(campaign_id)s::uuid IS NULL OR EXISTS (
+        SELECT 1 FROM campaign_contacts cc JOIN contacts c ON c.id = cc.contact_id
+        WHERE cc.campaign_id = %(campaign_id)s::uuid AND c.channel = s.channel AND c.address = s.address))
+ORDER BY s.created_at, s.id
 """

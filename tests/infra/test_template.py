@@ -22,7 +22,14 @@ from pydantic import BaseModel, ValidationError
 
 from devstack.aws import TEST_SECRETS
 from shared.config import Settings
-from shared.events import ControlRequest, DispatchRequest, EnqueueRequest, MigrateEvent, SweepRequest
+from shared.events import (
+    ContactImportEvent,
+    ControlRequest,
+    DispatchRequest,
+    EnqueueRequest,
+    MigrateEvent,
+    SweepRequest,
+)
 from shared.storage.migrate import required_version
 
 pytestmark = pytest.mark.infra
@@ -38,6 +45,7 @@ FUNCTIONS = {
     "EnqueueFunction": "enqueue",
     "MigrateFunction": "migrate",
     "ControlFunction": "control",
+    "ContactsFunction": "contacts",
 }
 SCHEDULED: dict[str, type[BaseModel]] = {
     "DispatcherFunction": DispatchRequest,
@@ -49,6 +57,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     "enqueue": EnqueueRequest,
     "migrate": MigrateEvent,
     "control": ControlRequest,
+    "contacts": ContactImportEvent,
 }
 TEST_META_APP_SECRET = b"test-meta-app-secret"
 TEST_UNIPILE_WEBHOOK_SECRET = "test-unipile-webhook-secret"
@@ -99,6 +108,7 @@ ALLOWED_SECRETS = {
     "EnqueueFunction": {"DatabaseUrlSecretArn"},
     "MigrateFunction": {"DatabaseUrlSecretArn"},
     "ControlFunction": {"DatabaseUrlSecretArn"},
+    "ContactsFunction": {"DatabaseUrlSecretArn"},
 }
 CUSTOM_METRIC_ALARMS = {"UnknownRows", "StaleOwnedRows", "DuplicateSuspected", "LeaseLostAfterSend"}
 
@@ -378,6 +388,11 @@ def test_function_policies_are_scoped(template: dict[str, Any], logical_id: str)
                 assert [getatt_target(template, r, "Arn") for r in resources] == ["IdempotencyTable"]
             elif action == "sqs:SendMessage":
                 sqs_targets |= {getatt_target(template, r, "Arn") for r in resources}
+            elif action == "s3:GetObject" and logical_id == "ContactsFunction":
+                # Only the import folder of the import bucket.
+                assert resources == [
+                    {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ContactImportBucketName}/contacts/*"}
+                ]
             else:
                 pytest.fail(f"{logical_id}: unexpected action {action}")
     assert secrets == ALLOWED_SECRETS[logical_id]
