@@ -10,7 +10,7 @@ TOOLS_VENV := .venv-tools
 SAM := $(TOOLS_VENV)/bin/sam
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lock pgbouncer up down env demo test test-unit test-model test-integration test-chaos test-infra lint typecheck bench sam-build clean
+.PHONY: help install lock pgbouncer up down env demo test test-unit test-model test-integration test-chaos test-infra lint typecheck bench sam-build deploy clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -96,6 +96,12 @@ bench: $(STAMP)  ## Benchmarks: throughput, pacing, fairness, claim at scale (BE
 
 sam-build: $(SAM)  ## sam build (needs python3.12 on PATH, found by scripts/find-python.sh)
 	PATH="$(dir $(PYTHON_BOOTSTRAP)):$$PATH" $(SAM) build
+	@echo "Deploy: make deploy"
+
+# Guided the first time (no saved parameter values for CONFIG_ENV in samconfig.toml), then
+# non-interactive; it asks to confirm the public webhook URL first (scripts/deploy.py).
+deploy: sam-build  ## Build and deploy with .venv-tools/bin/sam (CONFIG_ENV=prod for another saved stack)
+	SAM=$(SAM) $(TOOLS_VENV)/bin/python scripts/deploy.py
 
 clean:  ## Remove build output and caches (keeps the venvs)
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache build
