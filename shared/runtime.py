@@ -23,6 +23,7 @@ from shared.pacing import policy_from_settings
 from shared.providers.registry import build_adapters, build_read_backs, make_http_client
 from shared.providers.secrets import TokenSource
 from shared.queue import QueueRepository
+from shared.storage import dsn
 from shared.storage.db import Database
 from shared.sweeper import SweepDeps
 from shared.webhooks import ProviderEventStore, SecretsManagerWebhookSecrets, WebhookDeps
@@ -40,14 +41,23 @@ def settings() -> Settings:
 
 
 def database_url(config: Settings) -> str:
+    """The conninfo to connect with: from the URL or the secret (a URL or RDS's JSON), with the
+    TLS ``shared.storage.dsn.secure`` requires."""
     if config.database_url is not None:
-        return config.database_url.get_secret_value()
-    if config.database_secret_id:
+        raw = config.database_url.get_secret_value()
+    elif config.database_secret_id:
         value = parameters.get_secret(config.database_secret_id, max_age=config.secret_cache_seconds)
         if not isinstance(value, str) or not value.strip():
             raise ConfigurationError(f"secret {config.database_secret_id} holds no database URL")
-        return value.strip()
-    raise ConfigurationError("set DATABASE_URL or SENDONCE_DATABASE_SECRET_ID")
+        raw = value
+    else:
+        raise ConfigurationError("set DATABASE_URL or SENDONCE_DATABASE_SECRET_ID")
+    try:
+        return dsn.secure(
+            dsn.from_secret(raw), ca_bundle=config.db_tls_ca_bundle, host_override=config.db_host_override
+        )
+    except dsn.DatabaseUrlError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def build_database(config: Settings, *, send_path: bool = False) -> Database:
