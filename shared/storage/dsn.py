@@ -92,7 +92,7 @@ def secure(conninfo: str, *, ca_bundle: str | None = None, host_override: str | 
     if is_loopback(str(host) if host is not None else None):
         return make_conninfo("", **params)
     mode = str(params.get("sslmode") or "")
-    if ca_bundle is not None:
+    if ca_bundle:
         if mode and mode != "verify-full":
             raise DatabaseUrlError(
                 f"sslmode={mode} refused: a deployed stack verifies the server (sslmode=verify-full "
