@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     )
     db_host_override: str | None = Field(
         default=None,
-        description="Connect here instead of the secret's host (the RDS Proxy endpoint); user and password stay.",
+        description="Connect here instead of the secret's host (RDS Proxy endpoint); same credentials.",
     )
     db_pool_max_size: int = Field(default=10, ge=1, le=100)
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)

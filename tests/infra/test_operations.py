@@ -52,7 +52,9 @@ def test_stack_creates_the_alarm_topic_unless_one_is_given(template: dict[str, A
     topic = template["Resources"]["AlarmTopic"]
     assert (topic["Type"], topic["Condition"]) == ("AWS::SNS::Topic", "CreateAlarmTopic")
     policy = template["Resources"]["AlarmTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    assert [(s["Principal"]["Service"], s["Action"]) for s in policy] == [("cloudwatch.amazonaws.com", "sns:Publish")]
+    assert [(s["Principal"]["Service"], s["Action"]) for s in policy] == [
+        ("cloudwatch.amazonaws.com", "sns:Publish")
+    ]
 
 
 def test_email_parameter_subscribes_to_the_created_topic(template: dict[str, Any]) -> None:
@@ -65,7 +67,10 @@ def test_email_parameter_subscribes_to_the_created_topic(template: dict[str, Any
         "Endpoint": {"Ref": "AlarmEmail"},
     }
     assert template["Conditions"]["SubscribeAlarmEmail"] == {
-        "Fn::And": [{"Condition": "CreateAlarmTopic"}, {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]}]
+        "Fn::And": [
+            {"Condition": "CreateAlarmTopic"},
+            {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]},
+        ]
     }
 
 
@@ -163,7 +168,9 @@ def test_ca_bundle_comes_from_pinned_sources() -> None:
     assert "is not the pinned" in fetch.refusal(pem + b"x", digest, urls[0])
 
 
-def test_rds_proxy_is_optional_requires_tls_and_is_what_the_functions_connect_to(template: dict[str, Any]) -> None:
+def test_rds_proxy_is_optional_requires_tls_and_is_what_the_functions_connect_to(
+    template: dict[str, Any],
+) -> None:
     proxy = template["Resources"]["RdsProxy"]
     assert proxy["Condition"] == "UseRdsProxy"
     props = proxy["Properties"]
@@ -189,7 +196,12 @@ def test_vpc_option_provisions_the_endpoints_it_needs(template: dict[str, Any]) 
         assert endpoint["Condition"] == "MakeVpcEndpoints", logical_id
         service = endpoint["Properties"]["ServiceName"]["Fn::Sub"].rsplit(".", 1)[1]
         found[service] = endpoint["Properties"]["VpcEndpointType"]
-    assert found == {"dynamodb": "Gateway", "s3": "Gateway", "secretsmanager": "Interface", "sqs": "Interface"}
+    assert found == {
+        "dynamodb": "Gateway",
+        "s3": "Gateway",
+        "secretsmanager": "Interface",
+        "sqs": "Interface",
+    }
     assert {"Condition": "UseVpc"} in template["Conditions"]["MakeVpcEndpoints"]["Fn::And"]
 
 
@@ -208,7 +220,13 @@ def test_deploy_is_guided_until_parameters_are_saved(tmp_path: Path) -> None:
     )
     assert deploy.deploy_mode(samconfig, "prod") == "non-interactive"
     assert deploy.deploy_mode(samconfig, "default") == "guided"
-    assert deploy.sam_command("sam", "guided", "prod") == ["sam", "deploy", "--guided", "--config-env", "prod"]
+    assert deploy.sam_command("sam", "guided", "prod") == [
+        "sam",
+        "deploy",
+        "--guided",
+        "--config-env",
+        "prod",
+    ]
     unattended = deploy.sam_command("sam", "non-interactive", "prod")
     assert "--guided" not in unattended and "--no-confirm-changeset" in unattended
 

@@ -697,7 +697,11 @@ def test_lambda_metric_alarms(template: dict[str, Any]) -> None:
         for a in resources_of(template, "AWS::CloudWatch::Alarm").values()
         if a["Properties"].get("Namespace") == "AWS/Lambda"
     }
-    assert found == {("Errors", "SweeperFunction"), ("Errors", "WebhookFunction"), ("Throttles", "WebhookFunction")}
+    assert found == {
+        ("Errors", "SweeperFunction"),
+        ("Errors", "WebhookFunction"),
+        ("Throttles", "WebhookFunction"),
+    }
     for alarm in resources_of(template, "AWS::CloudWatch::Alarm").values():
         props = alarm["Properties"]
         if props.get("Namespace") == "AWS/Lambda":

@@ -105,7 +105,7 @@ def test_deployed_stack_refuses_a_weaker_mode(bundle: str, mode: str) -> None:
 
 
 def test_deployed_stack_without_its_bundle_fails_with_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(DatabaseUrlError, match="CA bundle .* not found"):
+    with pytest.raises(DatabaseUrlError, match=r"CA bundle .* not found"):
         secure("postgresql://u:p@db.example.com/db", ca_bundle=str(tmp_path / "missing.pem"))
 
 
