@@ -246,7 +246,9 @@ def test_sweep_reports_backlog_its_age_and_paused_senders_per_channel(
             "UPDATE send_queue SET scheduled_for = now() - interval '1 hour'"
             " WHERE id = (SELECT min(id) FROM send_queue)"
         )
-        conn.execute("UPDATE sender_accounts SET paused_until = now() + interval '1 hour', paused_by = 'provider'")
+        conn.execute(
+            "UPDATE sender_accounts SET paused_until = now() + interval '1 hour', paused_by = 'provider'"
+        )
     capsys.readouterr()
     report = sweep(sweeper)
     whatsapp = report.channels["whatsapp"]
