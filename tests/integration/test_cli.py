@@ -186,6 +186,8 @@ def test_schema_not_migrated(pg_server: Any) -> None:
     [
         ["stats", "--campaign", "00000000-0000-4000-8000-000000000000"],
         ["audit", "--campaign", "00000000-0000-4000-8000-000000000000"],
+        ["campaign", "status", "00000000-0000-4000-8000-000000000000"],
+        ["campaign", "pause", "00000000-0000-4000-8000-000000000000", "--operator", "ops"],
     ],
 )
 def test_unknown_campaign(stack: LocalStack, args: list[str]) -> None:
