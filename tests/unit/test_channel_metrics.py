@@ -22,7 +22,7 @@ def test_tally_emits_per_channel_counts_and_latency(capsys: pytest.CaptureFixtur
         tally.add_provider_latency("whatsapp", seconds)
     sink = Metrics(namespace="sendonce-test")
     tally.emit(sink)
-    sink.clear_metrics()
+    sink.clear_metrics()  # Metrics instances share one set: leave nothing for other tests
     documents = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     per_channel = {d["channel"]: d for d in documents}
     assert set(per_channel) == {"whatsapp", "linkedin"}
@@ -41,6 +41,7 @@ def test_more_than_100_latencies_are_split_into_documents(capsys: pytest.Capture
         tally.add_provider_latency("messenger", 0.01)
     sink = Metrics(namespace="sendonce-test")
     tally.emit(sink)
+    sink.clear_metrics()  # Metrics instances share one set: leave nothing for other tests
     documents = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     values = [v for d in documents for v in d["ProviderLatency"]]
     assert len(values) == 150 and all(d["channel"] == "messenger" for d in documents)
