@@ -339,6 +339,16 @@ def test_build_layer_holds_exactly_the_locked_packages(built: Path) -> None:
     )
 
 
+def test_build_layer_carries_the_ca_bundle_where_the_functions_look(
+    built: Path, template: dict[str, Any]
+) -> None:
+    """The bundle itself is fetched by `make rds-ca` (pinned hashes), so a test build holds
+    its pin file: it lands in the directory SENDONCE_DB_TLS_CA_BUNDLE names, under /opt."""
+    bundle = Path(template["Globals"]["Function"]["Environment"]["Variables"]["SENDONCE_DB_TLS_CA_BUNDLE"])
+    in_build = built / "DependenciesLayer" / bundle.parent.relative_to("/opt")
+    assert (in_build / "PIN").is_file(), f"{in_build} has no PIN: the bundle would not be at {bundle}"
+
+
 # --- functions -------------------------------------------------------------------------------
 
 
