@@ -65,7 +65,9 @@ def build_database(config: Settings, *, send_path: bool = False) -> Database:
     stop-claiming margin and therefore bounded. Other functions run long statements on
     purpose (large enqueues, migrations, operator queries) and keep Postgres' defaults."""
     return Database(
-        database_url(config),
+        # Resolved per new connection (the secret cached for secret_cache_seconds): a rotated
+        # password reaches warm containers without a restart.
+        lambda: database_url(config),
         max_size=config.db_pool_max_size,
         connect_timeout_seconds=config.db_connect_timeout_seconds,
         pool_wait_seconds=config.db_pool_wait_seconds if send_path else None,
