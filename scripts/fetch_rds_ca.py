@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -44,11 +45,19 @@ def refusal(data: bytes, pinned: str, url: str) -> str | None:
 def main(argv: list[str]) -> int:
     pin = "--pin" in argv
     pins = read_pins(PIN.read_text())
+    unpinned = [url for digest, url in pins if digest == UNPINNED]
+    if unpinned and not pin:
+        print(f"CA bundle refused: {refusal(b'', UNPINNED, unpinned[0])}", file=sys.stderr)
+        return 1
     parts: list[bytes] = []
     recorded: list[tuple[str, str]] = []
     for pinned, url in pins:
-        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - pinned https URLs
-            data: bytes = response.read()
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - pinned https URLs
+                data: bytes = response.read()
+        except (urllib.error.URLError, TimeoutError) as exc:
+            print(f"CA bundle not fetched from {url}: {exc}", file=sys.stderr)
+            return 1
         if pin:
             pinned = hashlib.sha256(data).hexdigest()
             print(f"pinned {url} at sha256 {pinned}")
