@@ -49,7 +49,7 @@ def test_rds_json_secret_connects_to_a_real_server(pg_server: Any) -> None:
             "username": params.get("user", "postgres"),
             "password": params.get("password") or "p@ss/w%rd",
             "host": params.get("host", "127.0.0.1"),
-            "port": int(params.get("port", 5432)),
+            "port": int(params.get("port") or 5432),
             "dbname": name,
         }
     )
