@@ -21,7 +21,7 @@ import pytest
 from devstack.aws import aws_client
 from devstack.lossy_proxy import LossyProxy
 from devstack.stack import ROOT, LocalStack
-from devstack.testing import enqueue_contacts
+from devstack.testing import enqueue_contacts, outlive_claims
 from shared.idempotency import RecordState, SendGuard
 from shared.queue import QueueRepository
 
@@ -86,6 +86,8 @@ def test_sweeper_resend_policy_forgets_the_record(stack: LocalStack) -> None:
     assert stack.spawn("dispatcher", DISPATCH).finish()["counts"]["Ambiguous"] == 1
     key = only_key(stack)
     assert guard(stack).lookup(key).state is RecordState.COMPLETED
+    # A resend waits until the invocation that claimed the row can no longer be running.
+    outlive_claims(stack.db)
 
     env = stack.env(SENDONCE_UNKNOWN_POLICY_WHATSAPP="resend", SENDONCE_UNKNOWN_GRACE_SECONDS="0")
     report = stack.spawn("sweeper", SWEEP, env=env).finish()
