@@ -10,7 +10,7 @@ TOOLS_VENV := .venv-tools
 SAM := $(TOOLS_VENV)/bin/sam
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lock pgbouncer up down env demo test test-unit test-model test-integration test-chaos test-infra lint typecheck bench sam-build clean
+.PHONY: help install lock pgbouncer up down env demo test test-unit test-model test-integration test-chaos test-infra lint typecheck bench sam-build rds-ca deploy checkov clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -42,12 +42,25 @@ $(SAM): requirements-tools.txt
 	$(TOOLS_VENV)/bin/pip install --quiet --require-hashes -r requirements-tools.txt
 	@touch $(SAM)
 
+# checkov pins an old boto3 (1.35) that aws-sam-cli's cannot share: it gets a venv of its own.
+CHECKOV_VENV := .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+
+$(CHECKOV): requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON_BOOTSTRAP) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip==25.3
+	$(CHECKOV_VENV)/bin/pip install --quiet --require-hashes -r requirements-checkov.txt
+	@touch $(CHECKOV)
+
+checkov: $(CHECKOV)  ## Install checkov into .venv-checkov (tests/infra runs it on the SAM-translated template)
+
 UV_COMPILE := $(TOOLS_VENV)/bin/uv pip compile --generate-hashes --python-version 3.12 --quiet
 
 lock: $(SAM)  ## Regenerate the locks (with hashes) after editing a *.in file of pins
 	$(UV_COMPILE) layers/deps/requirements.in -o layers/deps/requirements.txt
 	$(UV_COMPILE) requirements-dev.in -o requirements-dev.txt
 	$(UV_COMPILE) requirements-tools.in -o requirements-tools.txt
+	$(UV_COMPILE) requirements-checkov.in -o requirements-checkov.txt
 
 up: $(STAMP)  ## Start the local stack and keep it running (Postgres, moto, fake provider); prints its env
 	@$(PY) -m devstack.up start
@@ -61,7 +74,7 @@ env: $(STAMP)  ## Print the running local stack's environment: eval "$$(make -s 
 demo: $(STAMP)  ## Run the local stack end to end: Postgres, moto, fake provider, overlapping dispatchers
 	$(PY) -m devstack.demo
 
-test: $(STAMP) $(SAM) pgbouncer  ## Run every suite: lint, types, unit, model, integration, chaos, infra
+test: $(STAMP) $(SAM) $(CHECKOV) pgbouncer  ## Run every suite: lint, types, unit, model, integration, chaos, infra
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy shared devstack functions/*/app.py tests
@@ -85,7 +98,7 @@ test-integration: $(STAMP) pgbouncer  ## Integration tests (real Postgres, moto)
 test-chaos: $(STAMP)  ## Overlap, crash and stale-lease tests across OS processes
 	$(PY) -m pytest tests/chaos
 
-test-infra: $(STAMP) $(SAM)  ## cfn-lint, sam validate --lint, sam build, template and IAM checks (IAM: after integration + chaos)
+test-infra: $(STAMP) $(SAM) $(CHECKOV)  ## cfn-lint, sam validate --lint, checkov, sam build, template and IAM checks (IAM: after integration + chaos)
 	PATH="$(CURDIR)/$(TOOLS_VENV)/bin:$$PATH" $(PY) -m pytest tests/infra
 
 lint: $(STAMP)  ## ruff and mypy
@@ -96,6 +109,15 @@ bench: $(STAMP)  ## Benchmarks: throughput, pacing, fairness, claim at scale (BE
 
 sam-build: $(SAM)  ## sam build (needs python3.12 on PATH, found by scripts/find-python.sh)
 	PATH="$(dir $(PYTHON_BOOTSTRAP)):$$PATH" $(SAM) build
+	@echo "Deploy: make deploy"
+
+# Guided the first time (no saved parameter values for CONFIG_ENV in samconfig.toml), then
+# non-interactive; it asks to confirm the public webhook URL first (scripts/deploy.py).
+rds-ca:  ## Fetch the RDS CA bundle into the layer, checked against its pinned SHA-256 (PIN=1 records it)
+	$(PYTHON_BOOTSTRAP) scripts/fetch_rds_ca.py $(if $(PIN),--pin)
+
+deploy: rds-ca sam-build  ## Build and deploy with .venv-tools/bin/sam (CONFIG_ENV=prod for another saved stack)
+	SAM=$(SAM) $(TOOLS_VENV)/bin/python scripts/deploy.py
 
 clean:  ## Remove build output and caches (keeps the venvs)
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache build

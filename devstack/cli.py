@@ -34,16 +34,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 from uuid import UUID
 
+import psycopg
+from pydantic import ValidationError
 from rich.table import Table
 
 from devstack.contacts_cli import add_contacts_commands, add_suppress_commands
 from devstack.engine_cli import add_campaign_commands, add_sender_commands
 from devstack.terminal import make_console
 from shared.absence import held_unknowns
+from shared.enqueue import UnknownCampaignError
 from shared.reconcile import (
     DecisionError,
     OperatorAction,
@@ -54,7 +58,8 @@ from shared.reconcile import (
     redrive,
     resolve,
 )
-from shared.runtime import build_guard, database, settings, sweep_deps
+from shared.runtime import ConfigurationError, build_guard, database, settings, sweep_deps
+from shared.storage.db import DatabaseMisconfiguredError, DatabaseUnavailableError
 from shared.storage.migrate import migrate
 from shared.sweeper import sweep
 
@@ -78,13 +83,21 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = N
     return table
 
 
+def _known_campaign(campaign_id: UUID | None) -> None:
+    if campaign_id is not None and not campaign_stats(database(), campaign_id):
+        raise UnknownCampaignError(f"no campaign {campaign_id}")
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     rows = campaign_stats(database(), args.campaign)
+    if args.campaign is not None and not rows:
+        raise UnknownCampaignError(f"no campaign {args.campaign}")
     console.print(_table("campaigns (counted from queue and ledger state)", rows))
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    _known_campaign(args.campaign)
     found = audit(database(), campaign_id=args.campaign, address=args.contact)
     if args.json:
         print(json.dumps(found, default=str, indent=2))
@@ -172,6 +185,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
+    _known_campaign(args.campaign)
     report = redrive(
         _reconcile_deps(), campaign_id=args.campaign, reason_like=args.reason_like, operator=args.operator
     )
@@ -223,51 +237,92 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sendonce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(
+        dest="command", required=True, help="the command; `sendonce COMMAND --help` for its own"
+    )
 
-    stats = sub.add_parser("stats", help="campaign statistics, counted from state")
-    stats.add_argument("--campaign", type=UUID)
+    stats = sub.add_parser(
+        "stats",
+        help="campaign statistics, counted from state",
+        description="Per campaign: rows pending, in flight, sent, delivered, read, failed, unknown, "
+        "cancelled.",
+    )
+    stats.add_argument("--campaign", type=UUID, help="only this campaign (its id); default: every campaign")
     stats.set_defaults(run=cmd_stats)
 
     audit_cmd = sub.add_parser(
-        "audit", help="every queue row, attempt, event and decision for a contact or campaign"
+        "audit",
+        help="every queue row, attempt, event and decision for a contact or campaign",
+        description="Everything known about one contact or one campaign: queue rows, ledger, provider "
+        "attempts, provider events and operator decisions. Prints addresses: for operators only.",
     )
     target = audit_cmd.add_mutually_exclusive_group(required=True)
     target.add_argument("--contact", help="the contact's address (phone digits, PSID, Unipile id)")
-    target.add_argument("--campaign", type=UUID)
-    audit_cmd.add_argument("--json", action="store_true")
+    target.add_argument("--campaign", type=UUID, help="a campaign id")
+    audit_cmd.add_argument("--json", action="store_true", help="print JSON instead of tables")
     audit_cmd.set_defaults(run=cmd_audit)
 
-    res = sub.add_parser("resolve", help="decide an unknown row by hand")
-    res.add_argument("queue_id", type=int)
-    res.add_argument("action", choices=[a.value for a in OperatorAction])
-    res.add_argument("--operator", required=True)
-    res.add_argument("--reason", required=True)
-    res.add_argument("--provider-message-id")
-    res.add_argument("--i-accept-duplicate-risk", action="store_true")
+    res = sub.add_parser(
+        "resolve",
+        help="decide an unknown row by hand",
+        description="Settle a row whose send outcome is unknown: mark-sent (you found the message at "
+        "the provider), fail (it was not delivered and must not be), or resend (may deliver twice).",
+    )
+    res.add_argument("queue_id", type=int, help="the row's queue id (from `sendonce audit`)")
+    res.add_argument("action", choices=[a.value for a in OperatorAction], help="the decision")
+    res.add_argument("--operator", required=True, help="who decides (recorded with the decision)")
+    res.add_argument("--reason", required=True, help="why (recorded with the decision)")
+    res.add_argument("--provider-message-id", help="with mark-sent: the provider's id of the message found")
+    res.add_argument(
+        "--i-accept-duplicate-risk",
+        action="store_true",
+        help="required with resend: the contact may get two copies",
+    )
     res.set_defaults(run=cmd_resolve)
 
-    red = sub.add_parser("redrive", help="requeue failed messages once the cause is fixed (idempotent)")
-    red.add_argument("--campaign", type=UUID)
+    red = sub.add_parser(
+        "redrive",
+        help="requeue failed messages once the cause is fixed (idempotent)",
+        description="Requeue failed rows (all, one campaign's, or those whose reason matches); a row "
+        "that may have reached the provider is skipped and says why.",
+    )
+    red.add_argument("--campaign", type=UUID, help="only this campaign's failed rows")
     red.add_argument("--reason-like", help="SQL LIKE pattern on the failure reason, e.g. 'whatsapp:131047%%'")
-    red.add_argument("--operator", required=True)
+    red.add_argument("--operator", required=True, help="who requeues (recorded with each decision)")
     red.set_defaults(run=cmd_redrive)
 
-    dup = sub.add_parser("duplicates", help="suspected duplicate deliveries (exit 1 if any)")
-    dup.add_argument("--lookback-hours", type=int, default=24)
+    dup = sub.add_parser(
+        "duplicates",
+        help="suspected duplicate deliveries (exit 1 if any)",
+        description="Rows a provider reported delivering more than once, from webhook evidence.",
+    )
+    dup.add_argument("--lookback-hours", type=int, default=24, help="how far back to look (default 24)")
     dup.set_defaults(run=cmd_duplicates)
 
-    unk = sub.add_parser("unknown", help="held unknown rows: why each is held and the next step")
-    unk.add_argument("--campaign", type=UUID)
-    unk.add_argument("--limit", type=int, default=200)
-    unk.add_argument("--json", action="store_true")
+    unk = sub.add_parser(
+        "unknown",
+        help="held unknown rows: why each is held and the next step",
+        description="List the rows held in `unknown`, with why each is still held and what to do next.",
+    )
+    unk.add_argument("--campaign", type=UUID, help="only this campaign's rows")
+    unk.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
+    unk.add_argument("--json", action="store_true", help="print JSON instead of a table")
     unk.set_defaults(run=cmd_unknown)
 
-    mig = sub.add_parser("migrate", help="apply pending schema migrations")
-    mig.add_argument("--dry-run", action="store_true")
+    mig = sub.add_parser(
+        "migrate",
+        help="apply pending schema migrations",
+        description="Apply the files of shared/storage/migrations/ not yet applied, in order, under a lock.",
+    )
+    mig.add_argument("--dry-run", action="store_true", help="list what would be applied; change nothing")
     mig.set_defaults(run=cmd_migrate)
 
-    swp = sub.add_parser("sweep", help="run one sweep now")
+    swp = sub.add_parser(
+        "sweep",
+        help="run one sweep now",
+        description="What the scheduled sweeper does: settle expired leases, publish failed messages, "
+        "reconcile unknown rows, report backlog gauges.",
+    )
     swp.set_defaults(run=cmd_sweep)
 
     add_campaign_commands(sub)
@@ -277,9 +332,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Postgres' errors when the schema is missing or older than the code.
+_SCHEMA_ERRORS = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+    psycopg.errors.UndefinedFunction,
+)
+
+
+def explain_failure(exc: BaseException) -> str | None:
+    """The one line (what went wrong, and the fix) for a failure an operator can cause or fix;
+    None for a bug, which keeps its traceback."""
+    if isinstance(exc, ConfigurationError):
+        if "set DATABASE_URL" in str(exc):
+            return (
+                "no database configured: set DATABASE_URL (for the local stack: "
+                'eval "$(make -s env)") or SENDONCE_DATABASE_SECRET_ID'
+            )
+        return f"database configuration refused: {exc}"
+    if isinstance(exc, ValidationError) and exc.title == "Settings":
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        return f"configuration invalid: {where}: {first['msg']}; fix the SENDONCE_* variable"
+    if isinstance(exc, DatabaseUnavailableError):
+        return f"database unreachable: {exc}. Is it running (`make up` locally) and is DATABASE_URL right?"
+    if isinstance(exc, _SCHEMA_ERRORS):
+        detail = str(exc).splitlines()[0]
+        return f"schema not migrated ({detail}): run `sendonce migrate`"
+    if isinstance(exc, DatabaseMisconfiguredError):
+        return str(exc)
+    if isinstance(exc, UnknownCampaignError):
+        return f"unknown campaign: {exc}; `sendonce stats` lists the campaigns"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.run(args)
+    # psycopg's pool logs every failed connection attempt; the one line below says it all.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+    try:
+        result: int = args.run(args)
+    except Exception as exc:
+        line = explain_failure(exc)
+        if line is None:
+            raise
+        print(f"sendonce: {line}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -116,30 +116,34 @@ def cmd_suppress_list(args: argparse.Namespace) -> int:
 
 def add_contacts_commands(sub: Any) -> None:
     contacts = sub.add_parser("contacts", help="import contacts into a campaign")
-    csub = contacts.add_subparsers(dest="contacts_command", required=True)
+    csub = contacts.add_subparsers(dest="contacts_command", required=True, help="what to do with contacts")
     imp = csub.add_parser(
         "import",
         help="import a CSV file (columns: address, name, linkedin_url, custom fields) into a campaign",
     )
     imp.add_argument("file", help="CSV with a header row; UTF-8")
-    imp.add_argument("--campaign", type=UUID, required=True)
+    imp.add_argument(
+        "--campaign", type=UUID, required=True, help="the campaign the contacts join (must exist)"
+    )
     imp.add_argument("--region", help="ISO 3166-1 alpha-2 region for national-format phone numbers")
-    imp.add_argument("--json", action="store_true")
+    imp.add_argument("--json", action="store_true", help="print the report as JSON")
     imp.set_defaults(run=_guarded(cmd_contacts_import))
 
 
 def _target(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--channel", required=True, choices=[c.value for c in Channel])
+    parser.add_argument(
+        "--channel", required=True, choices=[c.value for c in Channel], help="the address's channel"
+    )
     parser.add_argument("--address", required=True, help="phone number, PSID or provider id")
     parser.add_argument("--sender", help="only for this sender account (default: the whole workspace)")
     parser.add_argument("--region", help="region for a national-format phone number")
-    parser.add_argument("--reason", required=True)
-    parser.add_argument("--operator", required=True)
+    parser.add_argument("--reason", required=True, help="why (kept, and shown by sendonce audit)")
+    parser.add_argument("--operator", required=True, help="who decides (kept, and shown by sendonce audit)")
 
 
 def add_suppress_commands(sub: Any) -> None:
     suppress = sub.add_parser("suppress", help="the suppression list: addresses that get nothing")
-    ssub = suppress.add_subparsers(dest="suppress_command", required=True)
+    ssub = suppress.add_subparsers(dest="suppress_command", required=True, help="add, remove or list")
     add = ssub.add_parser("add", help="suppress an address and stop its sequences")
     _target(add)
     add.set_defaults(run=_guarded(cmd_suppress_add))
@@ -147,8 +151,8 @@ def add_suppress_commands(sub: Any) -> None:
     _target(remove)
     remove.set_defaults(run=_guarded(cmd_suppress_remove))
     listing = ssub.add_parser("list", help="list suppressions")
-    listing.add_argument("--channel", choices=[c.value for c in Channel])
-    listing.add_argument("--address")
+    listing.add_argument("--channel", choices=[c.value for c in Channel], help="only this channel")
+    listing.add_argument("--address", help="only this address")
     listing.add_argument("--all", action="store_true", help="include lifted suppressions")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(run=_guarded(cmd_suppress_list))

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from devstack.stack import ROOT, LocalStack
 from devstack.terminal import make_console
+from shared.observability import scrub
 from shared.queue import QueueRepository
 
 console = make_console()
@@ -178,10 +179,12 @@ def _report(stack: LocalStack, results: list[dict[str, object]], elapsed: float)
     console.print(
         "queue: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) + f"   ({elapsed:.1f}s)"
     )
+    # The recipient masked, as in the logs: `sendonce audit` shows it to an operator who asks.
     for row in queue.problem_rows():
+        recipient = scrub(str(row["recipient"]))
         console.print(
-            f"  [yellow]{row['status']}[/] {row['channel']} {row['recipient']} {row['message_type']}: "
-            f"{row['failure_reason']}"
+            f"  [yellow]{row['status']}[/] queue {row['queue_id']} {row['channel']} {recipient} "
+            f"{row['message_type']}: {row['failure_reason']}"
         )
 
     per_recipient = Counter((m["channel"], m["recipient"]) for m in stack.provider.ledger())
@@ -215,7 +218,10 @@ def verdict(stack: LocalStack) -> bool:
             "[bold green]verdict: every message reached its recipient at most once; every row is settled[/]"
         )
     else:
-        console.print(f"[bold red]verdict: FAILED duplicates={duplicates} unsettled={stuck}[/]")
+        twice = {
+            f"{channel} {scrub(recipient)}": copies for (channel, recipient, _), copies in duplicates.items()
+        }
+        console.print(f"[bold red]verdict: FAILED duplicates={twice} unsettled={stuck}[/]")
     return ok
 
 

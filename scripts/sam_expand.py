@@ -38,9 +38,32 @@ def main(path: str) -> int:
         code = CODE_PROPERTY.get(resource["Type"])
         if code:
             resource["Properties"][code] = f"s3://placeholder/{logical_id}"
+    original = {lid: dict(r) for lid, r in template["Resources"].items()}
     expanded = transform(template, REQUIRED_PARAMETERS, NoManagedPolicyNames())
+    carry_checkov_skips(original, expanded)
     json.dump(expanded, sys.stdout, indent=1, default=str)
     return 0
+
+
+def carry_checkov_skips(original: dict[str, Any], expanded: dict[str, Any]) -> None:
+    """SAM keeps a function's Metadata on the AWS::Lambda::Function only, not on what it
+    generates from the function's properties (the AWS::Lambda::Url of FunctionUrlConfig). A
+    checkov suppression written, with its reason, on the SAM resource in template.yaml applies
+    to those generated resources too (SAM names them ``<LogicalId><Suffix>``)."""
+    for logical_id, resource in expanded["Resources"].items():
+        if logical_id in original or "Metadata" in resource:
+            continue
+        owners = [
+            owner
+            for owner, source in original.items()
+            if logical_id.startswith(owner) and source["Type"].startswith("AWS::Serverless::")
+        ]
+        if not owners:
+            continue
+        owner = max(owners, key=len)
+        skips = original[owner].get("Metadata", {}).get("checkov")
+        if skips:
+            resource["Metadata"] = {"checkov": skips}
 
 
 if __name__ == "__main__":

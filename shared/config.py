@@ -85,7 +85,22 @@ class Settings(BaseSettings):
     )
     database_secret_id: str | None = Field(
         default=None,
-        description="Secrets Manager id whose SecretString is the database URL (deployed stacks).",
+        description=(
+            "Secrets Manager id whose SecretString is the database URL or RDS's JSON "
+            "(username, password, host, port, dbname) (deployed stacks)."
+        ),
+    )
+    db_tls_ca_bundle: str | None = Field(
+        default=None,
+        description=(
+            "CA bundle file: when set, every non-loopback connection is sslmode=verify-full against "
+            "it (deployed stacks: the RDS bundle in the layer). Unset, a non-loopback URL must still "
+            "name sslmode=require or stronger."
+        ),
+    )
+    db_host_override: str | None = Field(
+        default=None,
+        description="Connect here instead of the secret's host (RDS Proxy endpoint); same credentials.",
     )
     db_pool_max_size: int = Field(default=10, ge=1, le=100)
     db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=60)

@@ -249,7 +249,7 @@ def _deliver(
 
     adapter = deps.adapters[message.channel]
 
-    provider_seconds = 0.0
+    provider_seconds: float | None = None
 
     def call_provider() -> SendOutcome:
         nonlocal provider_seconds
@@ -268,8 +268,11 @@ def _deliver(
     gate_started = time.perf_counter()
     result = deps.guard.deliver_once(message.idempotency_key, call_provider, proves_unsent)
     # The gate wraps the provider call; split its wall time between the two stages.
-    tally.add_seconds(Stage.PROVIDER, provider_seconds)
-    tally.add_seconds(Stage.DYNAMODB, time.perf_counter() - gate_started - provider_seconds)
+    called_for = provider_seconds or 0.0
+    tally.add_seconds(Stage.PROVIDER, called_for)
+    tally.add_seconds(Stage.DYNAMODB, time.perf_counter() - gate_started - called_for)
+    if provider_seconds is not None:
+        tally.add_provider_latency(message.channel.value, provider_seconds)
 
     if result.verdict is GuardVerdict.STORE_UNAVAILABLE:
         tally.add(Metric.IDEMPOTENCY_STORE_UNAVAILABLE)
@@ -364,7 +367,7 @@ def _settle(
             writer=writer,
         )
         if settled:
-            tally.add(Metric.RECOVERED_SENT if replayed else Metric.SENT)
+            tally.add(Metric.RECOVERED_SENT if replayed else Metric.SENT, channel=message.channel.value)
             logger.info("sent", extra={**keys, "provider_message_id": outcome.provider_message_id})
         else:
             tally.add(Metric.LEASE_LOST_AFTER_SEND)
@@ -376,7 +379,7 @@ def _settle(
         return None
 
     if outcome.kind is OutcomeKind.AMBIGUOUS:
-        tally.add(Metric.AMBIGUOUS)
+        tally.add(Metric.AMBIGUOUS, channel=message.channel.value)
         queue.settle_terminal(
             message,
             QueueStatus.UNKNOWN,
@@ -388,7 +391,7 @@ def _settle(
         return None
 
     if outcome.kind is OutcomeKind.PERMANENT:
-        tally.add(Metric.FAILED)
+        tally.add(Metric.FAILED, channel=message.channel.value)
         queue.settle_terminal(
             message, QueueStatus.FAILED, outcome=outcome, failure_reason=outcome.reason, writer=writer
         )
@@ -412,7 +415,7 @@ def _settle(
 
     # RETRY_LATER: provably not sent.
     if message.attempts >= message.max_attempts:
-        tally.add(Metric.FAILED)
+        tally.add(Metric.FAILED, channel=message.channel.value)
         queue.settle_terminal(
             message,
             QueueStatus.FAILED,

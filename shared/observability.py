@@ -23,7 +23,7 @@ from enum import StrEnum
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.logging.types import LogRecord
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 # A standalone run of 8-20 digits (phone numbers in E.164 digits, Messenger PSIDs), not part
 # of a longer token (a hex idempotency key, a timestamp, a decimal, a UUID).
@@ -79,6 +79,18 @@ class Metric(StrEnum):
     # Unknown rows requeued by policy resend_if_silent (shared.absence).
     RESENT_ON_ABSENCE = "ResentOnAbsence"
     CAMPAIGNS_COMPLETED = "CampaignsCompleted"
+    # Sweeper gauges, per channel (dimension ``channel``) for the dashboard, and across
+    # channels (``service`` only) for the alarms.
+    DUE_PENDING_ROWS = "DuePendingRows"
+    OLDEST_DUE_PENDING_AGE = "OldestDuePendingAgeSeconds"
+    PAUSED_SENDERS = "PausedSenders"
+    PROVIDER_PAUSED_SENDERS = "ProviderPausedSenders"
+    # Dispatcher, per channel only: milliseconds of each provider call.
+    PROVIDER_LATENCY = "ProviderLatency"
+
+
+# The outcomes the dashboard plots per channel, next to their across-channel totals.
+CHANNEL_COUNTS = (Metric.SENT, Metric.FAILED, Metric.AMBIGUOUS)
 
 
 class Stage(StrEnum):
@@ -92,10 +104,18 @@ class Tally:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._seconds: dict[str, float] = {}
+        self._channel_counts: Counter[tuple[str, str]] = Counter()
+        self._latencies_ms: dict[str, list[float]] = {}
 
-    def add(self, metric: Metric, value: int = 1) -> None:
+    def add(self, metric: Metric, value: int = 1, *, channel: str | None = None) -> None:
         with self._lock:
             self._counts[metric.value] += value
+            if channel is not None and metric in CHANNEL_COUNTS:
+                self._channel_counts[(channel, metric.value)] += value
+
+    def add_provider_latency(self, channel: str, seconds: float) -> None:
+        with self._lock:
+            self._latencies_ms.setdefault(channel, []).append(round(seconds * 1000, 1))
 
     def add_seconds(self, stage: Stage, seconds: float) -> None:
         with self._lock:
@@ -117,12 +137,50 @@ class Tally:
         with self._lock:
             return {stage.value: round(self._seconds.get(stage.value, 0.0), 6) for stage in Stage}
 
+    def channel_counts(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            counts: dict[str, dict[str, int]] = {}
+            for (channel, name), value in self._channel_counts.items():
+                counts.setdefault(channel, {})[name] = value
+            return counts
+
     def emit(self, sink: Metrics = metrics) -> None:
         for name, value in self.counts().items():
             if value:
                 sink.add_metric(name=name, unit=MetricUnit.Count, value=value)
+        counts = self.channel_counts()
+        with self._lock:
+            latencies = {channel: list(values) for channel, values in self._latencies_ms.items()}
+        for channel in sorted(set(counts) | set(latencies)):
+            per_channel = channel_sink(channel)
+            for name, count in counts.get(channel, {}).items():
+                per_channel.add_metric(name=name, unit=MetricUnit.Count, value=count)
+            # Powertools publishes a document at 100 values (EMF's limit) and starts another,
+            # keeping the default dimensions; CloudWatch computes the percentiles.
+            for milliseconds in latencies.get(channel, []):
+                per_channel.add_metric(
+                    name=Metric.PROVIDER_LATENCY.value, unit=MetricUnit.Milliseconds, value=milliseconds
+                )
+            if per_channel.metric_set:
+                per_channel.flush_metrics()
+
+
+def channel_sink(channel: str) -> EphemeralMetrics:
+    """An EMF document of its own with the ``channel`` dimension next to ``service``: one
+    Metrics instance has one dimension set, and the handler's carries ``service`` only."""
+    sink = EphemeralMetrics(namespace="sendonce")
+    sink.set_default_dimensions(channel=channel)
+    return sink
 
 
 def emit_values(values: dict[Metric, int], sink: Metrics = metrics) -> None:
     for metric, value in values.items():
         sink.add_metric(name=metric.value, unit=MetricUnit.Count, value=value)
+
+
+def emit_channel_gauges(channel: str, values: dict[Metric, float]) -> None:
+    sink = channel_sink(channel)
+    for metric, value in values.items():
+        unit = MetricUnit.Seconds if metric is Metric.OLDEST_DUE_PENDING_AGE else MetricUnit.Count
+        sink.add_metric(name=metric.value, unit=unit, value=value)
+    sink.flush_metrics()

@@ -23,6 +23,7 @@ from shared.pacing import policy_from_settings
 from shared.providers.registry import build_adapters, build_read_backs, build_resolvers, make_http_client
 from shared.providers.secrets import TokenSource
 from shared.queue import QueueRepository
+from shared.storage import dsn
 from shared.storage.db import Database
 from shared.suppression import OptOutRules
 from shared.sweeper import SweepDeps
@@ -41,14 +42,23 @@ def settings() -> Settings:
 
 
 def database_url(config: Settings) -> str:
+    """The conninfo to connect with: from the URL or the secret (a URL or RDS's JSON), with the
+    TLS ``shared.storage.dsn.secure`` requires."""
     if config.database_url is not None:
-        return config.database_url.get_secret_value()
-    if config.database_secret_id:
+        raw = config.database_url.get_secret_value()
+    elif config.database_secret_id:
         value = parameters.get_secret(config.database_secret_id, max_age=config.secret_cache_seconds)
         if not isinstance(value, str) or not value.strip():
             raise ConfigurationError(f"secret {config.database_secret_id} holds no database URL")
-        return value.strip()
-    raise ConfigurationError("set DATABASE_URL or SENDONCE_DATABASE_SECRET_ID")
+        raw = value
+    else:
+        raise ConfigurationError("set DATABASE_URL or SENDONCE_DATABASE_SECRET_ID")
+    try:
+        return dsn.secure(
+            dsn.from_secret(raw), ca_bundle=config.db_tls_ca_bundle, host_override=config.db_host_override
+        )
+    except dsn.DatabaseUrlError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def build_database(config: Settings, *, send_path: bool = False) -> Database:
@@ -56,7 +66,9 @@ def build_database(config: Settings, *, send_path: bool = False) -> Database:
     stop-claiming margin and therefore bounded. Other functions run long statements on
     purpose (large enqueues, migrations, operator queries) and keep Postgres' defaults."""
     return Database(
-        database_url(config),
+        # Resolved per new connection (the secret cached for secret_cache_seconds): a rotated
+        # password reaches warm containers without a restart.
+        lambda: database_url(config),
         max_size=config.db_pool_max_size,
         connect_timeout_seconds=config.db_connect_timeout_seconds,
         pool_wait_seconds=config.db_pool_wait_seconds if send_path else None,

@@ -35,13 +35,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, LiteralString
 
+from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel
 
 from shared.campaigns import settle_campaigns
 from shared.channels.spec import ReadBack
 from shared.config import Settings
 from shared.idempotency import RecordLookup, RecordState, SendGuard
-from shared.observability import Metric, emit_values, logger
+from shared.observability import Metric, emit_channel_gauges, emit_values, logger, metrics
 from shared.providers.outcome import Channel, OutcomeKind
 from shared.queue import ClaimedMessage, QueueRepository, QueueStatus
 from shared.reconcile import ReconcileDeps, detect_duplicates, reconcile_unknown, record_decision
@@ -61,6 +62,16 @@ class SweepDeps:
     guard: SendGuard
     sqs: Any  # boto3 SQS client; None when no failed-messages queue is configured
     read_back: Mapping[Channel, ReadBack] = field(default_factory=dict)
+
+
+class ChannelHealth(BaseModel):
+    """A channel's gauges at the end of a sweep: the dashboard's backlog, its age and paused
+    senders; the alarms take the largest age and the provider-paused count across channels."""
+
+    due_pending: int = 0
+    oldest_due_seconds: float = 0.0
+    paused_senders: int = 0
+    provider_paused_senders: int = 0
 
 
 class SweepReport(BaseModel):
@@ -83,6 +94,15 @@ class SweepReport(BaseModel):
     # The campaign engine's step: rows that raced a stop, and campaigns with nothing left.
     stragglers_cancelled: int = 0
     campaigns_completed: int = 0
+    channels: dict[str, ChannelHealth] = {}
+
+    @property
+    def oldest_due_seconds(self) -> float:
+        return max((health.oldest_due_seconds for health in self.channels.values()), default=0.0)
+
+    @property
+    def provider_paused_senders(self) -> int:
+        return sum(health.provider_paused_senders for health in self.channels.values())
 
 
 def sweep(deps: SweepDeps) -> SweepReport:
@@ -122,6 +142,7 @@ def sweep(deps: SweepDeps) -> SweepReport:
         report.stragglers_cancelled = campaigns.rows_cancelled
         report.campaigns_completed = len(campaigns.campaigns_completed)
         report.unknown_rows = _count(deps, sql.UNKNOWN_ROWS, {})
+        report.channels = queue_health(deps)
     _emit(report)
     logger.info("sweep finished", extra={"report": report.model_dump()})
     return report
@@ -156,6 +177,19 @@ def _single_flight(deps: SweepDeps) -> Iterator[bool]:
         if acquired is not None:
             with db.connection() as conn:
                 conn.execute(sql.RELEASE_LEASE, lease)
+
+
+def queue_health(deps: SweepDeps) -> dict[str, ChannelHealth]:
+    rows = deps.queue.db.fetch_all(sql.QUEUE_HEALTH_BY_CHANNEL, {})
+    return {
+        row["channel"]: ChannelHealth(
+            due_pending=int(row["due_pending"]),
+            oldest_due_seconds=round(float(row["oldest_due_seconds"]), 1),
+            paused_senders=int(row["paused_senders"]),
+            provider_paused_senders=int(row["provider_paused_senders"]),
+        )
+        for row in rows
+    }
 
 
 def _count(deps: SweepDeps, query: LiteralString, params: dict[str, Any]) -> int:
@@ -320,5 +354,19 @@ def _emit(report: SweepReport) -> None:
             Metric.DUPLICATE_SUSPECTED: report.duplicates_suspected,
             Metric.RESENT_ON_ABSENCE: report.unknown_resent_on_absence,
             Metric.CAMPAIGNS_COMPLETED: report.campaigns_completed,
+            Metric.PROVIDER_PAUSED_SENDERS: report.provider_paused_senders,
         }
     )
+    metrics.add_metric(
+        name=Metric.OLDEST_DUE_PENDING_AGE.value, unit=MetricUnit.Seconds, value=report.oldest_due_seconds
+    )
+    for channel, health in report.channels.items():
+        emit_channel_gauges(
+            channel,
+            {
+                Metric.DUE_PENDING_ROWS: health.due_pending,
+                Metric.OLDEST_DUE_PENDING_AGE: health.oldest_due_seconds,
+                Metric.PAUSED_SENDERS: health.paused_senders,
+                Metric.PROVIDER_PAUSED_SENDERS: health.provider_paused_senders,
+            },
+        )

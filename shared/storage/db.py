@@ -3,7 +3,7 @@ is unreachable instead of hanging until Lambda's timeout."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, LiteralString
@@ -71,7 +71,7 @@ class Database:
 
     def __init__(
         self,
-        url: str,
+        url: str | Callable[[], str],
         *,
         max_size: int = 10,
         connect_timeout_seconds: float = 5.0,
@@ -80,7 +80,10 @@ class Database:
         behind_pooler: bool = False,
         prepare_threshold: int | None = None,
     ) -> None:
-        self._where = _redacted(url)
+        # A callable is asked again for every new connection: a rotated secret's new password
+        # is used once its cached value expires, with no restart. Asked once now, so a bad
+        # secret or URL fails here, loudly, rather than at the first statement.
+        self._where = _redacted(url() if callable(url) else url)
         self._connect_timeout = connect_timeout_seconds
         self._acquire_timeout = connect_timeout_seconds if pool_wait_seconds is None else pool_wait_seconds
         self._statement_timeout_ms = (

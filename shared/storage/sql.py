@@ -1010,6 +1010,31 @@ WHERE status IN ('claimed', 'sending') AND lease_expires_at < now() - make_inter
 
 UNKNOWN_ROWS: LiteralString = "SELECT count(*) AS n FROM send_queue WHERE status = 'unknown'"
 
+# The sweeper's per-channel gauges (dashboard and alarms). Due rows of active campaigns only:
+# a campaign an operator paused is waiting on purpose. A due row waits, and ages, while its
+# sender is paused, which is what the backlog-age alarm is for. One partial-index range read
+# (send_queue_due) per run, every two minutes.
+QUEUE_HEALTH_BY_CHANNEL: LiteralString = """
+SELECT ch.channel::text AS channel,
+       COALESCE(due.rows, 0) AS due_pending,
+       COALESCE(EXTRACT(EPOCH FROM now() - due.oldest), 0)::double precision AS oldest_due_seconds,
+       (SELECT count(*) FROM sender_accounts s
+        WHERE s.channel = ch.channel
+          AND (s.status <> 'active' OR s.paused_until > now())) AS paused_senders,
+       (SELECT count(*) FROM sender_accounts s
+        WHERE s.channel = ch.channel AND s.paused_by = 'provider' AND s.paused_until > now()) AS provider_paused_senders
+FROM unnest(enum_range(NULL::channel)) AS ch(channel)
+LEFT JOIN (
+    SELECT c.channel, count(*) AS rows, min(q.scheduled_for) AS oldest
+    FROM send_queue q
+    JOIN contacts c ON c.id = q.contact_id
+    JOIN campaigns cp ON cp.id = q.campaign_id AND cp.status = 'active'
+    WHERE q.status = 'pending' AND q.scheduled_for <= now()
+    GROUP BY c.channel
+) AS due ON due.channel = ch.channel
+ORDER BY ch.channel
+"""
+
 DEAD_LETTER_BATCH: LiteralString = """
 SELECT q.id AS queue_id, q.idempotency_key, q.campaign_id, c.channel::text AS channel, q.contact_id,
        q.message_type, q.attempts, q.failure_reason, q.last_error, q.updated_at AS failed_at

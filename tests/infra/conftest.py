@@ -58,8 +58,8 @@ def template() -> dict[str, Any]:
     return load_template()
 
 
-def _find_tool(name: str) -> str:
-    local = ROOT / ".venv-tools" / "bin" / name
+def _find_tool(name: str, venv: str = ".venv-tools") -> str:
+    local = ROOT / venv / "bin" / name
     found = shutil.which(name) or (str(local) if local.exists() else None)
     if found is None:
         pytest.fail(f"`{name}` not found on PATH or in .venv-tools/bin; run `make test-infra`")
@@ -74,6 +74,15 @@ def cfn_lint_bin() -> str:
 @pytest.fixture(scope="session")
 def sam_bin() -> str:
     return _find_tool("sam")
+
+
+@pytest.fixture(scope="session")
+def checkov_bin() -> str:
+    """checkov has a venv of its own (``make checkov``): its boto3 pin clashes with SAM CLI's."""
+    local = ROOT / ".venv-checkov" / "bin" / "checkov"
+    if local.exists():
+        return str(local)
+    return _find_tool("checkov", ".venv-checkov")
 
 
 def python312_bin_dir() -> str:

@@ -110,7 +110,18 @@ ALLOWED_SECRETS = {
     "ControlFunction": {"DatabaseUrlSecretArn"},
     "ContactsFunction": {"DatabaseUrlSecretArn"},
 }
-CUSTOM_METRIC_ALARMS = {"UnknownRows", "StaleOwnedRows", "DuplicateSuspected", "LeaseLostAfterSend"}
+CUSTOM_METRIC_ALARMS = {
+    "UnknownRows",
+    "StaleOwnedRows",
+    "DuplicateSuspected",
+    "LeaseLostAfterSend",
+    "IdempotencyStoreUnavailable",
+    "ProviderPausedSenders",
+    "SettleErrors",
+    "OldestDuePendingAgeSeconds",
+}
+# Alarms whose threshold is a parameter, not "any at all".
+THRESHOLD_PARAMETERS = {"OldestDuePendingAgeSeconds": "BacklogAgeAlarmSeconds"}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -148,7 +159,33 @@ def resolve(template: dict[str, Any], expr: Any) -> Any:
         return "<{}.{}>".format(*expr["Fn::GetAtt"])
     if isinstance(expr, dict) and set(expr) == {"Fn::Sub"} and isinstance(expr["Fn::Sub"], str):
         return re.sub(r"\$\{([^}]+)\}", lambda m: f"<{m.group(1)}>", expr["Fn::Sub"])
+    if isinstance(expr, dict) and set(expr) == {"Fn::If"}:
+        name, when_true, when_false = expr["Fn::If"]
+        return resolve(template, when_true if condition(template, name) else when_false)
     return expr
+
+
+def condition(template: dict[str, Any], name: str) -> bool:
+    """A condition's value under the parameter defaults."""
+
+    def evaluate(expr: Any) -> Any:
+        if isinstance(expr, dict) and len(expr) == 1:
+            [(op, arg)] = expr.items()
+            if op == "Condition":
+                return evaluate(template["Conditions"][arg])
+            if op == "Fn::Equals":
+                return evaluate(arg[0]) == evaluate(arg[1])
+            if op == "Fn::Not":
+                return not evaluate(arg[0])
+            if op == "Fn::And":
+                return all(evaluate(a) for a in arg)
+            if op == "Fn::Or":
+                return any(evaluate(a) for a in arg)
+            if op == "Fn::Join":
+                return arg[0].join(str(v) for v in as_list(evaluate(arg[1])))
+        return resolve(template, expr)
+
+    return bool(evaluate(template["Conditions"][name]))
 
 
 def resolve_int(template: dict[str, Any], expr: Any) -> int:
@@ -310,6 +347,16 @@ def test_build_layer_holds_exactly_the_locked_packages(built: Path) -> None:
     assert installed == locked, (
         f"not locked: {sorted(installed - locked)}; missing: {sorted(locked - installed)}"
     )
+
+
+def test_build_layer_carries_the_ca_bundle_where_the_functions_look(
+    built: Path, template: dict[str, Any]
+) -> None:
+    """The bundle itself is fetched by `make rds-ca` (pinned hashes), so a test build holds
+    its pin file: it lands in the directory SENDONCE_DB_TLS_CA_BUNDLE names, under /opt."""
+    bundle = Path(template["Globals"]["Function"]["Environment"]["Variables"]["SENDONCE_DB_TLS_CA_BUNDLE"])
+    in_build = built / "DependenciesLayer" / bundle.parent.relative_to("/opt")
+    assert (in_build / "PIN").is_file(), f"{in_build} has no PIN: the bundle would not be at {bundle}"
 
 
 # --- functions -------------------------------------------------------------------------------
@@ -661,26 +708,42 @@ def test_exactly_once_metric_alarms(template: dict[str, Any]) -> None:
     assert set(found) == CUSTOM_METRIC_ALARMS
     for metric, props in found.items():
         assert props["Dimensions"] == [{"Name": "service", "Value": service}], f"{metric}: dimension"
-        assert (props["ComparisonOperator"], props["Threshold"]) == ("GreaterThanThreshold", 0)
-    assert found["UnknownRows"]["Statistic"] == "Maximum"
+        threshold = {"Ref": THRESHOLD_PARAMETERS[metric]} if metric in THRESHOLD_PARAMETERS else 0
+        assert (props["ComparisonOperator"], props["Threshold"]) == ("GreaterThanThreshold", threshold)
+    for gauge in ("UnknownRows", "StaleOwnedRows", "ProviderPausedSenders", "OldestDuePendingAgeSeconds"):
+        assert found[gauge]["Statistic"] == "Maximum", gauge
 
 
-def test_sweeper_errors_alarm(template: dict[str, Any]) -> None:
-    matches = [
-        a["Properties"]
+def test_lambda_metric_alarms(template: dict[str, Any]) -> None:
+    """Sweeper errors (its scheduled runs are not retried), webhook errors and throttles (a
+    Function URL has no DLQ: a failed or throttled callback exists only in the provider's retry)."""
+    found = {
+        (a["Properties"]["MetricName"], a["Properties"]["Dimensions"][0]["Value"]["Ref"])
         for a in resources_of(template, "AWS::CloudWatch::Alarm").values()
-        if a["Properties"].get("Namespace") == "AWS/Lambda" and a["Properties"]["MetricName"] == "Errors"
-    ]
-    assert len(matches) == 1
-    assert matches[0]["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "SweeperFunction"}}]
-    assert (matches[0]["ComparisonOperator"], matches[0]["Threshold"]) == ("GreaterThanThreshold", 0)
+        if a["Properties"].get("Namespace") == "AWS/Lambda"
+    }
+    assert found == {
+        ("Errors", "SweeperFunction"),
+        ("Errors", "WebhookFunction"),
+        ("Throttles", "WebhookFunction"),
+    }
+    for alarm in resources_of(template, "AWS::CloudWatch::Alarm").values():
+        props = alarm["Properties"]
+        if props.get("Namespace") == "AWS/Lambda":
+            assert (props["ComparisonOperator"], props["Threshold"], props["Statistic"]) == (
+                "GreaterThanThreshold",
+                0,
+                "Sum",
+            )
 
 
-def test_alarms_notify_the_optional_topic(template: dict[str, Any]) -> None:
+def test_every_alarm_notifies_a_topic(template: dict[str, Any]) -> None:
+    """The given topic, else the one the stack creates: never nobody."""
     assert template["Parameters"]["AlarmTopicArn"]["Default"] == ""
-    expected = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+    expected = [{"Fn::If": ["HasAlarmTopic", {"Ref": "AlarmTopicArn"}, {"Ref": "AlarmTopic"}]}]
     for logical_id, alarm in resources_of(template, "AWS::CloudWatch::Alarm").items():
         assert alarm["Properties"].get("AlarmActions") == expected, logical_id
+        assert alarm["Properties"].get("OKActions") == expected, logical_id
 
 
 # --- webhook, VPC, outputs -------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -130,3 +131,85 @@ def test_duplicates_redrive_and_migrate_report_cleanly(stack: LocalStack) -> Non
     migrate = sendonce(stack, "migrate", "--dry-run")
     assert migrate.returncode == 0
     assert "applied=[]" in migrate.stdout
+
+
+# --- known failures: one line with the fix, non-zero exit, no traceback -----------------------
+
+
+def _bare_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without any database configuration."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENDONCE_") and k != "DATABASE_URL"}
+    return {**env, "COLUMNS": "200", **extra}
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "devstack.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_no_database_configured() -> None:
+    line = _one_line_failure(_run(_bare_env(), "stats"))
+    assert line.startswith("sendonce: no database configured: set DATABASE_URL")
+    assert 'eval "$(make -s env)"' in line
+
+
+def test_database_unreachable() -> None:
+    # Nothing listens on the discard port: the connection is refused at once.
+    env = _bare_env(
+        DATABASE_URL="postgresql://sendonce@127.0.0.1:9/sendonce", SENDONCE_DB_CONNECT_TIMEOUT_SECONDS="1"
+    )
+    line = _one_line_failure(_run(env, "stats"))
+    assert line.startswith("sendonce: database unreachable: Postgres at 127.0.0.1:9/sendonce")
+    assert "make up" in line
+
+
+def test_plaintext_url_to_a_remote_host_is_refused_with_the_fix() -> None:
+    env = _bare_env(DATABASE_URL="postgresql://sendonce:pw@db.example.com/sendonce")
+    line = _one_line_failure(_run(env, "stats"))
+    assert "add ?sslmode=verify-full" in line
+    assert "pw" not in line.replace("plaintext", "")
+
+
+def test_schema_not_migrated(pg_server: Any) -> None:
+    name = f"sendonce_empty_{uuid.uuid4().hex[:8]}"
+    url = pg_server.create(name)
+    try:
+        line = _one_line_failure(_run(_bare_env(DATABASE_URL=url), "stats"))
+    finally:
+        pg_server.drop(name)
+    assert line.startswith("sendonce: schema not migrated (")
+    assert line.endswith("run `sendonce migrate`")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["stats", "--campaign", "00000000-0000-4000-8000-000000000000"],
+        ["audit", "--campaign", "00000000-0000-4000-8000-000000000000"],
+        ["campaign", "status", "00000000-0000-4000-8000-000000000000"],
+        ["campaign", "pause", "00000000-0000-4000-8000-000000000000", "--operator", "ops"],
+    ],
+)
+def test_unknown_campaign(stack: LocalStack, args: list[str]) -> None:
+    line = _one_line_failure(sendonce(stack, *args))
+    assert line == (
+        "sendonce: unknown campaign: no campaign 00000000-0000-4000-8000-000000000000; "
+        "`sendonce stats` lists the campaigns"
+    )

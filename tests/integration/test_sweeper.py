@@ -235,3 +235,32 @@ def test_a_killed_sweepers_lease_expires(
         conn.execute("UPDATE single_flight_leases SET expires_at = now() - interval '1 second'")
     assert sweep(sweeper).ran
     assert sweep(sweeper).ran, "a finished sweep releases its lease"
+
+
+def test_sweep_reports_backlog_its_age_and_paused_senders_per_channel(
+    database: Database, queue: QueueRepository, sweeper: SweepDeps, capsys: pytest.CaptureFixture[str]
+) -> None:
+    enqueue(database, contacts=3)
+    with database.connection() as conn:
+        conn.execute(
+            "UPDATE send_queue SET scheduled_for = now() - interval '1 hour'"
+            " WHERE id = (SELECT min(id) FROM send_queue)"
+        )
+        conn.execute(
+            "UPDATE sender_accounts SET paused_until = now() + interval '1 hour', paused_by = 'provider'"
+        )
+    capsys.readouterr()
+    report = sweep(sweeper)
+    whatsapp = report.channels["whatsapp"]
+    assert (whatsapp.due_pending, whatsapp.paused_senders, whatsapp.provider_paused_senders) == (3, 1, 1)
+    assert 3600 <= whatsapp.oldest_due_seconds < 7200
+    assert report.channels["linkedin"].due_pending == 0
+    assert report.oldest_due_seconds == whatsapp.oldest_due_seconds
+    # The per-channel gauges are EMF documents of their own, with the channel dimension.
+    documents = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    per_channel = {d["channel"]: d for d in documents if "channel" in d}
+    assert set(per_channel) == {"whatsapp", "linkedin", "messenger"}
+    assert per_channel["whatsapp"]["DuePendingRows"] == [3.0]
+    assert per_channel["whatsapp"]["PausedSenders"] == [1.0]
+    [dimensions] = per_channel["whatsapp"]["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
+    assert "channel" in dimensions
