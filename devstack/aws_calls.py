@@ -37,7 +37,7 @@ from botocore.client import BaseClient
 CALLS_DIR_ENV = "DEVSTACK_AWS_CALLS_DIR"
 # The request parameters that name the resource an operation acts on, for the services the
 # functions use. An operation with none of them is recorded with no resource.
-RESOURCE_PARAMETERS = ("TableName", "QueueUrl", "SecretId")
+RESOURCE_PARAMETERS = ("TableName", "QueueUrl", "SecretId", "Bucket", "Key")
 # Private to botocore and absent from its type stubs: if it is ever renamed, getattr fails here,
 # loudly, instead of the recording coming out empty.
 _HOOKED_METHOD = "_make_api_call"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,18 @@ FUNCTIONS = {
     "webhook": "WebhookFunction",
     "enqueue": "EnqueueFunction",
     "migrate": "MigrateFunction",
+    "control": "ControlFunction",
+    "contacts": "ContactsFunction",
 }
 RECORDING_SUITES = ("integration", "chaos")
 
 # The IAM service prefix of each SDK service the functions use. A new service fails the test
 # until its prefix (and any action that is not named after its operation) is added here.
-IAM_PREFIX = {"dynamodb": "dynamodb", "sqs": "sqs", "secretsmanager": "secretsmanager"}
+IAM_PREFIX = {"dynamodb": "dynamodb", "sqs": "sqs", "secretsmanager": "secretsmanager", "s3": "s3"}
+# S3 objects are named by the event (an upload notification, or an operator's event), not by
+# an environment variable: the role confines them to the import bucket's prefix, so a recorded
+# object must lie under it, and it needs the grant on that prefix.
+S3_OBJECT_GRANTS = {"ContactsFunction": ("ContactImportBucketName", "contacts/")}
 # Operations authorised by another operation's action. SQS: "You cannot set permissions
 # explicitly for SendMessageBatch ... setting permissions for SendMessage ... sets permissions
 # for the corresponding batch versions" (Amazon SQS Developer Guide, "Amazon SQS batch
@@ -120,6 +127,13 @@ def needed_grants(expanded: dict[str, Any]) -> dict[str, set[Grant]]:
         assert service in IAM_PREFIX, f"{function} calls {service}, which this test cannot map to IAM: {call}"
         action = ACTION_OF.get((service, operation), f"{IAM_PREFIX[service]}:{operation}")
         assert call["resources"], f"{function}: {service}.{operation} names no resource: {call}"
+        if service == "s3":
+            assert logical_id in S3_OBJECT_GRANTS, f"{function} reads S3 objects, which its role cannot: {call}"
+            bucket_parameter, prefix = S3_OBJECT_GRANTS[logical_id]
+            key = call["resources"].get("Key", "")
+            assert key.startswith(prefix), f"{function}: {operation} on {key!r}, outside {prefix}*: AWS would deny"
+            needed[logical_id].add((action, f"{bucket_parameter}/{prefix}*"))
+            continue
         env = deployed_env(expanded, logical_id)
         for parameter, value in call["resources"].items():
             variables = call["configured_by"][parameter]
@@ -148,6 +162,11 @@ def ref_target(expr: Any, where: str) -> str:
         return str(expr["Ref"])
     if isinstance(expr, dict) and set(expr) == {"Fn::GetAtt"} and expr["Fn::GetAtt"][1] == "Arn":
         return str(expr["Fn::GetAtt"][0])
+    if isinstance(expr, dict) and set(expr) == {"Fn::Sub"} and isinstance(expr["Fn::Sub"], str):
+        # Objects under a prefix of a bucket the stack names: "Parameter/prefix*".
+        match = re.fullmatch(r"arn:\$\{AWS::Partition\}:s3:::\$\{(\w+)\}/([\w/-]*\*)", expr["Fn::Sub"])
+        if match:
+            return f"{match[1]}/{match[2]}"
     pytest.fail(f"{where}: {expr!r} names no single template resource (a wildcard or a literal ARN?)")
 
 
