@@ -1284,3 +1284,28 @@ WHERE l.id = b.id
       END
 RETURNING l.id
 """
+
+# The benchmark's baseline (devstack/bench/naive.py), never run by a function: the unsafe
+# sender the dispatcher is measured against. One row locked for the length of its provider
+# call, no lease, no idempotency record, no pacing, no attempt history.
+NAIVE_LOCK_NEXT: LiteralString = """
+SELECT q.id AS queue_id, q.idempotency_key, q.message_type, q.body, c.channel, c.address AS recipient,
+       s.id AS sender_account_id, s.provider_account_id AS sender_provider_id
+FROM send_queue q
+JOIN contacts c ON c.id = q.contact_id
+JOIN sender_accounts s ON s.id = q.sender_account_id
+WHERE q.status = 'pending'
+ORDER BY q.id
+LIMIT 1
+FOR UPDATE OF q SKIP LOCKED
+"""
+
+NAIVE_MARK_SENT: LiteralString = """
+UPDATE send_queue
+SET status = 'sent', provider_message_id = %(provider_message_id)s, sent_at = now(), updated_at = now()
+WHERE id = %(queue_id)s
+"""
+
+NAIVE_MARK_FAILED: LiteralString = """
+UPDATE send_queue SET status = 'failed', last_error = %(reason)s, updated_at = now() WHERE id = %(queue_id)s
+"""
