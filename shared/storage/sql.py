@@ -1309,3 +1309,9 @@ WHERE id = %(queue_id)s
 NAIVE_MARK_FAILED: LiteralString = """
 UPDATE send_queue SET status = 'failed', last_error = %(reason)s, updated_at = now() WHERE id = %(queue_id)s
 """
+
+# The benchmark's steady-state rate: the first and the last send of a run.
+BENCH_SENT_SPAN: LiteralString = """
+SELECT count(*) AS sent, min(sent_at) AS first_sent, max(sent_at) AS last_sent
+FROM send_queue WHERE status = 'sent'
+"""
