@@ -140,7 +140,9 @@ def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingT
                     stopped_because = "time budget spent"
                     break
                 with tally.timed(Stage.POSTGRES):
-                    claimed = deps.queue.claim_batch(claim_token, min(batch_size, free), settings.lease_seconds)
+                    claimed = deps.queue.claim_batch(
+                        claim_token, min(batch_size, free), settings.lease_seconds
+                    )
                 if claimed:
                     batches += 1
                     tally.add(Metric.CLAIMED, len(claimed))

@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                         {"queue_id": message.queue_id, "provider_message_id": outcome.provider_message_id},
                     )
                 else:
-                    conn.execute(sql.NAIVE_MARK_FAILED, {"queue_id": message.queue_id, "reason": outcome.reason})
+                    conn.execute(
+                        sql.NAIVE_MARK_FAILED, {"queue_id": message.queue_id, "reason": outcome.reason}
+                    )
             with lock:
                 counts[outcome.kind.value] += 1
 

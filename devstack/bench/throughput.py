@@ -272,7 +272,9 @@ def run(args: argparse.Namespace) -> int:
     for line, _ in verdicts:
         console.print(line)
     load = os.getloadavg()
-    console.print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")
+    console.print(
+        f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)"
+    )
     write_results("throughput", results)
     best = max((r for r in results if r.sender == "dispatcher"), key=lambda r: r.messages_per_second)
     summary(

@@ -1315,3 +1315,25 @@ BENCH_SENT_SPAN: LiteralString = """
 SELECT count(*) AS sent, min(sent_at) AS first_sent, max(sent_at) AS last_sent
 FROM send_queue WHERE status = 'sent'
 """
+
+# The claim-scale benchmark (devstack/bench/claim_scale.py): a day's sends settled at once, the
+# oldest due rows first, as the dispatchers would have left them; then the table's sizes.
+BENCH_SETTLE_OLDEST: LiteralString = """
+UPDATE send_queue q
+SET status = 'sent', provider_message_id = 'wamid.bench-' || q.id, sent_at = now(), attempts = 1,
+    claimed_at = now() - interval '1 day', updated_at = now()
+FROM (SELECT id FROM send_queue WHERE status = 'pending' ORDER BY scheduled_for, id LIMIT %(rows)s) o
+WHERE q.id = o.id
+"""
+
+BENCH_AUTOVACUUM_OFF: LiteralString = "ALTER TABLE send_queue SET (autovacuum_enabled = false)"
+BENCH_AUTOVACUUM_ON: LiteralString = "ALTER TABLE send_queue RESET (autovacuum_enabled)"
+BENCH_VACUUM_QUEUE: LiteralString = "VACUUM (ANALYZE) send_queue"
+
+BENCH_QUEUE_SIZES: LiteralString = """
+SELECT pg_table_size('send_queue') AS table_bytes,
+       pg_indexes_size('send_queue') AS index_bytes,
+       pg_relation_size('send_queue_due') AS due_index_bytes,
+       (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'send_queue') AS dead_rows,
+       (SELECT count(*) FROM send_queue) AS total_rows
+"""
