@@ -113,3 +113,34 @@ def _record(client: BaseClient, operation: str, params: dict[str, Any]) -> None:
 
 def _variables_holding(value: str) -> list[str]:
     return sorted(name for name, held in os.environ.items() if held == value)
+
+
+# The benchmark's counts: how many requests of each operation a process made, for the cost per
+# message (devstack/bench/throughput.py). Separate from the IAM recording above, and cheap: one
+# counter increment per call, so the dispatcher's measured CPU is not inflated by it.
+COUNTS_FILE_ENV = "DEVSTACK_AWS_CALL_COUNTS_FILE"
+_counts: dict[str, int] = {}
+_counting = False
+
+
+def count_calls() -> None:
+    """Count this process's AWS requests by ``service.operation`` from now on."""
+    global _counting
+    with _lock:
+        if _counting:
+            return
+        _counting = True
+        original = getattr(BaseClient, _HOOKED_METHOD)
+
+    def counting_make_api_call(client: BaseClient, operation_name: str, api_params: dict[str, Any]) -> Any:
+        name = f"{client.meta.service_model.service_name}.{operation_name}"
+        with _lock:
+            _counts[name] = _counts.get(name, 0) + 1
+        return original(client, operation_name, api_params)
+
+    setattr(BaseClient, _HOOKED_METHOD, counting_make_api_call)
+
+
+def write_counts(path: Path) -> None:
+    with _lock:
+        path.write_text(json.dumps(_counts, sort_keys=True))

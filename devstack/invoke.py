@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from devstack.aws_calls import attributed_to
+from devstack.aws_calls import COUNTS_FILE_ENV, attributed_to, count_calls, write_counts
 from devstack.lambda_context import LocalLambdaContext
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,11 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=150.0, help="the simulated Lambda timeout (s)")
     args = parser.parse_args(argv)
     event = json.loads(args.event.read_text())
+    counts_file = os.environ.get(COUNTS_FILE_ENV, "").strip()
+    if counts_file:
+        count_calls()
     try:
         result = invoke(args.function, event, args.timeout)
     except Exception as exc:
         print(json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}), file=sys.stderr)
         return 1
+    finally:
+        if counts_file:
+            write_counts(Path(counts_file))
     print(json.dumps(result, default=str))
     return 0
 

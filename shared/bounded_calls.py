@@ -22,6 +22,8 @@ on the thread that makes the call. Thread-locals would not cross. Everything els
 from __future__ import annotations
 
 import contextvars
+import functools
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +60,39 @@ class _Call:
     error: BaseException | None = None
 
 
+class _HelperThreads:
+    """Daemon threads that run calls, reused between calls instead of one started per call.
+
+    Every call gets a thread that is free at that moment: an idle one if there is one, a new
+    one otherwise. A thread whose call was abandoned (stuck on a socket until botocore's read
+    timeout) is simply not idle, so it never holds up a later call, and, being a daemon, never
+    the process exit. Threads that were needed at a peak stay, idle, for the next peak."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+
+    def run(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            # Each idle thread takes exactly one queued task, so a task queued against an idle
+            # count never waits behind a busy thread.
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1
+        self._tasks.put(task)
+        if start:
+            threading.Thread(target=self._work, name=self._name, daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            task = self._tasks.get()
+            task()
+            with self._lock:
+                self._idle += 1
+
+
 class BoundedClient:
     """Wraps a boto3 client; each API method returns within ``budget_seconds`` or raises."""
 
@@ -65,6 +100,7 @@ class BoundedClient:
         self._client = client
         self._budget = budget_seconds
         self._operations = frozenset(client.meta.method_to_api_mapping)
+        self._threads = _HelperThreads("aws-call")
         client.meta.events.register("before-send", _refuse_spent_attempt, unique_id="sendonce-call-budget")
 
     def __getattr__(self, name: str) -> Any:
@@ -92,12 +128,10 @@ class BoundedClient:
             finally:
                 call.done.set()
 
-        # A daemon thread, not a pool: an abandoned call may stay blocked on a socket until
-        # botocore's own read timeout, and must neither hold up later calls nor the exit.
-        worker = threading.Thread(
-            target=contextvars.copy_context().run, args=(run,), name=f"aws-{name}", daemon=True
-        )
-        worker.start()
+        # A helper thread (reused, see _HelperThreads), not the caller's: an abandoned call may
+        # stay blocked on a socket until botocore's own read timeout. It runs in a copy of the
+        # caller's context, taken now, so each call sees the caller's context variables.
+        self._threads.run(functools.partial(contextvars.copy_context().run, run))
         if not call.done.wait(max(0.0, deadline - time.monotonic())):
             operation = self._client.meta.method_to_api_mapping[name]
             raise CallBudgetExceededError(operation=operation, budget=self._budget)

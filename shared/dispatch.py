@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -107,27 +107,66 @@ def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingT
     with tally.timed(Stage.POSTGRES):
         deps.queue.db.ping()
 
-    with ThreadPoolExecutor(max_workers=settings.send_concurrency, thread_name_prefix="send") as pool:
+    # A continuous pipeline, not claim-a-batch-then-wait: the next rows are claimed while the
+    # current ones are in flight, so no send thread idles behind the slowest row of a batch.
+    # At most `held_cap` claimed rows are held at once (running or queued for a thread), which
+    # bounds how long a claimed row waits under its lease; a claim is made once at least
+    # `refill_at` slots are free, so claims stay batched (a few rows each) instead of one
+    # Postgres transaction per finished send.
+    concurrency = settings.send_concurrency
+    held_cap = 2 * concurrency
+    refill_at = max(1, concurrency // 2)
+    in_flight: set[Future[object]] = set()
+    # After an empty claim while sends are in flight: no new claim before this (monotonic) time,
+    # so finished sends do not each trigger a claim that finds nothing.
+    claim_after = 0.0
+    store_down = False
+
+    def reap(done: set[Future[object]]) -> None:
+        nonlocal store_down
+        for future in done:
+            in_flight.discard(future)
+            if isinstance(future.result(), _StoreUnavailable):
+                store_down = True
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as pool:
         while True:
-            if request.max_batches is not None and batches >= request.max_batches:
-                stopped_because = "max_batches reached"
-                break
-            if remaining.get_remaining_time_in_millis() < settings.stop_claiming_margin_ms:
-                stopped_because = "time budget spent"
-                break
-            with tally.timed(Stage.POSTGRES):
-                claimed = deps.queue.claim_batch(claim_token, batch_size, settings.lease_seconds)
-            if not claimed:
-                if _wait_for_claimable(deps, remaining, tally):
-                    continue
-                break
-            batches += 1
-            tally.add(Metric.CLAIMED, len(claimed))
-            log.debug("claimed batch", extra={"batch": batches, "rows": len(claimed)})
-            results = list(pool.map(lambda m: _deliver_safely(deps, m, remaining, tally, paused), claimed))
-            if any(isinstance(r, _StoreUnavailable) for r in results):
+            reap({f for f in in_flight if f.done()})
+            if store_down:
                 stopped_because = "idempotency store unavailable"
                 break
+            free = held_cap - len(in_flight)
+            if not in_flight or (free >= refill_at and time.monotonic() >= claim_after):
+                if request.max_batches is not None and batches >= request.max_batches:
+                    stopped_because = "max_batches reached"
+                    break
+                if remaining.get_remaining_time_in_millis() < settings.stop_claiming_margin_ms:
+                    stopped_because = "time budget spent"
+                    break
+                with tally.timed(Stage.POSTGRES):
+                    claimed = deps.queue.claim_batch(
+                        claim_token, min(batch_size, free), settings.lease_seconds
+                    )
+                if claimed:
+                    batches += 1
+                    tally.add(Metric.CLAIMED, len(claimed))
+                    log.debug("claimed batch", extra={"batch": batches, "rows": len(claimed)})
+                    for message in claimed:
+                        in_flight.add(pool.submit(_deliver_safely, deps, message, remaining, tally, paused))
+                    continue
+                if not in_flight:
+                    if _wait_for_claimable(deps, remaining, tally):
+                        continue
+                    break
+                claim_after = time.monotonic() + _claim_retry_after(deps, tally)
+            timeout = None if free < refill_at else max(0.0, claim_after - time.monotonic())
+            done, _ = wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+            reap(done)
+        # Rows already handed to the pool finish (each re-checks the time budget and the store
+        # on its own); the executor's exit waits for them, as the batch barrier did.
+        reap(set(wait(in_flight).done))
+        if store_down:
+            stopped_because = "idempotency store unavailable"
 
     tally.emit()
     report = DispatchReport(
@@ -163,6 +202,17 @@ def _wait_for_claimable(deps: DispatchDeps, remaining: RemainingTime, tally: Tal
         return False
     deps.sleep(min(wait, IDLE_POLL_SECONDS))
     return True
+
+
+def _claim_retry_after(deps: DispatchDeps, tally: Tally) -> float:
+    """Seconds until a claim may find something, after an empty one while sends are in flight
+    (a paced sender's next slot, or another claim's lock); at most the idle poll."""
+    with tally.timed(Stage.POSTGRES):
+        at = deps.queue.next_claim_at()
+    if at is None:
+        return IDLE_POLL_SECONDS
+    wait_s = (at - deps.queue.pacing.clock()).total_seconds()
+    return min(IDLE_POLL_SECONDS, max(LOCKED_RETRY_SECONDS, wait_s))
 
 
 def _deliver_safely(

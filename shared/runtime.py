@@ -90,6 +90,11 @@ def dynamodb_client(config: Settings) -> Any:
             connect_timeout=config.dynamodb_connect_timeout_seconds,
             read_timeout=config.dynamodb_read_timeout_seconds,
             retries={"mode": "standard", "total_max_attempts": config.dynamodb_max_attempts},
+            # The requests are built by Powertools and shared.idempotency from fixed shapes;
+            # botocore's client-side check of each one against the service model was 5% of
+            # the dispatcher's CPU per message in a profile (devstack/bench/profile_dispatch.py).
+            # DynamoDB still validates every request it receives.
+            parameter_validation=False,
         ),
     )
     return BoundedClient(client, config.dynamodb_call_budget_seconds)

@@ -2,7 +2,8 @@
 
     python -m devstack.bench                      # all scenarios
     python -m devstack.bench pacing fairness      # some
-    python -m devstack.bench throughput --messages 5000 --dispatchers 1 4 8
+    python -m devstack.bench throughput --throughput-messages 5000 --dispatchers 1 4 8
+    python -m devstack.bench throughput claim-scale --quick   # a short run
     python -m devstack.bench contact-import       # seed 002's 20,028 contacts from CSV
 
 Each scenario prints its figures and a one-line summary that starts with its name, and writes
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=[[], *SCENARIOS],
         metavar="SCENARIO",
         help=f"any of {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run: throughput 300 messages a run, claim-scale 10k/50k rows",
     )
     for module in SCENARIOS.values():
         module.add_arguments(parser)

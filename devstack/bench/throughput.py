@@ -1,171 +1,361 @@
-"""The throughput scenario: messages through overlapping dispatcher processes against the fake
-provider.
+"""The throughput scenario: the dispatcher side by side with a naive sender, in one run.
 
-For each (dispatchers, provider latency) configuration it enqueues N messages into a fresh
-database on an embedded Postgres (fsync on), starts the dispatchers as separate OS processes
-running the real handler, and reports:
+For each provider latency (0 ms, and a realistic one: see ``REALISTIC_LATENCY_MS``) it
+enqueues N WhatsApp messages into a fresh database on an embedded Postgres (fsync on) and
+sends them three ways, each in separate OS processes against the same fake provider:
 
-* messages per second (wall clock from first start to last finish);
-* per-message time spent in Postgres, DynamoDB (moto server) and the provider, from the
-  dispatchers' own stage timers;
-* duplicates (messages the provider accepted more than once: must be 0);
-* peak RSS of a dispatcher process;
-* ratios between configurations (scaling with processes, cost of latency).
+* the naive sender (``devstack/bench/naive.py``: ``SELECT ... FOR UPDATE SKIP LOCKED``, call,
+  ``UPDATE``; no DynamoDB) with as many threads as a dispatcher has send threads;
+* 1 dispatcher, then 4 dispatchers, each the real handler (``python -m devstack.invoke``)
+  with the template's default log level.
 
-``python -m devstack.bench throughput --messages 5000 --dispatchers 1 4 8 --latency-ms 0 50``
+It prints, per run: messages per second (from the first send to the last: process start-up
+is left out), the wall time, duplicates (messages the provider accepted more than
+once: must be 0), CPU per message of the senders and of the DynamoDB store (the moto server
+process), read from ``/proc/<pid>/stat`` (utime + stime) and net of a process's start-up (an
+invocation on an empty queue, measured first), the DynamoDB requests counted in the
+dispatcher processes, the log bytes they wrote, and the cost per million messages those
+counts give at us-east-1 prices (``PRICES``). Then the dispatcher/naive ratio and the
+4-vs-1-dispatchers ratio per latency, against the targets.
+
+``python -m devstack.bench throughput [--quick] [--throughput-messages N] [--latency-ms 0 250]``
 Results are also written as JSON to bench-results/.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import os
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.table import Table
 
 from devstack.bench.common import DISPATCH_EVENT, console, summary, write_results
-from devstack.stack import LocalStack
+from devstack.stack import ROOT, LocalStack
 from devstack.testing import enqueue_contacts
 from shared.queue import QueueRepository
+from shared.storage import sql
+
+# WhatsApp's send answers: Meta publishes no latency figure. A Lambda in us-east-1 reaches
+# graph.facebook.com over TLS; third-party measurements put Meta's processing of a send at
+# 50-200 ms plus the round trip to its regional endpoint
+# (https://wa-guides.com/article/whatsapp-message-template-delivery-latency-global-api-benchmarks).
+# 250 ms is the middle of that range with one round trip on a kept-alive connection.
+REALISTIC_LATENCY_MS = 250
+
+# us-east-1 list prices (checked 2026-12):
+# - DynamoDB on-demand: $0.625 per million write request units, $0.125 per million read
+#   request units (https://aws.amazon.com/dynamodb/pricing/on-demand/, after the November
+#   2024 on-demand price cut). An item under 1 KB costs 1 WRU per write; a strongly
+#   consistent read of an item under 4 KB costs 1 RRU.
+# - Lambda x86: $0.0000166667 per GB-second, $0.20 per million requests
+#   (https://aws.amazon.com/lambda/pricing/).
+# - CloudWatch Logs, standard class: $0.50 per GB ingested
+#   (https://aws.amazon.com/cloudwatch/pricing/).
+PRICES = {
+    "wru": 0.625e-6,
+    "rru": 0.125e-6,
+    "gb_second": 0.0000166667,
+    "lambda_request": 0.20e-6,
+    "log_gb": 0.50,
+}
+WRITE_OPERATIONS = ("PutItem", "UpdateItem", "DeleteItem")
+READ_OPERATIONS = ("GetItem",)
+# The dispatcher's MemorySize in template.yaml (Globals: Function: MemorySize).
+LAMBDA_MEMORY_GB = 512 / 1024
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+TARGET_NAIVE_RATIO = 0.8
+TARGET_SCALING = 1.8
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process from /proc/<pid>/stat, or None once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    # Fields 14 and 15 of stat(5); after the ")" of the command name the list starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class CpuSampler:
+    """Reads the CPU of the given processes every few ms until they exit; a process's figure
+    is its last reading (the last ms before its exit are lost, a few ms per process)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.last: dict[int, float] = {}
+        self._pids = pids
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in self._pids:
+                value = cpu_seconds(pid)
+                if value is not None:
+                    self.last[pid] = value
+            self._stop.wait(0.005)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return sum(self.last.values())
 
 
 @dataclass
 class BenchResult:
-    messages: int
-    dispatchers: int
+    sender: str  # "naive" or "dispatcher"
+    processes: int
     latency_ms: int
     concurrency: int
+    messages: int
     wall_seconds: float
     messages_per_second: float
-    postgres_ms_per_message: float
-    dynamodb_ms_per_message: float
-    provider_ms_per_message: float
     duplicates: int
     sent: int
-    peak_rss_mb: float
+    sender_cpu_ms_per_message: float
+    store_cpu_ms_per_message: float
+    aws_calls: dict[str, int] = field(default_factory=dict)
+    log_bytes: int = 0
+    cost_per_million: dict[str, float] = field(default_factory=dict)
 
 
-def run_one(messages: int, dispatchers: int, latency_ms: int, concurrency: int) -> BenchResult:
-    overrides = {"send_concurrency": concurrency, "batch_size": max(25, concurrency * 2)}
+def _spawn_naive(stack: LocalStack, threads: int, name: str) -> tuple[subprocess.Popen[str], Path]:
+    out = stack.workdir / f"{name}.out"
+    with open(out, "w") as stdout, open(stack.workdir / f"{name}.err", "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "devstack.bench.naive", "--threads", str(threads)],
+            cwd=ROOT,
+            env=stack.env(),
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+        )
+    return process, out
+
+
+def _startup_cpu(stack: LocalStack, sender: str, concurrency: int, env: dict[str, str]) -> float:
+    """CPU of one process of this kind on an empty queue: imports, clients, a claim."""
+    if sender == "naive":
+        process, _ = _spawn_naive(stack, concurrency, "naive-empty")
+        sampler = CpuSampler([process.pid])
+        process.wait(timeout=300)
+    else:
+        invocation = stack.spawn("dispatcher", DISPATCH_EVENT, env=env, log_name="empty")
+        sampler = CpuSampler([invocation.pid])
+        invocation.finish(timeout=300)
+    return sampler.stop()
+
+
+def run_one(sender: str, messages: int, processes: int, latency_ms: int, concurrency: int) -> BenchResult:
+    overrides = {
+        "send_concurrency": concurrency,
+        "batch_size": max(25, concurrency * 2),
+        # The naive sender paces nothing; the dispatcher's one bench sender gets WhatsApp's
+        # highest per-number throughput (1,000 msg/s, reference/providers.md) instead of the
+        # default 20/s, so both are limited by the machinery, not by a rate limit. The pacing
+        # scenario measures the pacing.
+        "pacing_whatsapp": {"rate_per_second": 1000, "burst": 1000},
+    }
     with LocalStack(durable_postgres=True, settings_overrides=overrides) as stack:
+        assert stack.moto._process is not None
+        moto_pid = stack.moto._process.pid
+        counts_dir = stack.workdir / "aws-call-counts"
+        counts_dir.mkdir()
+        # The template's default log level, so log bytes and logging CPU are what AWS would see.
+        base_env = {**stack.env(), "POWERTOOLS_LOG_LEVEL": "INFO"}
+        startup = _startup_cpu(stack, sender, concurrency, base_env)
+
         addresses = [f"1555{i:07d}" for i in range(messages)]
         enqueue_contacts(stack.db, "whatsapp", addresses, sender="bench-sender", body="benchmark message")
         stack.provider.set_faults({"latency_ms": latency_ms})
+        store_before = cpu_seconds(moto_pid) or 0.0
         started = time.perf_counter()
-        invocations = [
-            stack.spawn("dispatcher", DISPATCH_EVENT, log_name=f"bench-{n}") for n in range(dispatchers)
-        ]
-        reports = [inv.finish(timeout=1800) for inv in invocations]
+        log_paths: list[Path] = []
+        if sender == "naive":
+            runs = [_spawn_naive(stack, concurrency, f"naive-{n}") for n in range(processes)]
+            sampler = CpuSampler([p.pid for p, _ in runs])
+            for process, _ in runs:
+                process.wait(timeout=1800)
+        else:
+            invocations = [
+                stack.spawn(
+                    "dispatcher",
+                    DISPATCH_EVENT,
+                    env={**base_env, "DEVSTACK_AWS_CALL_COUNTS_FILE": str(counts_dir / f"{n}.json")},
+                    log_name=f"bench-{n}",
+                )
+                for n in range(processes)
+            ]
+            sampler = CpuSampler([inv.pid for inv in invocations])
+            for invocation in invocations:
+                invocation.finish(timeout=1800)
+                log_paths += [invocation.stdout_path, invocation.stderr_path]
         wall = time.perf_counter() - started
+        sender_cpu = sampler.stop() - startup * processes
+        store_cpu = (cpu_seconds(moto_pid) or 0.0) - store_before
 
-        stage = Counter[str]()
-        sent = 0
-        for report in reports:
-            stage.update(report["stage_seconds"])
-            sent += report["counts"]["Sent"]
+        calls = Counter[str]()
+        for path in counts_dir.glob("*.json"):
+            calls.update(json.loads(path.read_text()))
         per_message = Counter((m["recipient"], m["text"]) for m in stack.provider.ledger())
         duplicates = sum(v - 1 for v in per_message.values() if v > 1)
+        sent = sum(per_message.values()) - duplicates
         remaining = QueueRepository(stack.db).status_counts()
         if remaining != {"sent": messages}:
-            console.print(f"[red]queue not fully sent: {remaining}[/]")
-    # ru_maxrss of children is in KiB on Linux: the largest dispatcher process so far.
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return BenchResult(
-        messages=messages,
-        dispatchers=dispatchers,
+            console.print(f"[red]{sender}: queue not fully sent: {remaining}[/]")
+        log_bytes = sum(p.stat().st_size for p in log_paths)
+        span = stack.db.fetch_one(sql.BENCH_SENT_SPAN)
+        assert span is not None and span["sent"] > 1
+        # The rate between the first and the last send: process start-up (imports, clients,
+        # on a loaded machine seconds of it) is left out, for the naive sender and the
+        # dispatcher alike. Lambda keeps containers warm between scheduled invocations.
+        steady = (span["sent"] - 1) / max(1e-6, (span["last_sent"] - span["first_sent"]).total_seconds())
+    result = BenchResult(
+        sender=sender,
+        processes=processes,
         latency_ms=latency_ms,
         concurrency=concurrency,
+        messages=messages,
         wall_seconds=round(wall, 2),
-        messages_per_second=round(messages / wall, 1),
-        postgres_ms_per_message=round(stage["postgres"] * 1000 / messages, 2),
-        dynamodb_ms_per_message=round(stage["dynamodb"] * 1000 / messages, 2),
-        provider_ms_per_message=round(stage["provider"] * 1000 / messages, 2),
+        messages_per_second=round(steady, 1),
         duplicates=duplicates,
         sent=sent,
-        peak_rss_mb=round(peak_rss_mb, 1),
+        sender_cpu_ms_per_message=round(max(0.0, sender_cpu) * 1000 / messages, 2),
+        store_cpu_ms_per_message=round(store_cpu * 1000 / messages, 2),
+        aws_calls=dict(calls),
+        log_bytes=log_bytes,
     )
+    if sender == "dispatcher":
+        result.cost_per_million = cost_per_million(result)
+    return result
+
+
+def cost_per_million(r: BenchResult) -> dict[str, float]:
+    """Dollars per million messages from what this run counted. Lambda duration is the wall
+    time of each invocation at the template's memory (every process ran the whole run)."""
+    scale = 1_000_000 / r.messages
+    writes = sum(n for op, n in r.aws_calls.items() if op.split(".")[-1] in WRITE_OPERATIONS)
+    reads = sum(n for op, n in r.aws_calls.items() if op.split(".")[-1] in READ_OPERATIONS)
+    gb_seconds = r.wall_seconds * r.processes * LAMBDA_MEMORY_GB
+    costs = {
+        "dynamodb": (writes * PRICES["wru"] + reads * PRICES["rru"]) * scale,
+        "lambda": (gb_seconds * PRICES["gb_second"] + r.processes * PRICES["lambda_request"]) * scale,
+        "logs": r.log_bytes / 1e9 * PRICES["log_gb"] * scale,
+    }
+    costs["total"] = sum(costs.values())
+    return {k: round(v, 3) for k, v in costs.items()}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--throughput-messages", type=int, default=2000, help="messages per throughput run")
     parser.add_argument("--dispatchers", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--latency-ms", type=int, nargs="+", default=[0, 50])
+    parser.add_argument("--latency-ms", type=int, nargs="+", default=[0, REALISTIC_LATENCY_MS])
     parser.add_argument("--concurrency", type=int, default=8, help="sends in flight per dispatcher")
 
 
 def run(args: argparse.Namespace) -> int:
+    messages = min(args.throughput_messages, 300) if args.quick else args.throughput_messages
     results: list[BenchResult] = []
     for latency in args.latency_ms:
-        for dispatchers in args.dispatchers:
-            with console.status(f"{args.messages} messages, {dispatchers} dispatchers, {latency} ms latency"):
-                result = run_one(args.messages, dispatchers, latency, args.concurrency)
+        plan = [("naive", 1)] + [("dispatcher", n) for n in args.dispatchers]
+        for sender, processes in plan:
+            with console.status(f"{sender} x{processes}, {messages} messages, {latency} ms latency"):
+                result = run_one(sender, messages, processes, latency, args.concurrency)
             results.append(result)
             console.print(
-                f"dispatchers={dispatchers} latency={latency}ms: {result.messages_per_second} msg/s, "
+                f"{sender} x{processes} latency={latency}ms: {result.messages_per_second} msg/s, "
                 f"duplicates={result.duplicates}"
             )
+    print_table(results, messages)
+    verdicts = ratios(results)
+    for line, _ in verdicts:
+        console.print(line)
+    load = os.getloadavg()
+    console.print(
+        f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)"
+    )
+    write_results("throughput", results)
+    best = max((r for r in results if r.sender == "dispatcher"), key=lambda r: r.messages_per_second)
+    summary(
+        "throughput",
+        f"best dispatcher {best.messages_per_second:.1f} msg/s ({best.processes} processes, "
+        f"{best.latency_ms} ms), duplicates {sum(r.duplicates for r in results)}, "
+        f"targets {'met' if all(ok for _, ok in verdicts) else '[red]missed[/]'}",
+    )
+    clean = all(r.duplicates == 0 and r.sent == r.messages for r in results)
+    return 0 if clean else 1
 
-    table = Table(title=f"sendonce dispatch benchmark ({args.messages} messages per run)")
+
+def print_table(results: list[BenchResult], messages: int) -> None:
+    table = Table(title=f"sendonce dispatch benchmark ({messages} messages per run, moto as DynamoDB)")
     headers = [
-        "dispatchers",
+        "sender",
+        "procs",
         "latency ms",
         "msg/s",
         "wall s",
-        "pg ms/msg",
-        "ddb ms/msg",
-        "provider ms/msg",
-        "duplicates",
-        "peak RSS MB",
+        "dup",
+        "sender CPU ms/msg",
+        "store CPU ms/msg",
+        "DynamoDB req/msg",
+        "log B/msg",
+        "$ per 1M (ddb+λ+logs)",
     ]
     for header in headers:
         table.add_column(header, justify="right")
     for r in results:
+        requests = sum(r.aws_calls.values()) / r.messages
+        cost = r.cost_per_million
         table.add_row(
-            str(r.dispatchers),
+            r.sender,
+            str(r.processes),
             str(r.latency_ms),
             f"{r.messages_per_second:.1f}",
             f"{r.wall_seconds:.1f}",
-            f"{r.postgres_ms_per_message:.2f}",
-            f"{r.dynamodb_ms_per_message:.2f}",
-            f"{r.provider_ms_per_message:.2f}",
             str(r.duplicates),
-            f"{r.peak_rss_mb:.0f}",
+            f"{r.sender_cpu_ms_per_message:.2f}",
+            f"{r.store_cpu_ms_per_message:.2f}" if r.sender == "dispatcher" else "-",
+            f"{requests:.2f}" if r.sender == "dispatcher" else "-",
+            f"{r.log_bytes / r.messages:.0f}" if r.sender == "dispatcher" else "-",
+            (
+                f"{cost['total']:.2f} ({cost['dynamodb']:.2f}+{cost['lambda']:.2f}+{cost['logs']:.2f})"
+                if cost
+                else "-"
+            ),
         )
     console.print(table)
-    for line in ratios(results):
-        console.print(line)
-    write_results("throughput", results)
-    best = max(results, key=lambda r: r.messages_per_second)
-    summary(
-        "throughput",
-        f"best {best.messages_per_second:.1f} msg/s ({best.dispatchers} dispatchers, {best.latency_ms} ms), "
-        f"duplicates {sum(r.duplicates for r in results)}",
-    )
-    return 0 if all(r.duplicates == 0 and r.sent == r.messages for r in results) else 1
 
 
-def ratios(results: list[BenchResult]) -> list[str]:
-    lines: list[str] = []
-    by_key = {(r.dispatchers, r.latency_ms): r for r in results}
-    dispatchers = sorted({r.dispatchers for r in results})
-    latencies = sorted({r.latency_ms for r in results})
-    for latency in latencies:
-        base = by_key.get((dispatchers[0], latency))
-        for count in dispatchers[1:]:
-            other = by_key.get((count, latency))
-            if base and other:
-                lines.append(
-                    f"scaling at {latency} ms: {count} vs {dispatchers[0]} dispatchers = "
-                    f"{other.messages_per_second / base.messages_per_second:.2f}x throughput"
-                )
-    for count in dispatchers:
-        fast, slow = by_key.get((count, latencies[0])), by_key.get((count, latencies[-1]))
-        if fast and slow and fast is not slow:
-            lines.append(
-                f"latency cost with {count} dispatchers: {latencies[-1]} ms vs {latencies[0]} ms = "
-                f"{slow.messages_per_second / fast.messages_per_second:.2f}x throughput"
-            )
+def ratios(results: list[BenchResult]) -> list[tuple[str, bool]]:
+    """The target lines: dispatcher/naive at the realistic latency (0.8x), 4 vs 1 dispatchers
+    (1.8x, where the store is not the bottleneck: the realistic latency). At 0 ms both are
+    printed for information: there the local store and the 2 shared cores are the limit."""
+    lines: list[tuple[str, bool]] = []
+    by_key = {(r.sender, r.processes, r.latency_ms): r for r in results}
+    for latency in sorted({r.latency_ms for r in results}):
+        naive = by_key.get(("naive", 1, latency))
+        one = by_key.get(("dispatcher", 1, latency))
+        if naive and one:
+            ratio = one.messages_per_second / naive.messages_per_second
+            graded = latency > 0
+            ok = ratio >= TARGET_NAIVE_RATIO or not graded
+            note = f"target {TARGET_NAIVE_RATIO}x: {'met' if ok else 'MISSED'}" if graded else "information"
+            lines.append((f"{latency} ms: 1 dispatcher / naive = {ratio:.2f}x ({note})", ok))
+        for other in sorted({r.processes for r in results if r.sender == "dispatcher"} - {1}):
+            many = by_key.get(("dispatcher", other, latency))
+            if one and many:
+                ratio = many.messages_per_second / one.messages_per_second
+                graded = latency > 0
+                ok = ratio >= TARGET_SCALING or not graded
+                note = f"target {TARGET_SCALING}x: {'met' if ok else 'MISSED'}" if graded else "information"
+                lines.append((f"{latency} ms: {other} vs 1 dispatchers = {ratio:.2f}x ({note})", ok))
     return lines

@@ -1632,3 +1632,56 @@ WHERE (%(address)s::text IS NULL OR s.address = %(address)s)
         WHERE cc.campaign_id = %(campaign_id)s::uuid AND c.channel = s.channel AND c.address = s.address))
 ORDER BY s.created_at, s.id
 """
+
+# The benchmark's baseline (devstack/bench/naive.py), never run by a function: the unsafe
+# sender the dispatcher is measured against. One row locked for the length of its provider
+# call, no lease, no idempotency record, no pacing, no attempt history.
+NAIVE_LOCK_NEXT: LiteralString = """
+SELECT q.id AS queue_id, q.idempotency_key, q.message_type, q.body, c.channel, c.address AS recipient,
+       s.id AS sender_account_id, s.provider_account_id AS sender_provider_id
+FROM send_queue q
+JOIN contacts c ON c.id = q.contact_id
+JOIN sender_accounts s ON s.id = q.sender_account_id
+WHERE q.status = 'pending'
+ORDER BY q.id
+LIMIT 1
+FOR UPDATE OF q SKIP LOCKED
+"""
+
+NAIVE_MARK_SENT: LiteralString = """
+UPDATE send_queue
+SET status = 'sent', provider_message_id = %(provider_message_id)s, sent_at = now(), updated_at = now()
+WHERE id = %(queue_id)s
+"""
+
+NAIVE_MARK_FAILED: LiteralString = """
+UPDATE send_queue SET status = 'failed', last_error = %(reason)s, updated_at = now() WHERE id = %(queue_id)s
+"""
+
+# The benchmark's steady-state rate: the first and the last send of a run.
+BENCH_SENT_SPAN: LiteralString = """
+SELECT count(*) AS sent, min(sent_at) AS first_sent, max(sent_at) AS last_sent
+FROM send_queue WHERE status = 'sent'
+"""
+
+# The claim-scale benchmark (devstack/bench/claim_scale.py): a day's sends settled at once, the
+# oldest due rows first, as the dispatchers would have left them; then the table's sizes.
+BENCH_SETTLE_OLDEST: LiteralString = """
+UPDATE send_queue q
+SET status = 'sent', provider_message_id = 'wamid.bench-' || q.id, sent_at = now(), attempts = 1,
+    claimed_at = now() - interval '1 day', updated_at = now()
+FROM (SELECT id FROM send_queue WHERE status = 'pending' ORDER BY scheduled_for, id LIMIT %(rows)s) o
+WHERE q.id = o.id
+"""
+
+BENCH_AUTOVACUUM_OFF: LiteralString = "ALTER TABLE send_queue SET (autovacuum_enabled = false)"
+BENCH_AUTOVACUUM_ON: LiteralString = "ALTER TABLE send_queue RESET (autovacuum_enabled)"
+BENCH_VACUUM_QUEUE: LiteralString = "VACUUM (ANALYZE) send_queue"
+
+BENCH_QUEUE_SIZES: LiteralString = """
+SELECT pg_table_size('send_queue') AS table_bytes,
+       pg_indexes_size('send_queue') AS index_bytes,
+       pg_relation_size('send_queue_due') AS due_index_bytes,
+       (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'send_queue') AS dead_rows,
+       (SELECT count(*) FROM send_queue) AS total_rows
+"""

@@ -128,10 +128,14 @@ def needed_grants(expanded: dict[str, Any]) -> dict[str, set[Grant]]:
         action = ACTION_OF.get((service, operation), f"{IAM_PREFIX[service]}:{operation}")
         assert call["resources"], f"{function}: {service}.{operation} names no resource: {call}"
         if service == "s3":
-            assert logical_id in S3_OBJECT_GRANTS, f"{function} reads S3 objects, which its role cannot: {call}"
+            assert logical_id in S3_OBJECT_GRANTS, (
+                f"{function} reads S3 objects, which its role cannot: {call}"
+            )
             bucket_parameter, prefix = S3_OBJECT_GRANTS[logical_id]
             key = call["resources"].get("Key", "")
-            assert key.startswith(prefix), f"{function}: {operation} on {key!r}, outside {prefix}*: AWS would deny"
+            assert key.startswith(prefix), (
+                f"{function}: {operation} on {key!r}, outside {prefix}*: AWS would deny"
+            )
             needed[logical_id].add((action, f"{bucket_parameter}/{prefix}*"))
             continue
         env = deployed_env(expanded, logical_id)

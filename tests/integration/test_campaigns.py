@@ -94,9 +94,13 @@ def test_pause_mid_run_returns_claimed_rows_unsent_and_resume_never_resends(
     pausing = PauseAfter(database, campaign, n=4)
     run_dispatcher(DispatchDeps(one_at_a_time, pausing, guard, deps.adapters))
 
-    # Three went out; the pause landed as the 4th was about to: it and the 6 other rows of
-    # that batch went back to pending, attempts refunded, and nothing more was claimed.
-    assert Counter(pausing.verdicts) == {SendingVerdict.SENDING: 3, SendingVerdict.RETURNED: 7}
+    # Three went out; the pause landed as the 4th was about to: it and the other rows this
+    # invocation held (at most twice its one send thread: the pipeline's bound) went back to
+    # pending, attempts refunded, and nothing more was claimed.
+    verdicts = Counter(pausing.verdicts)
+    assert verdicts[SendingVerdict.SENDING] == 3
+    assert 1 <= verdicts[SendingVerdict.RETURNED] <= 2, verdicts
+    assert set(verdicts) <= {SendingVerdict.SENDING, SendingVerdict.RETURNED}, verdicts
     assert statuses(database, campaign) == {"sent": 3, "pending": 37}
     assert {r["attempts"] for r in rows(database, campaign) if r["status"] == "pending"} == {0}
     assert len(fake_provider.ledger()) == 3

@@ -389,3 +389,62 @@ def test_send_that_outlives_its_deadline_is_not_rerun_by_a_second_invocation(
     settled = sweep(SweepDeps(deps.settings, queue, guard, sqs=None))
     assert settled.recovered_sent == 1
     assert [r["status"] for r in rows(database)] == ["sent"]
+
+
+class FirstAnswerHeldBack:
+    """The real adapter; the first message's answer is held back until the test releases it."""
+
+    def __init__(self, adapter: ProviderAdapter) -> None:
+        self.adapter = adapter
+        self.channel = adapter.channel
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self._first: int | None = None
+
+    def send(self, message: OutboundMessage) -> SendOutcome:
+        outcome = self.adapter.send(message)
+        with self._lock:
+            if self._first is None:
+                self._first = message.queue_id
+        if message.queue_id == self._first:
+            self.release.wait(HANG_GUARD_SECONDS)
+        return outcome
+
+
+def test_claims_continue_while_a_send_is_in_flight_and_hold_at_most_twice_the_threads(
+    database: Database, deps: DispatchDeps, fake_provider: Any
+) -> None:
+    """No batch barrier: with 2 send threads and claims of up to 4 rows, one slow answer must
+    not stop the other 19 rows from being claimed and sent around it. With ``pool.map`` over
+    a batch, the batch's slow row held every later claim. Meanwhile the invocation never
+    holds more than twice its send threads in claimed or sending rows."""
+    enqueue(database, "whatsapp", [f"155500{i:05d}" for i in range(20)])
+    threads = 2
+    slow = FirstAnswerHeldBack(deps.adapters[Channel.WHATSAPP])
+    pipelined = dataclasses.replace(
+        deps,
+        settings=deps.settings.model_copy(update={"send_concurrency": threads, "batch_size": 4}),
+        adapters={**deps.adapters, Channel.WHATSAPP: slow},
+    )
+    invocation = threading.Thread(target=dispatch, args=(pipelined, MANUAL, PLENTY))
+    invocation.start()
+    most_held = 0
+    try:
+        for _ in range(HANG_GUARD_SECONDS * 20):
+            held = database.fetch_one(
+                "SELECT count(*) AS n FROM send_queue WHERE status IN ('claimed', 'sending')"
+            )
+            assert held is not None
+            most_held = max(most_held, held["n"])
+            if sum(accepted(fake_provider).values()) == 20 and held["n"] == 1:
+                break
+            invocation.join(0.05)
+        else:
+            pytest.fail("the other rows were not sent while the first answer was held back")
+        statuses = Counter(r["status"] for r in rows(database))
+        assert statuses == Counter({"sent": 19, "sending": 1}), statuses
+    finally:
+        slow.release.set()
+        invocation.join(HANG_GUARD_SECONDS)
+    assert most_held <= 2 * threads
+    assert [r["status"] for r in rows(database)] == ["sent"] * 20
