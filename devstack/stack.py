@@ -121,6 +121,19 @@ class LocalStack(Service):
         secret_id = self.database_secret_id or None
         return {**inherited, **function_env(self.settings, self.moto, secret_id), **overrides}
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``sendonce`` (``devstack.cli``) against this stack in its own process, as an
+        operator would; the caller checks the exit status and output."""
+        return subprocess.run(
+            [sys.executable, "-m", "devstack.cli", *args],
+            env={**self.env(), "COLUMNS": "200"},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
     def spawn(
         self,
         function: str,

@@ -94,3 +94,27 @@ class ChannelSpec(Protocol):
         """Why this message must wait instead of being sent now (a closed 24-hour window), or
         ``None``. A held row goes back to ``pending`` unsent, with the reason."""
         ...
+
+
+class ChannelDefaults:
+    """What a channel without the capability answers: nothing to read back, addresses sent as
+    stored, every step sendable at enqueue, nothing held before the send. A channel package
+    subclasses it and overrides what its provider supports."""
+
+    def build_read_back(
+        self, settings: Settings, client: httpx.Client, token: Callable[[], str]
+    ) -> ReadBack | None:
+        return None
+
+    def build_resolver(
+        self, settings: Settings, client: httpx.Client, token: Callable[[], str], db: Database
+    ) -> RecipientResolver | None:
+        return None
+
+    def enqueue_problem(
+        self, conn: psycopg.Connection[DictRow], sender_account_id: UUID, content: ContentModel
+    ) -> str | None:
+        return None
+
+    def hold_reason(self, message: OutboundMessage, now: datetime) -> str | None:
+        return None

@@ -5,8 +5,6 @@ seed 002's 20,028 rows in one go (untimed; the benchmark reports the time)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,16 +163,7 @@ def stack(pg_server: Any) -> Iterator[LocalStack]:
         yield running
 
 
-def sendonce(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "devstack.cli", *args],
-        env={**stack.env(), "COLUMNS": "200"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+sendonce = LocalStack.cli
 
 
 def test_contacts_import_and_suppress_commands(stack: LocalStack, tmp_path: Path) -> None:

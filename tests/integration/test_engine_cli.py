@@ -27,16 +27,7 @@ def stack(pg_server: Any) -> Iterator[LocalStack]:
         yield running
 
 
-def sendonce(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "devstack.cli", *args],
-        env={**stack.env(), "COLUMNS": "200"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+sendonce = LocalStack.cli
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -5,25 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 import httpx
-import psycopg
-from psycopg.rows import DictRow
 
 from shared.channels.auth import WebhookSecretSource
 from shared.channels.content import ContentModel
 from shared.channels.events import ProviderEvent
 from shared.channels.messenger import content, webhook
 from shared.channels.messenger.adapter import MessengerSendAdapter
-from shared.channels.spec import ReadBack, RecipientResolver
+from shared.channels.spec import ChannelDefaults
 from shared.config import Settings
 from shared.providers.http import PausePolicy
 from shared.providers.outcome import Channel, OutboundMessage, ProviderAdapter
-from shared.storage.db import Database
 
 
-class MessengerChannel:
+class MessengerChannel(ChannelDefaults):
     channel = Channel.MESSENGER
     # message.metadata is echoed in the message_echoes webhook.
     evidence_by_text = False
@@ -40,16 +36,6 @@ class MessengerChannel:
             call_budget_seconds=settings.provider_call_budget_seconds,
         )
 
-    def build_read_back(
-        self, settings: Settings, client: httpx.Client, token: Callable[[], str]
-    ) -> ReadBack | None:
-        return None
-
-    def build_resolver(
-        self, settings: Settings, client: httpx.Client, token: Callable[[], str], db: Database
-    ) -> RecipientResolver | None:
-        return None
-
     def authenticate(self, secrets: WebhookSecretSource, headers: Mapping[str, str], raw_body: bytes) -> bool:
         return webhook.authenticate(secrets, headers, raw_body)
 
@@ -58,11 +44,6 @@ class MessengerChannel:
 
     def parse_content(self, raw: Mapping[str, Any]) -> ContentModel:
         return content.parse(raw)
-
-    def enqueue_problem(
-        self, conn: psycopg.Connection[DictRow], sender_account_id: UUID, content: ContentModel
-    ) -> str | None:
-        return None
 
     def hold_reason(self, message: OutboundMessage, now: datetime) -> str | None:
         return content.hold_reason(message, now)

@@ -3,29 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 import httpx
-import psycopg
-from psycopg.rows import DictRow
 
 from shared.channels.auth import WebhookSecretSource
 from shared.channels.content import ContentModel
 from shared.channels.events import ProviderEvent
-from shared.channels.spec import ReadBack, RecipientResolver
+from shared.channels.spec import ChannelDefaults, ReadBack, RecipientResolver
 from shared.channels.unipile import content, webhook
 from shared.channels.unipile.adapter import UnipileLinkedInAdapter
 from shared.channels.unipile.profiles import UnipileProfiles
 from shared.channels.unipile.read_back import UnipileReadBack
 from shared.config import Settings
 from shared.providers.http import PausePolicy
-from shared.providers.outcome import Channel, OutboundMessage, ProviderAdapter
+from shared.providers.outcome import Channel, ProviderAdapter
 from shared.storage.db import Database
 
 
-class UnipileChannel:
+class UnipileChannel(ChannelDefaults):
     channel = Channel.LINKEDIN
     # Unipile carries no correlation field: evidence is matched by recipient and text.
     evidence_by_text = True
@@ -59,14 +55,6 @@ class UnipileChannel:
 
     def parse_content(self, raw: Mapping[str, Any]) -> ContentModel:
         return content.parse(raw)
-
-    def enqueue_problem(
-        self, conn: psycopg.Connection[DictRow], sender_account_id: UUID, content: ContentModel
-    ) -> str | None:
-        return None
-
-    def hold_reason(self, message: OutboundMessage, now: datetime) -> str | None:
-        return None
 
 
 SPEC = UnipileChannel()

@@ -14,17 +14,16 @@ from psycopg.rows import DictRow
 from shared.channels.auth import WebhookSecretSource
 from shared.channels.content import ContentModel
 from shared.channels.events import ProviderEvent
-from shared.channels.spec import ReadBack, RecipientResolver
+from shared.channels.spec import ChannelDefaults
 from shared.channels.whatsapp import content, templates, webhook
 from shared.channels.whatsapp.adapter import WhatsAppCloudAdapter
 from shared.channels.whatsapp.content import Template
 from shared.config import Settings
 from shared.providers.http import PausePolicy
 from shared.providers.outcome import Channel, OutboundMessage, ProviderAdapter
-from shared.storage.db import Database
 
 
-class WhatsAppChannel:
+class WhatsAppChannel(ChannelDefaults):
     channel = Channel.WHATSAPP
     # biz_opaque_callback_data is echoed in every status webhook.
     evidence_by_text = False
@@ -40,16 +39,6 @@ class WhatsAppChannel:
             pauses=pauses,
             call_budget_seconds=settings.provider_call_budget_seconds,
         )
-
-    def build_read_back(
-        self, settings: Settings, client: httpx.Client, token: Callable[[], str]
-    ) -> ReadBack | None:
-        return None
-
-    def build_resolver(
-        self, settings: Settings, client: httpx.Client, token: Callable[[], str], db: Database
-    ) -> RecipientResolver | None:
-        return None
 
     def authenticate(self, secrets: WebhookSecretSource, headers: Mapping[str, str], raw_body: bytes) -> bool:
         return webhook.authenticate(secrets, headers, raw_body)
