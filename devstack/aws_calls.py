@@ -35,9 +35,16 @@ from typing import Any
 from botocore.client import BaseClient
 
 CALLS_DIR_ENV = "DEVSTACK_AWS_CALLS_DIR"
-# The request parameters that name the resource an operation acts on, for the services the
-# functions use. An operation with none of them is recorded with no resource.
-RESOURCE_PARAMETERS = ("TableName", "QueueUrl", "SecretId", "Bucket", "Key")
+# The request parameters that name the resource an operation acts on, per service the functions
+# use. Per service, because a name means different things: S3's ``Key`` is the object (part of
+# the resource IAM checks), DynamoDB's ``Key`` is an item (not a resource, and one per message).
+# An operation with none of them is recorded with no resource.
+RESOURCE_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "dynamodb": ("TableName",),
+    "sqs": ("QueueUrl",),
+    "secretsmanager": ("SecretId",),
+    "s3": ("Bucket", "Key"),
+}
 # Private to botocore and absent from its type stubs: if it is ever renamed, getattr fails here,
 # loudly, instead of the recording coming out empty.
 _HOOKED_METHOD = "_make_api_call"
@@ -94,14 +101,7 @@ def _record(client: BaseClient, operation: str, params: dict[str, Any]) -> None:
     function = _function
     if function is None:
         return  # the test harness's own calls (provisioning, assertions) are nobody's
-    resources = {name: str(params[name]) for name in RESOURCE_PARAMETERS if name in params}
-    entry = {
-        "function": function,
-        "service": client.meta.service_model.service_name,
-        "operation": operation,
-        "resources": resources,
-        "configured_by": {name: _variables_holding(value) for name, value in resources.items()},
-    }
+    entry = call_entry(function, client.meta.service_model.service_name, operation, params)
     line = json.dumps(entry, sort_keys=True)
     with _lock:
         if line in _seen or _log_path is None:
@@ -109,6 +109,19 @@ def _record(client: BaseClient, operation: str, params: dict[str, Any]) -> None:
         _seen.add(line)
         with _log_path.open("a", encoding="utf-8") as out:
             out.write(line + "\n")
+
+
+def call_entry(function: str, service: str, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What is recorded of one call: the resources it names and the variables naming them."""
+    names = RESOURCE_PARAMETERS.get(service, ())
+    resources = {name: str(params[name]) for name in names if name in params}
+    return {
+        "function": function,
+        "service": service,
+        "operation": operation,
+        "resources": resources,
+        "configured_by": {name: _variables_holding(value) for name, value in resources.items()},
+    }
 
 
 def _variables_holding(value: str) -> list[str]:

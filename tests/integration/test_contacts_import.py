@@ -200,9 +200,18 @@ def test_contacts_import_and_suppress_commands(stack: LocalStack, tmp_path: Path
 SAMPLE_CAMPAIGN = uuid.UUID("5d2e8f3a-1c4b-4e7d-9a6f-0b3c2d1e4f52")  # the campaign events/contacts-* name
 
 
-def test_the_contacts_function_imports_the_s3_object_its_event_names(stack: LocalStack) -> None:
+@pytest.fixture
+def deployed_stack(pg_server: Any) -> Iterator[LocalStack]:
+    """Handlers configured as Lambda configures them: the database URL comes from its secret,
+    so the IAM test sees the contacts function read it (tests/infra/test_iam.py)."""
+    with LocalStack(database_url=pg_server.admin_url, database_from_secret=True) as running:
+        yield running
+
+
+def test_the_contacts_function_imports_the_s3_object_its_event_names(deployed_stack: LocalStack) -> None:
     """Both sample events through the real handler, in its own process, against moto S3: the
     operator's event and S3's ObjectCreated notification (whose key is URL-encoded)."""
+    stack = deployed_stack
     spec = CampaignSpec.model_validate(
         {
             "campaign_id": str(SAMPLE_CAMPAIGN),
