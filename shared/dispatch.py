@@ -288,6 +288,14 @@ def _deliver(
         tally.add(Metric.CANCELLED)
         logger.info("not sent: cancelled since it was claimed", extra=_keys(message))
         return None
+    if verdict is SendingVerdict.HEARD:
+        # Requeued (evidence of absence, or an operator) before the earlier attempt's webhook
+        # arrived. The reconciler settles it `sent` from that webhook on its next pass.
+        tally.add(Metric.HEARD_BEFORE_RESEND)
+        logger.warning(
+            "not sent again: the provider reported an earlier attempt after the requeue", extra=_keys(message)
+        )
+        return None
     if verdict is SendingVerdict.RETURNED:
         tally.add(Metric.RELEASED_UNSENT)
         logger.info("not sent: its campaign was paused since it was claimed", extra=_keys(message))

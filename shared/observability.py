@@ -67,6 +67,9 @@ class Metric(StrEnum):
     STALE_RECORD_RELEASED = "StaleRecordReleased"
     # Claimed, then found cancelled or its contact's sequence stopped before the provider call.
     CANCELLED = "Cancelled"
+    # Claimed again after a requeue, then found heard of: a webhook for an earlier attempt
+    # arrived meanwhile, so the row went back to `unknown` instead of being sent twice.
+    HEARD_BEFORE_RESEND = "HeardBeforeResend"
     # Sweeper. The *Rows metrics are gauges: emitted every run, zero included, so alarms on
     # them clear by themselves once the level drops.
     UNKNOWN_ROWS = "UnknownRows"

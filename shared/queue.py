@@ -74,6 +74,9 @@ ALLOWED_TRANSITIONS: frozenset[tuple[QueueStatus, QueueStatus]] = frozenset(
         # The campaign engine: a cancel, a stopped sequence, or mark_sending's last look.
         (QueueStatus.PENDING, QueueStatus.CANCELLED),
         (QueueStatus.CLAIMED, QueueStatus.CANCELLED),
+        # mark_sending's last look finds a webhook for an earlier attempt (one that arrived
+        # after a requeue): the message was delivered, so it is not sent again.
+        (QueueStatus.CLAIMED, QueueStatus.UNKNOWN),
     }
 )
 
@@ -84,6 +87,7 @@ class SendingVerdict(StrEnum):
     SENDING = "sending"  # committed: offer it to the provider
     RETURNED = "pending"  # its campaign is paused: back in the queue, attempt refunded
     CANCELLED = "cancelled"  # its campaign ended or its contact's sequence stopped
+    HEARD = "unknown"  # a webhook for an earlier attempt arrived: back to unknown, attempt refunded
     LOST = "lost"  # no longer this claim's (lease expired, or taken over)
 
     def __bool__(self) -> bool:

@@ -222,13 +222,18 @@ MARK_SENDING: LiteralString = (
     """
 WITH verdict AS (
     SELECT q.id,
-           CASE WHEN sup.reason IS NOT NULL OR cc.sequence_state IN ('stopped', 'skipped')
+           CASE WHEN heard.provider_message_id IS NOT NULL THEN 'unknown'
+                WHEN sup.reason IS NOT NULL OR cc.sequence_state IN ('stopped', 'skipped')
                      OR cp.status NOT IN ('active', 'paused')
                     THEN 'cancelled'
                 WHEN cp.status = 'paused' THEN 'pending'
                 ELSE 'sending'
            END AS next_status,
-           CASE WHEN sup.reason IS NOT NULL THEN 'suppressed: ' || sup.reason
+           CASE WHEN heard.provider_message_id IS NOT NULL
+                    THEN 'the provider reported an earlier attempt (a webhook carrying its key, message '
+                         || heard.provider_message_id || ') after the row was requeued; '
+                         || 'left for the reconciler to settle sent from that evidence'
+                WHEN sup.reason IS NOT NULL THEN 'suppressed: ' || sup.reason
                 WHEN cc.sequence_state IN ('stopped', 'skipped')
                     THEN 'sequence stopped: ' || COALESCE(cc.stopped_reason, cc.sequence_state)
                 ELSE 'campaign ' || cp.status
@@ -239,17 +244,28 @@ WITH verdict AS (
     LEFT JOIN LATERAL ("""
     + _SUPPRESSION_OF_ROW
     + """) AS sup ON true
+    -- The key is the row's for life, so a webhook carrying it means an earlier attempt reached
+    -- the provider: a row requeued on evidence of absence (or by an operator) whose webhook
+    -- came late. Sending again would be the duplicate; it goes back to `unknown` instead.
+    LEFT JOIN LATERAL (
+        SELECT e.provider_message_id FROM provider_events e
+        WHERE e.idempotency_key = q.idempotency_key AND e.provider_message_id IS NOT NULL
+        LIMIT 1
+    ) AS heard ON true
     WHERE q.id = %(queue_id)s AND q.status = 'claimed' AND q.claim_token = %(claim_token)s
       AND q.lease_expires_at > now()
 ), moved AS (
     UPDATE send_queue q
     SET status = v.next_status::queue_status,
         sending_started_at = CASE WHEN v.next_status = 'sending' THEN now() ELSE q.sending_started_at END,
-        attempts = CASE WHEN v.next_status = 'pending' THEN q.attempts - 1 ELSE q.attempts END,
+        attempts = CASE WHEN v.next_status IN ('pending', 'unknown') THEN q.attempts - 1 ELSE q.attempts END,
+        reconciled_at = CASE WHEN v.next_status = 'unknown' THEN NULL ELSE q.reconciled_at END,
         claim_token = CASE WHEN v.next_status = 'pending' THEN NULL ELSE q.claim_token END,
         lease_expires_at = CASE WHEN v.next_status = 'sending' THEN q.lease_expires_at END,
         failure_reason = CASE WHEN v.next_status = 'cancelled' THEN v.why ELSE q.failure_reason END,
-        last_error = CASE WHEN v.next_status = 'sending' THEN q.last_error ELSE 'not sent: ' || v.why END,
+        last_error = CASE v.next_status WHEN 'sending' THEN q.last_error
+                                        WHEN 'unknown' THEN 'not sent again: ' || v.why
+                                        ELSE 'not sent: ' || v.why END,
         updated_at = now()
     FROM verdict v
     WHERE q.id = v.id AND q.status = 'claimed' AND q.claim_token = %(claim_token)s

@@ -245,6 +245,45 @@ def test_a_late_status_for_a_requeued_row_is_suspected_before_it_is_sent_again(
     assert [(s["kind"], s["row_status"]) for s in suspects] == [("key_on_row_not_sent_by_it", "pending")]
 
 
+def test_a_requeued_row_whose_late_webhook_arrived_is_settled_sent_not_sent_again(
+    database: Database, deps: DispatchDeps, fake_provider: FakeProvider, webhooks: WebhookEmitter
+) -> None:
+    """The accepted-but-every-webhook-late case: the row is requeued on silence, then the
+    webhook arrives before the dispatcher gets to it. The recovery point (``mark_sending``)
+    sees it and hands the row back to `unknown`; the reconciler settles it `sent` with the
+    first acceptance's provider id. One message at the provider, no attempt spent."""
+    enqueue_contacts(database, "whatsapp", [*OTHERS, TARGET])
+    webhooks.hold_recipients.add(TARGET)
+    fake_provider.set_faults([{"action": "accept_then_5xx", "match": {"recipient": TARGET}, "times": 1}])
+    dispatch(deps, MANUAL, Plenty())
+    fake_provider.set_faults([])
+    delivered_all(webhooks)
+    outlive_claims(database)
+    assert reconcile_unknown(reconciler(deps, absence_grace_seconds=0)).resent_on_absence == 1
+    webhooks.release_held()
+    delivered_all(webhooks)
+
+    report = dispatch(deps, MANUAL, Plenty())
+
+    assert report.counts.get("HeardBeforeResend") == 1
+    row = database.fetch_one(
+        "SELECT q.id, q.status::text AS status, q.attempts FROM send_queue q JOIN contacts c ON c.id = q.contact_id"
+        " WHERE c.address = %(a)s",
+        {"a": TARGET},
+    )
+    assert row is not None and row["status"] == "unknown"
+    assert reconcile_unknown(reconciler(deps)).resolved_sent == 1
+    [accepted] = [m for m in fake_provider.ledger() if m["recipient"] == TARGET]
+    settled = database.fetch_one(
+        "SELECT status::text AS status, provider_message_id, attempts FROM send_queue WHERE id = %(id)s",
+        {"id": row["id"]},
+    )
+    assert settled is not None
+    assert (settled["status"], settled["provider_message_id"]) == ("sent", accepted["provider_message_id"])
+    assert settled["attempts"] == row["attempts"] == 1, "the refused claim spent no attempt"
+    assert not _suspects(database), "settled by the id the webhook named: nothing looks duplicated"
+
+
 def _suspects(database: Database) -> list[dict[str, Any]]:
     from shared.reconcile import detect_duplicates
 

@@ -330,6 +330,10 @@ def describe(event: Event, names: dict[int, str]) -> str:
         return f"{who} claims the row: pending -> claimed (attempt {event[2]})"
     if verb == "mark_sending":
         return f"{who} commits claimed -> sending, then sends put INPROGRESS({who})"
+    if verb == "mark_sending_heard":
+        return (
+            f"{who}: mark_sending finds a webhook for an earlier acceptance: claimed -> unknown; {who} stops"
+        )
     if verb == "put_while_claimed":
         return f"{who} sends put INPROGRESS({who}) with the row still claimed (no recovery point)"
     if verb == "mark_sending_refused":

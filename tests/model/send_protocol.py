@@ -8,7 +8,8 @@ invocations over the message's life is unbounded; only how many are alive at onc
 
 Actors (each numbered step is one transition; any live actor may be killed between two steps):
 
-* dispatcher invocations: claim; ``mark_sending`` (the recovery point); conditional put of
+* dispatcher invocations: claim; ``mark_sending`` (the recovery point, which also hands the
+  row back to ``unknown`` when a webhook for an earlier attempt has arrived); conditional put of
   INPROGRESS(w); on a rival INPROGRESS with PROOF, a conditional delete of it and one retried
   put; the provider call; a conditional complete (sent, ambiguous) or a conditional delete
   (provably not sent); the settling CAS with its attempt row. A put that fails for good leads
@@ -337,6 +338,21 @@ class SendProtocol:
                     )
                 )
             elif row.status is CLAIMED and row.token == i and not row.expired:
+                if state.flags.delivered:
+                    # A webhook for an earlier attempt may have arrived (or not yet): the
+                    # recovery point then refuses the call and hands the row to the reconciler.
+                    out.append(
+                        Edge(
+                            ("mark_sending_heard", i),
+                            False,
+                            ((CLAIMED, UNKNOWN),),
+                            state._replace(
+                                row=Row(UNKNOWN, i, row.attempts - 1, False),
+                                workers=_without(state.workers, index),
+                                flags=state.flags._replace(past_unknown=True),
+                            ),
+                        )
+                    )
                 out.append(
                     Edge(
                         ("mark_sending", i),

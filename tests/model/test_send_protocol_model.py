@@ -126,7 +126,7 @@ def test_the_bounds_exercise_every_actor(explorations: list[Exploration]) -> Non
     for label, bounds in SHIPPED.items():
         taken |= explore(explorations, f"design, {label}", bounds).steps_taken
     assert taken == {
-        "claim", "mark_sending", "mark_sending_refused", "release_unsent", "call", "settle",
+        "claim", "mark_sending", "mark_sending_heard", "mark_sending_refused", "release_unsent", "call", "settle",
         "settle_not_called", "expire", "sweep_claim", "sweep_observe", "sweep_release",
         "sweep_settle", "evidence", "operator_fail", "resend_forget", "resend", "redrive",
         "apply", "timeout", "kill", "cancel",

@@ -32,9 +32,12 @@ def test_nothing_leaves_sent() -> None:
     assert not [t for t in ALLOWED_TRANSITIONS if t[0] is QueueStatus.SENT]
 
 
-def test_only_sending_rows_can_become_sent_failed_or_unknown_from_dispatch() -> None:
-    into_terminal = {(s, t) for s, t in ALLOWED_TRANSITIONS if t in {QueueStatus.SENT, QueueStatus.UNKNOWN}}
-    assert {s for s, _ in into_terminal} <= {QueueStatus.SENDING, QueueStatus.UNKNOWN}
+def test_only_sending_rows_can_become_sent_and_only_a_heard_claim_skips_to_unknown() -> None:
+    into_sent = {s for s, t in ALLOWED_TRANSITIONS if t is QueueStatus.SENT}
+    assert into_sent <= {QueueStatus.SENDING, QueueStatus.UNKNOWN}
+    into_unknown = {s for s, t in ALLOWED_TRANSITIONS if t is QueueStatus.UNKNOWN}
+    # CLAIMED -> UNKNOWN: mark_sending found a webhook for an earlier attempt (no call made).
+    assert into_unknown == {QueueStatus.SENDING, QueueStatus.CLAIMED}
 
 
 def test_pending_is_never_skipped_to_sending() -> None:
