@@ -162,10 +162,11 @@ RETURNING q.id AS queue_id, q.idempotency_key, q.attempts, q.max_attempts, q.mes
 SAVE_BUDGETS: LiteralString = """
 UPDATE sender_accounts s
 SET tokens = b.tokens, tokens_at = b.tokens_at, next_slot_at = b.next_slot_at,
-    throttle_factor = b.throttle_factor, throttled_at = b.throttled_at, last_claimed_at = %(now)s
+    throttle_factor = b.throttle_factor, throttled_at = b.throttled_at, last_claimed_at = b.served_at
 FROM unnest(%(ids)s::uuid[], %(tokens)s::float8[], %(tokens_at)s::timestamptz[],
-            %(next_slot_at)s::timestamptz[], %(throttle_factor)s::float8[], %(throttled_at)s::timestamptz[])
-     AS b(id, tokens, tokens_at, next_slot_at, throttle_factor, throttled_at)
+            %(next_slot_at)s::timestamptz[], %(throttle_factor)s::float8[], %(throttled_at)s::timestamptz[],
+            %(served_at)s::timestamptz[])
+     AS b(id, tokens, tokens_at, next_slot_at, throttle_factor, throttled_at, served_at)
 WHERE s.id = b.id
 """
 
