@@ -26,6 +26,7 @@ commands work against the local stack and a deployed one.
     sendonce suppress add|remove --channel CHANNEL --address ADDRESS [--sender ID]
                      --reason TEXT --operator NAME
     sendonce suppress list [--channel CHANNEL] [--address ADDRESS] [--all] [--json]
+    sendonce templates sync [--waba ID] | status | list [--waba ID]   [--json]
 
 Every command and option has --help.
 """
@@ -45,6 +46,7 @@ from rich.table import Table
 
 from devstack.contacts_cli import add_contacts_commands, add_suppress_commands
 from devstack.engine_cli import add_campaign_commands, add_sender_commands
+from devstack.templates_cli import NoBusinessAccountsError, add_templates_commands
 from devstack.terminal import make_console
 from shared.absence import held_unknowns
 from shared.enqueue import UnknownCampaignError
@@ -329,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sender_commands(sub)
     add_contacts_commands(sub)
     add_suppress_commands(sub)
+    add_templates_commands(sub)
     return parser
 
 
@@ -360,6 +363,8 @@ def explain_failure(exc: BaseException) -> str | None:
         detail = str(exc).splitlines()[0]
         return f"schema not migrated ({detail}): run `sendonce migrate`"
     if isinstance(exc, DatabaseMisconfiguredError):
+        return str(exc)
+    if isinstance(exc, NoBusinessAccountsError):
         return str(exc)
     if isinstance(exc, UnknownCampaignError):
         return f"unknown campaign: {exc}; `sendonce stats` lists the campaigns"

@@ -1037,6 +1037,13 @@ class FakeProviderClient:
     def reset(self) -> None:
         self._call("POST", "/_fake/reset", {})
 
+    def set_templates(
+        self, business_account_id: str, phone_number_ids: list[str], templates: list[dict[str, Any]]
+    ) -> None:
+        """See ``FakeProvider.set_templates``."""
+        body = {"business_account_id": business_account_id, "phone_number_ids": phone_number_ids}
+        self._call("POST", "/_fake/whatsapp/templates", {**body, "templates": templates})
+
     def add_chat_message(
         self,
         account_id: str,

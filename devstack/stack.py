@@ -121,12 +121,13 @@ class LocalStack(Service):
         secret_id = self.database_secret_id or None
         return {**inherited, **function_env(self.settings, self.moto, secret_id), **overrides}
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``sendonce`` (``devstack.cli``) against this stack in its own process, as an
-        operator would; the caller checks the exit status and output."""
+        operator would, with ``env`` on top of the stack's; the caller checks the exit status
+        and output."""
         return subprocess.run(
             [sys.executable, "-m", "devstack.cli", *args],
-            env={**self.env(), "COLUMNS": "200"},
+            env={**self.env(), "COLUMNS": "200", **(env or {})},
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -265,6 +265,19 @@ class Settings(BaseSettings):
     messenger_token_secret_id: str = "sendonce/messenger-page-token"
     unipile_api_key_secret_id: str = "sendonce/unipile-api-key"
     secret_cache_seconds: int = Field(default=300, ge=0, le=3600)
+    # WhatsApp templates belong to a WhatsApp Business Account (WABA), not to a phone number:
+    # GET /{waba-id}/message_templates (shared.channels.whatsapp.templates).
+    whatsapp_business_accounts: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='JSON {"<waba-id>": ["<phone-number-id>", ...]}: the WABAs whose templates the '
+        "sweeper keeps synced, and the phone numbers (WhatsApp sender accounts) each one owns.",
+    )
+    template_sync_interval_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=86_400,
+        description="How often the sweeper re-lists a WABA's templates; a failed one is retried every sweep.",
+    )
 
     # --- Webhooks ---------------------------------------------------------------------------
     meta_app_secret_id: str = "sendonce/meta-app-secret"

@@ -82,6 +82,8 @@ class Metric(StrEnum):
     # Unknown rows requeued by policy resend_if_silent (shared.absence).
     RESENT_ON_ABSENCE = "ResentOnAbsence"
     CAMPAIGNS_COMPLETED = "CampaignsCompleted"
+    # WABAs whose template sync failed this sweep (enqueue then checks against the last good one).
+    TEMPLATE_SYNC_ERRORS = "TemplateSyncErrors"
     # Sweeper gauges, per channel (dimension ``channel``) for the dashboard, and across
     # channels (``service`` only) for the alarms.
     DUE_PENDING_ROWS = "DuePendingRows"

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import boto3
+import httpx
 from aws_lambda_powertools.utilities import parameters
 from botocore.config import Config as BotoConfig
 
 from shared.bounded_calls import BoundedClient
+from shared.channels.whatsapp.templates import TemplateSync
 from shared.config import Settings, load_settings
 from shared.dispatch import DispatchDeps
 from shared.idempotency import SendGuard
 from shared.pacing import policy_from_settings
+from shared.providers.outcome import Channel
 from shared.providers.registry import build_adapters, build_read_backs, build_resolvers, make_http_client
-from shared.providers.secrets import TokenSource
+from shared.providers.secrets import TokenProvider, TokenSource
 from shared.queue import QueueRepository
 from shared.storage import dsn
 from shared.storage.db import Database
@@ -137,12 +140,25 @@ def dispatch_database() -> Database:
 
 
 def build_sweep_deps(config: Settings, db: Database) -> SweepDeps:
+    client, tokens = make_http_client(config), TokenSource(config)
     return SweepDeps(
         settings=config,
         queue=QueueRepository(db, policy_from_settings(config)),
         guard=build_guard(config),
         sqs=boto3.client("sqs") if config.failed_messages_queue_url else None,
-        read_back=build_read_backs(config, make_http_client(config), TokenSource(config)),
+        read_back=build_read_backs(config, client, tokens),
+        templates=build_template_sync(config, client, tokens) if config.whatsapp_business_accounts else None,
+    )
+
+
+def build_template_sync(config: Settings, client: httpx.Client, tokens: TokenProvider) -> TemplateSync:
+    return TemplateSync(
+        client=client,
+        base_url=config.graph_api_base_url,
+        version=config.graph_api_version,
+        business_accounts=config.whatsapp_business_accounts,
+        token=partial(tokens.token_for, Channel.WHATSAPP),
+        interval_seconds=config.template_sync_interval_seconds,
     )
 
 

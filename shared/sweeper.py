@@ -40,6 +40,7 @@ from pydantic import BaseModel
 
 from shared.campaigns import settle_campaigns
 from shared.channels.spec import ReadBack
+from shared.channels.whatsapp.templates import TemplateSync, sync_due
 from shared.config import Settings
 from shared.idempotency import RecordLookup, RecordState, SendGuard
 from shared.observability import Metric, emit_channel_gauges, emit_values, logger, metrics
@@ -62,6 +63,8 @@ class SweepDeps:
     guard: SendGuard
     sqs: Any  # boto3 SQS client; None when no failed-messages queue is configured
     read_back: Mapping[Channel, ReadBack] = field(default_factory=dict)
+    # None unless SENDONCE_WHATSAPP_BUSINESS_ACCOUNTS names a WABA to keep its templates synced.
+    templates: TemplateSync | None = None
 
 
 class ChannelHealth(BaseModel):
@@ -94,6 +97,9 @@ class SweepReport(BaseModel):
     # The campaign engine's step: rows that raced a stop, and campaigns with nothing left.
     stragglers_cancelled: int = 0
     campaigns_completed: int = 0
+    # WhatsApp template syncs this sweep made (WABA -> templates listed) and the ones that failed.
+    templates_synced: dict[str, int] = {}
+    template_sync_errors: dict[str, str] = {}
     channels: dict[str, ChannelHealth] = {}
 
     @property
@@ -143,6 +149,12 @@ def sweep(deps: SweepDeps) -> SweepReport:
         report.campaigns_completed = len(campaigns.campaigns_completed)
         report.unknown_rows = _count(deps, sql.UNKNOWN_ROWS, {})
         report.channels = queue_health(deps)
+        if deps.templates is not None:
+            synced = sync_due(deps.queue.db, deps.templates)
+            report.templates_synced, report.template_sync_errors = synced.synced, synced.failed
+            if synced.failed:
+                # A WABA id and Graph's status line: no token, no contact data.
+                logger.error("WhatsApp template sync failed", extra={"failed": synced.failed})
     _emit(report)
     logger.info("sweep finished", extra={"report": report.model_dump()})
     return report
@@ -355,6 +367,7 @@ def _emit(report: SweepReport) -> None:
             Metric.RESENT_ON_ABSENCE: report.unknown_resent_on_absence,
             Metric.CAMPAIGNS_COMPLETED: report.campaigns_completed,
             Metric.PROVIDER_PAUSED_SENDERS: report.provider_paused_senders,
+            Metric.TEMPLATE_SYNC_ERRORS: len(report.template_sync_errors),
         }
     )
     metrics.add_metric(

@@ -1500,13 +1500,63 @@ SET status = EXCLUDED.status, category = EXCLUDED.category, template_id = EXCLUD
     components = EXCLUDED.components, synced_at = now()
 """
 
+# The sender's WABA: set on the sender by a sync, or, for a sender created since, named by the
+# last sync of the WABA that lists its phone number.
 WHATSAPP_TEMPLATE_FOR_SENDER: LiteralString = """
 SELECT t.name, t.language, t.status, t.body_parameters, t.header_format, t.header_parameters, t.buttons,
-       s.business_account_id
+       w.business_account_id
 FROM sender_accounts s
+CROSS JOIN LATERAL (
+    SELECT COALESCE(s.business_account_id,
+                    (SELECT y.business_account_id FROM whatsapp_template_syncs y
+                     WHERE s.provider_account_id = ANY(y.phone_number_ids) AND y.synced_at IS NOT NULL
+                     ORDER BY y.synced_at DESC LIMIT 1)) AS business_account_id
+) AS w
 LEFT JOIN whatsapp_templates t
-  ON t.business_account_id = s.business_account_id AND t.name = %(name)s AND t.language = %(language)s
+  ON t.business_account_id = w.business_account_id AND t.name = %(name)s AND t.language = %(language)s
 WHERE s.id = %(sender_account_id)s
+"""
+
+# The WABAs a sweep should sync now: never tried, last failed, or last synced over the interval ago.
+TEMPLATE_SYNCS_DUE: LiteralString = """
+SELECT a.id AS business_account_id
+FROM unnest(%(business_account_ids)s::text[]) AS a(id)
+LEFT JOIN whatsapp_template_syncs y ON y.business_account_id = a.id
+WHERE y.business_account_id IS NULL OR y.last_error IS NOT NULL
+   OR y.last_attempt_at <= now() - make_interval(secs => %(interval_seconds)s)
+ORDER BY a.id
+"""
+
+RECORD_TEMPLATE_SYNC: LiteralString = """
+INSERT INTO whatsapp_template_syncs (business_account_id, phone_number_ids, last_attempt_at, synced_at,
+                                     templates, last_error)
+VALUES (%(business_account_id)s, %(phone_number_ids)s, now(), now(), %(templates)s, NULL)
+ON CONFLICT (business_account_id) DO UPDATE
+SET phone_number_ids = EXCLUDED.phone_number_ids, last_attempt_at = now(), synced_at = now(),
+    templates = EXCLUDED.templates, last_error = NULL
+"""
+
+# A failed sync keeps what was synced before (templates, synced_at) and says why.
+RECORD_TEMPLATE_SYNC_FAILURE: LiteralString = """
+INSERT INTO whatsapp_template_syncs (business_account_id, phone_number_ids, last_attempt_at, last_error)
+VALUES (%(business_account_id)s, %(phone_number_ids)s, now(), %(error)s)
+ON CONFLICT (business_account_id) DO UPDATE
+SET phone_number_ids = EXCLUDED.phone_number_ids, last_attempt_at = now(), last_error = EXCLUDED.last_error
+"""
+
+TEMPLATE_SYNC_STATUS: LiteralString = """
+SELECT y.business_account_id, y.phone_number_ids, y.last_attempt_at, y.synced_at, y.templates, y.last_error,
+       (SELECT count(*) FROM whatsapp_templates t
+        WHERE t.business_account_id = y.business_account_id AND t.status = 'APPROVED') AS approved
+FROM whatsapp_template_syncs y
+ORDER BY y.business_account_id
+"""
+
+WHATSAPP_TEMPLATES_LIST: LiteralString = """
+SELECT business_account_id, name, language, status, category, body_parameters, header_format, synced_at
+FROM whatsapp_templates
+WHERE %(business_account_id)s::text IS NULL OR business_account_id = %(business_account_id)s::text
+ORDER BY business_account_id, name, language
 """
 
 CONTACT_PROFILE: LiteralString = """

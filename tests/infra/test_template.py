@@ -98,7 +98,8 @@ ALLOWED_SECRETS = {
         "MessengerTokenSecret",
         "UnipileApiKeySecret",
     },
-    "SweeperFunction": {"DatabaseUrlSecretArn", "UnipileApiKeySecret"},
+    # Unipile: reading a LinkedIn chat back. WhatsApp: listing the configured WABAs' templates.
+    "SweeperFunction": {"DatabaseUrlSecretArn", "UnipileApiKeySecret", "WhatsAppTokenSecret"},
     "WebhookFunction": {
         "DatabaseUrlSecretArn",
         "MetaAppSecret",

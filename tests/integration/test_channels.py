@@ -16,15 +16,17 @@ from devstack.fake_channels import unipile as fake_unipile
 from devstack.fake_provider import FakeProvider
 from devstack.testing import TEST_TOKENS
 from shared.campaigns import create_campaign
-from shared.channels.whatsapp.templates import sync_templates
+from shared.channels.whatsapp.templates import list_templates, sync_templates, template_sync_status
 from shared.dispatch import DispatchDeps
 from shared.enqueue import StepRejectedError
 from shared.events import CampaignSpec
 from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind
 from shared.providers.registry import build_resolvers, make_http_client
 from shared.providers.secrets import StaticTokenSource
+from shared.runtime import build_template_sync
 from shared.sequences import EngineConfig
 from shared.storage.db import Database
+from shared.sweeper import SweepDeps, sweep
 
 pytestmark = pytest.mark.integration
 
@@ -300,3 +302,64 @@ def test_profile_url_is_looked_up_once_per_contact(
         assert fake_provider.stats()["read_requests"] == reads  # served from the contact
     finally:
         client.close()
+
+
+# --- template sync on the sweeper's schedule ------------------------------------------------------
+
+
+def template_sweeper(
+    deps: DispatchDeps, accounts: dict[str, list[str]], whatsapp_token: str = TEST_TOKENS["whatsapp"]
+) -> SweepDeps:
+    settings = deps.settings.model_copy(update={"whatsapp_business_accounts": accounts})
+    tokens = StaticTokenSource({**TEST_TOKENS, "whatsapp": whatsapp_token})
+    sync = build_template_sync(settings, make_http_client(settings), tokens)
+    return SweepDeps(settings=settings, queue=deps.queue, guard=deps.guard, sqs=None, templates=sync)
+
+
+def test_the_sweeper_syncs_configured_wabas_once_per_interval_and_keeps_the_cache_on_failure(
+    database: Database, fake_provider: FakeProvider, deps: DispatchDeps
+) -> None:
+    fake_provider.set_templates(WABA, [SENDER], TEMPLATES)
+    accounts = {WABA: [SENDER], "waba-unknown": ["sender-9"]}
+    sweeper = template_sweeper(deps, accounts)
+
+    first = sweep(sweeper)
+    assert first.templates_synced == {WABA: 2}
+    assert list(first.template_sync_errors) == ["waba-unknown"], "Graph answered 400 for it"
+    assert "HTTP 400" in first.template_sync_errors["waba-unknown"]
+    # Within the interval the good WABA is not listed again; the failed one is retried.
+    second = sweep(sweeper)
+    assert second.templates_synced == {}
+    assert list(second.template_sync_errors) == ["waba-unknown"]
+
+    # The interval over: listed again. Now Graph refuses the token: the cache is kept.
+    database.fetch_one(
+        "UPDATE whatsapp_template_syncs SET last_attempt_at = now() - interval '2 hours' RETURNING 1"
+    )
+    third = sweep(template_sweeper(deps, accounts, whatsapp_token="revoked"))
+    assert list(third.template_sync_errors) == [WABA, "waba-unknown"]
+    status = {row["business_account_id"]: row for row in template_sync_status(database)}
+    assert status[WABA]["templates"] == 2 and status[WABA]["approved"] == 1
+    assert "HTTP 401" in status[WABA]["last_error"]
+    assert {t["name"] for t in list_templates(database, WABA)} == {"order_update", "spring_sale"}
+
+
+def test_a_sender_created_after_the_sync_finds_its_wabas_templates(
+    database: Database, fake_provider: FakeProvider, deps: DispatchDeps
+) -> None:
+    """The sync names the WABA's phone numbers; a sender first seen in a later campaign is
+    checked against that WABA's templates at enqueue, without waiting for the next sync."""
+    fake_provider.set_templates(WABA, [SENDER], TEMPLATES)
+    assert sweep(template_sweeper(deps, {WABA: [SENDER]})).templates_synced == {WABA: 2}
+    assert database.fetch_one("SELECT count(*) AS n FROM sender_accounts")["n"] == 0  # type: ignore[index]
+    campaign(
+        database,
+        "whatsapp",
+        [{"message_type": "intro", "body": "[template order_update]", "content": ORDER_UPDATE}],
+        ["15550100003"],
+    )
+    paused = {"kind": "template", "name": "spring_sale", "language": "en_US"}
+    with pytest.raises(StepRejectedError, match="PAUSED"):
+        campaign(
+            database, "whatsapp", [{"message_type": "x", "body": "[t]", "content": paused}], ["15550100004"]
+        )

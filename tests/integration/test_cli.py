@@ -204,3 +204,30 @@ def test_unknown_campaign(stack: LocalStack, args: list[str]) -> None:
         "sendonce: unknown campaign: no campaign 00000000-0000-4000-8000-000000000000; "
         "`sendonce stats` lists the campaigns"
     )
+
+
+def test_templates_sync_status_and_list(stack: LocalStack) -> None:
+    """`sendonce templates`: nothing configured is one line with the fix; configured, a sync
+    lists the WABA's templates from Graph with the token from the stack's secret."""
+    unconfigured = sendonce(stack, "templates", "sync")
+    assert unconfigured.returncode == 2
+    assert (
+        "SENDONCE_WHATSAPP_BUSINESS_ACCOUNTS" in unconfigured.stderr
+        and "Traceback" not in unconfigured.stderr
+    )
+
+    template = {"name": "welcome", "language": "de", "status": "APPROVED", "components": []}
+    stack.provider.set_templates("waba-cli", ["phone-cli"], [template])
+    env = {"SENDONCE_WHATSAPP_BUSINESS_ACCOUNTS": json.dumps({"waba-cli": ["phone-cli"], "waba-gone": []})}
+    synced = sendonce(stack, "templates", "sync", "--json", env=env)
+    assert synced.returncode == 1, "one WABA failed"
+    report = json.loads(synced.stdout)
+    assert report["synced"] == {"waba-cli": 1} and list(report["failed"]) == ["waba-gone"]
+
+    status = {
+        r["business_account_id"]: r
+        for r in json.loads(sendonce(stack, "templates", "status", "--json").stdout)
+    }
+    assert status["waba-cli"]["approved"] == 1 and status["waba-gone"]["last_error"]
+    listed = sendonce(stack, "templates", "list", "--waba", "waba-cli")
+    assert listed.returncode == 0 and "welcome" in listed.stdout

@@ -79,6 +79,21 @@ def test_sweeper_reads_back_a_known_unipile_chat(stack: LocalStack) -> None:
     assert len(stack.provider.ledger()) == 2, "resolved, not resent"
 
 
+def test_sweeper_syncs_whatsapp_templates_with_the_token_from_its_secret(stack: LocalStack) -> None:
+    """A configured WABA's templates are listed from Graph with the WhatsApp token the sweeper
+    reads from its secret, as deployed (template.yaml passes WhatsAppBusinessAccounts)."""
+    template = {"name": "hello", "language": "en_US", "status": "APPROVED", "components": []}
+    stack.provider.set_templates("waba-1", ["phone-1"], [template])
+    accounts = json.dumps({"waba-1": ["phone-1"]})
+
+    report = stack.spawn(
+        "sweeper", SWEEP, env=stack.env(SENDONCE_WHATSAPP_BUSINESS_ACCOUNTS=accounts)
+    ).finish()
+
+    assert report["templates_synced"] == {"waba-1": 1}
+    assert report["template_sync_errors"] == {}
+
+
 def test_sweeper_resend_policy_forgets_the_record(stack: LocalStack) -> None:
     enqueue(stack, "whatsapp", "15550000001", "hello")
     stack.provider.set_faults({"rules": [{"action": "server_error", "times": 1}]})

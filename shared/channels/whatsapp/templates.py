@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import psycopg
 from psycopg.rows import DictRow
+from pydantic import BaseModel, Field
 
 from shared.channels.whatsapp.content import Template
 from shared.providers.http import json_body
+from shared.providers.secrets import TokenUnavailableError
 from shared.storage import sql
 from shared.storage.db import Database
 
@@ -135,7 +138,82 @@ def sync_templates(
             sql.SET_SENDER_BUSINESS_ACCOUNT,
             {"business_account_id": business_account_id, "provider_account_ids": list(phone_number_ids)},
         )
+        conn.execute(
+            sql.RECORD_TEMPLATE_SYNC,
+            {
+                "business_account_id": business_account_id,
+                "phone_number_ids": list(phone_number_ids),
+                "templates": len(templates),
+            },
+        )
     return len(templates)
+
+
+@dataclass(frozen=True)
+class TemplateSync:
+    """What keeps the template cache fresh: Graph, the WhatsApp token, and the WABAs to sync
+    with the phone numbers (sender accounts) each one owns."""
+
+    client: httpx.Client
+    base_url: str
+    version: str
+    business_accounts: Mapping[str, Sequence[str]]
+    token: Callable[[], str]
+    interval_seconds: int
+
+
+class TemplateSyncReport(BaseModel):
+    synced: dict[str, int] = Field(default_factory=dict)  # WABA -> templates listed
+    failed: dict[str, str] = Field(default_factory=dict)  # WABA -> why
+
+
+def sync_due(db: Database, sync: TemplateSync, *, everything: bool = False) -> TemplateSyncReport:
+    """Sync the WABAs that are due (never synced, last failed, or older than the interval), or
+    ``everything``. A failure is recorded and reported, never raised: the cache keeps what the
+    last good sync stored, and the next sweep tries again."""
+    accounts = sorted(sync.business_accounts)
+    if everything:
+        due = accounts
+    else:
+        rows = db.fetch_all(
+            sql.TEMPLATE_SYNCS_DUE,
+            {"business_account_ids": accounts, "interval_seconds": sync.interval_seconds},
+        )
+        due = [row["business_account_id"] for row in rows]
+    report = TemplateSyncReport()
+    for business_account_id in due:
+        phone_number_ids = list(sync.business_accounts[business_account_id])
+        try:
+            report.synced[business_account_id] = sync_templates(
+                db,
+                sync.client,
+                base_url=sync.base_url,
+                version=sync.version,
+                business_account_id=business_account_id,
+                phone_number_ids=phone_number_ids,
+                token=sync.token,
+            )
+        except (TemplateSyncError, TokenUnavailableError) as exc:
+            report.failed[business_account_id] = str(exc)
+            with db.connection() as conn:
+                conn.execute(
+                    sql.RECORD_TEMPLATE_SYNC_FAILURE,
+                    {
+                        "business_account_id": business_account_id,
+                        "phone_number_ids": phone_number_ids,
+                        "error": str(exc),
+                    },
+                )
+    return report
+
+
+def template_sync_status(db: Database) -> list[dict[str, Any]]:
+    return [dict(row) for row in db.fetch_all(sql.TEMPLATE_SYNC_STATUS)]
+
+
+def list_templates(db: Database, business_account_id: str | None = None) -> list[dict[str, Any]]:
+    rows = db.fetch_all(sql.WHATSAPP_TEMPLATES_LIST, {"business_account_id": business_account_id})
+    return [dict(row) for row in rows]
 
 
 def template_problem(
@@ -149,7 +227,10 @@ def template_problem(
     ).fetchone()
     label = f"template {step.name!r} ({step.language})"
     if row is None or row["business_account_id"] is None:
-        return f"{label}: no templates synced for this sender's business account; run the template sync first"
+        return (
+            f"{label}: no templates synced for this sender's business account; list its WABA in "
+            "SENDONCE_WHATSAPP_BUSINESS_ACCOUNTS (the sweeper syncs it) or run `sendonce templates sync`"
+        )
     if row["name"] is None:
         return f"{label} does not exist in business account {row['business_account_id']} (as last synced)"
     if row["status"] != "APPROVED":
