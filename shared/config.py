@@ -231,7 +231,9 @@ class Settings(BaseSettings):
     # Meta retries a webhook delivery our endpoint did not answer 200 "with decreasing
     # frequency until the request succeeds, for up to 7 days" (Meta, WhatsApp Cloud API,
     # "Webhooks", developers.facebook.com/docs/whatsapp/cloud-api/webhooks; also 360dialog,
-    # docs.360dialog.com "Receiving messages": "up to 7 days with exponential backoff").
+    # docs.360dialog.com "Receiving messages": "up to 7 days with exponential backoff"; and
+    # hookdeck.com "Guide to WhatsApp Webhooks": "exponential backoff for up to 7 days"). The
+    # stored copy of Meta's page ends before that sentence; the two third-party pages agree.
     # Unipile "makes five retry attempts when the HTTP response code is not equal to 200 in
     # less than 30sec, with an incremental time delay" (developer.unipile.com/docs/webhooks-2).
     # Waiting out 7 days proves nothing a
