@@ -228,9 +228,11 @@ def test_the_provider_accepting_twice_raises_duplicate_suspected_within_one_swee
     assert {"same_key", "key_on_row_not_sent_by_it"} <= kinds
 
 
-def test_a_late_status_for_a_requeued_row_is_suspected_before_it_is_sent_again(
+def requeue_then_hear_late(
     database: Database, deps: DispatchDeps, fake_provider: FakeProvider, webhooks: WebhookEmitter
 ) -> None:
+    """TARGET accepted but answered 500, its webhooks held back: requeued on silence, and then
+    its webhooks arrive, before the row is sent again."""
     enqueue_contacts(database, "whatsapp", [*OTHERS, TARGET])
     webhooks.hold_recipients.add(TARGET)
     fake_provider.set_faults([{"action": "accept_then_5xx", "match": {"recipient": TARGET}, "times": 1}])
@@ -241,6 +243,12 @@ def test_a_late_status_for_a_requeued_row_is_suspected_before_it_is_sent_again(
     assert reconcile_unknown(reconciler(deps, absence_grace_seconds=0)).resent_on_absence == 1
     webhooks.release_held()
     delivered_all(webhooks)
+
+
+def test_a_late_status_for_a_requeued_row_is_suspected_before_it_is_sent_again(
+    database: Database, deps: DispatchDeps, fake_provider: FakeProvider, webhooks: WebhookEmitter
+) -> None:
+    requeue_then_hear_late(database, deps, fake_provider, webhooks)
     suspects = _suspects(database)
     assert [(s["kind"], s["row_status"]) for s in suspects] == [("key_on_row_not_sent_by_it", "pending")]
 
@@ -252,16 +260,7 @@ def test_a_requeued_row_whose_late_webhook_arrived_is_settled_sent_not_sent_agai
     webhook arrives before the dispatcher gets to it. The recovery point (``mark_sending``)
     sees it and hands the row back to `unknown`; the reconciler settles it `sent` with the
     first acceptance's provider id. One message at the provider, no attempt spent."""
-    enqueue_contacts(database, "whatsapp", [*OTHERS, TARGET])
-    webhooks.hold_recipients.add(TARGET)
-    fake_provider.set_faults([{"action": "accept_then_5xx", "match": {"recipient": TARGET}, "times": 1}])
-    dispatch(deps, MANUAL, Plenty())
-    fake_provider.set_faults([])
-    delivered_all(webhooks)
-    outlive_claims(database)
-    assert reconcile_unknown(reconciler(deps, absence_grace_seconds=0)).resent_on_absence == 1
-    webhooks.release_held()
-    delivered_all(webhooks)
+    requeue_then_hear_late(database, deps, fake_provider, webhooks)
 
     report = dispatch(deps, MANUAL, Plenty())
 
