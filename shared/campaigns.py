@@ -363,6 +363,8 @@ def cancel_campaign(db: Database, campaign_id: UUID, *, operator: str, reason: s
 
 class CampaignSweep(BaseModel):
     rows_cancelled: int = 0
+    # Sequences stopped because the provider event their next step waits for never came.
+    event_waits_expired: int = 0
     campaigns_completed: list[str] = []
 
 
@@ -376,6 +378,8 @@ def settle_campaigns(db: Database, *, limit: int) -> CampaignSweep:
         sql.CANCEL_STRAGGLERS, {"lookback_seconds": STRAGGLER_LOOKBACK.total_seconds(), "limit": limit}
     )
     sweep.rows_cancelled = int(row["cancelled"]) if row else 0
+    with db.connection() as conn:
+        sweep.event_waits_expired = len(conn.execute(sql.EXPIRE_EVENT_WAITS, {"limit": limit}).fetchall())
     for candidate in db.fetch_all(sql.COMPLETABLE_CAMPAIGNS, {"limit": limit}):
         with db.connection() as conn, conn.transaction():
             conn.execute(sql.LOCK_CAMPAIGN, {"campaign_id": candidate["id"]})

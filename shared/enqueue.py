@@ -172,12 +172,13 @@ def step_params(campaign_id: UUID, steps: Sequence[EnqueueStep]) -> dict[str, An
         "actions": [s.action.value for s in steps],
         "contents": [json.dumps(s.content, sort_keys=True) if s.content is not None else None for s in steps],
         "after_events": [s.after_event for s in steps],
+        "event_timeouts": [s.event_timeout_seconds for s in steps],
         "send_ats": [s.send_at for s in steps],
         "send_at_timezones": [s.send_at_timezone for s in steps],
     }
 
 
-StoredStep = tuple[str, str, int, str, dict[str, Any] | None, str | None, datetime | None]
+StoredStep = tuple[str, str, int, str, dict[str, Any] | None, str | None, int | None, datetime | None]
 
 
 def stored_steps(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> list[StoredStep]:
@@ -190,6 +191,7 @@ def stored_steps(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> list[S
             r["action"],
             r["content"],
             r["after_event"],
+            r["event_timeout_seconds"],
             r["send_at"],
         )
         for r in rows
@@ -198,7 +200,16 @@ def stored_steps(conn: psycopg.Connection[DictRow], campaign_id: UUID) -> list[S
 
 def as_stored(steps: Sequence[EnqueueStep]) -> list[StoredStep]:
     return [
-        (s.message_type, s.body, s.delay_seconds, s.action.value, s.content, s.after_event, s.send_at)
+        (
+            s.message_type,
+            s.body,
+            s.delay_seconds,
+            s.action.value,
+            s.content,
+            s.after_event,
+            s.event_timeout_seconds,
+            s.send_at,
+        )
         for s in steps
     ]
 

@@ -166,6 +166,12 @@ class _SendAt(_Strict):
         return self
 
 
+# Our choice, not a provider figure: neither LinkedIn nor Unipile documents how long a pending
+# invitation stays acceptable; 30 days keeps a campaign from waiting forever on people who never
+# answer, and a step can set its own.
+DEFAULT_EVENT_TIMEOUT_SECONDS = 30 * 24 * 3600
+
+
 class EnqueueStep(_SendAt):
     """One step of a sequence. Step 1 is due ``delay_seconds`` after the contact is queued;
     step N+1 ``delay_seconds`` after step N was sent; neither before ``send_at`` if set. Both
@@ -183,6 +189,19 @@ class EnqueueStep(_SendAt):
     # Wait for this provider event instead of the previous step's send, then delay_seconds
     # (LinkedIn: "new_relation", the invitation was accepted). Not on step 1.
     after_event: Literal["new_relation"] | None = None
+    # How long after the previous step's send the event may take; then the contact's sequence
+    # stops (stop_cause event_timeout) so the campaign can complete. Only with after_event;
+    # None there means DEFAULT_EVENT_TIMEOUT_SECONDS.
+    event_timeout_seconds: int | None = Field(default=None, ge=3600, le=180 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _event_timeout_needs_an_event(self) -> EnqueueStep:
+        if self.after_event is None:
+            if self.event_timeout_seconds is not None:
+                raise ValueError("event_timeout_seconds needs after_event: only a waiting step times out")
+        elif self.event_timeout_seconds is None:
+            object.__setattr__(self, "event_timeout_seconds", DEFAULT_EVENT_TIMEOUT_SECONDS)
+        return self
 
 
 def _contents_fit(channel: Channel, steps: list[EnqueueStep]) -> None:

@@ -49,6 +49,8 @@ class StopCause(StrEnum):
     OPERATOR = "operator"
     EVENT = "event"
     CAMPAIGN_CANCELLED = "campaign_cancelled"
+    # Set by the sweeper only: the event a step waited for did not come in time.
+    EVENT_TIMEOUT = "event_timeout"
 
 
 class SkipReason(StrEnum):

@@ -96,6 +96,7 @@ class SweepReport(BaseModel):
     unknown_rows: int = 0
     # The campaign engine's step: rows that raced a stop, and campaigns with nothing left.
     stragglers_cancelled: int = 0
+    event_waits_expired: int = 0
     campaigns_completed: int = 0
     # WhatsApp template syncs this sweep made (WABA -> templates listed) and the ones that failed.
     templates_synced: dict[str, int] = {}
@@ -146,6 +147,7 @@ def sweep(deps: SweepDeps) -> SweepReport:
             )
         campaigns = settle_campaigns(deps.queue.db, limit=deps.settings.sweep_batch_size)
         report.stragglers_cancelled = campaigns.rows_cancelled
+        report.event_waits_expired = campaigns.event_waits_expired
         report.campaigns_completed = len(campaigns.campaigns_completed)
         report.unknown_rows = _count(deps, sql.UNKNOWN_ROWS, {})
         report.channels = queue_health(deps)

@@ -520,19 +520,19 @@ ORDER BY s.provider_account_id
 
 INSERT_CAMPAIGN_STEPS: LiteralString = """
 INSERT INTO campaign_steps (campaign_id, position, message_type, body, delay_seconds, action, content,
-                            after_event, send_at, send_at_timezone)
+                            after_event, event_timeout_seconds, send_at, send_at_timezone)
 SELECT %(campaign_id)s, st.position, st.message_type, st.body, st.delay_seconds, st.action, st.content,
-       st.after_event, st.send_at, st.send_at_timezone
+       st.after_event, st.event_timeout_seconds, st.send_at, st.send_at_timezone
 FROM unnest(%(message_types)s::text[], %(bodies)s::text[], %(delays)s::int[], %(actions)s::text[],
-            %(contents)s::jsonb[], %(after_events)s::text[], %(send_ats)s::timestamptz[],
-            %(send_at_timezones)s::text[])
-     WITH ORDINALITY AS st(message_type, body, delay_seconds, action, content, after_event, send_at,
-                           send_at_timezone, position)
+            %(contents)s::jsonb[], %(after_events)s::text[], %(event_timeouts)s::int[],
+            %(send_ats)s::timestamptz[], %(send_at_timezones)s::text[])
+     WITH ORDINALITY AS st(message_type, body, delay_seconds, action, content, after_event,
+                           event_timeout_seconds, send_at, send_at_timezone, position)
 ON CONFLICT DO NOTHING
 """
 
 CAMPAIGN_STEPS: LiteralString = """
-SELECT position, message_type, body, delay_seconds, action, content, after_event, send_at
+SELECT position, message_type, body, delay_seconds, action, content, after_event, event_timeout_seconds, send_at
 FROM campaign_steps WHERE campaign_id = %(campaign_id)s ORDER BY position
 """
 
@@ -769,6 +769,38 @@ _NOTHING_LEFT: LiteralString = """
                   WHERE cc.campaign_id = cp.id AND cc.sequence_state = 'active' AND nxt.after_event IS NOT NULL
                     AND NOT EXISTS (SELECT 1 FROM send_queue w WHERE w.campaign_id = cc.campaign_id
                                     AND w.contact_id = cc.contact_id AND w.message_type = nxt.message_type))
+"""
+
+# Sequences that waited for a provider event longer than the step allows (counted from the
+# previous step's send): stopped for good, so the campaign can complete. Read per active campaign
+# that has such a step, through the (campaign, contact, message_type) key. A webhook queueing the
+# step at the same moment either committed first (then NOT EXISTS sees its row and the wait is
+# over) or finds the sequence stopped; a row it queued regardless is cancelled by mark_sending.
+EXPIRE_EVENT_WAITS: LiteralString = """
+WITH expired AS (
+    SELECT cc.campaign_id, cc.contact_id, nxt.after_event, nxt.event_timeout_seconds
+    FROM campaign_steps nxt
+    JOIN campaigns cp ON cp.id = nxt.campaign_id AND cp.status IN ('active', 'paused')
+    JOIN campaign_steps cur ON cur.campaign_id = nxt.campaign_id AND cur.position = nxt.position - 1
+    JOIN send_queue q ON q.campaign_id = cur.campaign_id AND q.message_type = cur.message_type
+                     AND q.status = 'sent'
+                     AND q.sent_at < now() - make_interval(secs => nxt.event_timeout_seconds)
+    JOIN campaign_contacts cc ON cc.campaign_id = q.campaign_id AND cc.contact_id = q.contact_id
+                             AND cc.sequence_state = 'active'
+    WHERE nxt.after_event IS NOT NULL AND nxt.event_timeout_seconds IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM send_queue w WHERE w.campaign_id = cc.campaign_id
+                      AND w.contact_id = cc.contact_id AND w.message_type = nxt.message_type)
+    ORDER BY cc.campaign_id, cc.contact_id
+    LIMIT %(limit)s
+    FOR UPDATE OF cc SKIP LOCKED
+)
+UPDATE campaign_contacts cc
+SET sequence_state = 'stopped', stop_cause = 'event_timeout', stopped_at = now(),
+    stopped_reason = 'no ' || e.after_event || ' event within '
+                     || round(e.event_timeout_seconds / 86400.0, 1) || ' days of the previous step'
+FROM expired e
+WHERE cc.campaign_id = e.campaign_id AND cc.contact_id = e.contact_id AND cc.sequence_state = 'active'
+RETURNING cc.campaign_id, cc.contact_id
 """
 
 COMPLETABLE_CAMPAIGNS: LiteralString = (

@@ -19,7 +19,7 @@ from shared.campaigns import create_campaign
 from shared.channels.whatsapp.templates import list_templates, sync_templates, template_sync_status
 from shared.dispatch import DispatchDeps
 from shared.enqueue import StepRejectedError
-from shared.events import CampaignSpec
+from shared.events import DEFAULT_EVENT_TIMEOUT_SECONDS, CampaignSpec, EnqueueStep
 from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind
 from shared.providers.registry import build_resolvers, make_http_client
 from shared.providers.secrets import StaticTokenSource
@@ -251,6 +251,67 @@ def test_invitation_acceptance_then_follow_up(
     assert by_step(database, campaign_id)[(prospect, "message_1")] == "sent"
     follow = [m for m in fake_provider.ledger() if m["kind"] == "text"]
     assert [(m["recipient"], m["text"]) for m in follow] == [(prospect, "Thanks for connecting!")]
+
+
+def test_an_invitation_never_accepted_stops_the_sequence_after_its_timeout_and_the_campaign_completes(
+    database: Database, fake_provider: FakeProvider, deps: DispatchDeps
+) -> None:
+    prospects = ["ACoAAProspect02", "ACoAAProspect03"]
+    invite = {
+        "message_type": "invite",
+        "body": "Hi, let's connect",
+        "action": "invitation",
+        "content": {"kind": "invitation", "note": "Hi, let's connect"},
+    }
+    follow_up = {
+        "message_type": "message_1",
+        "body": "Thanks for connecting!",
+        "after_event": "new_relation",
+        "event_timeout_seconds": 7 * 24 * 3600,
+    }
+    campaign_id = campaign(database, "linkedin", [invite, follow_up], prospects)
+    run_dispatcher(deps)
+    settings = deps.settings
+    sweeper = SweepDeps(settings=settings, queue=deps.queue, guard=deps.guard, sqs=None)
+    assert sweep(sweeper).event_waits_expired == 0, "inside the wait: nothing expires"
+
+    # The first prospect's invitation was sent 8 days ago; the second accepts today.
+    database.fetch_one(
+        "UPDATE send_queue q SET sent_at = now() - interval '8 days' FROM contacts c"
+        " WHERE c.id = q.contact_id AND c.address = %(a)s RETURNING 1",
+        {"a": prospects[0]},
+    )
+    deliver(database, Channel.LINKEDIN, fake_provider.accept_invitation(SENDER, prospects[1]))
+    run_dispatcher(deps)
+    report = sweep(sweeper)
+
+    assert report.event_waits_expired == 1
+    states = {
+        r["address"]: (r["sequence_state"], r["stop_cause"], r["stopped_reason"])
+        for r in database.fetch_all(
+            "SELECT c.address, cc.sequence_state, cc.stop_cause, cc.stopped_reason FROM campaign_contacts cc"
+            " JOIN contacts c ON c.id = cc.contact_id WHERE cc.campaign_id = %(c)s",
+            {"c": campaign_id},
+        )
+    }
+    assert states[prospects[0]] == (
+        "stopped",
+        "event_timeout",
+        "no new_relation event within 7.0 days of the previous step",
+    )
+    assert states[prospects[1]][0] == "completed"
+    assert by_step(database, campaign_id)[(prospects[1], "message_1")] == "sent"
+    assert report.campaigns_completed == 1
+    # A late acceptance of the expired invitation queues nothing.
+    deliver(database, Channel.LINKEDIN, fake_provider.accept_invitation(SENDER, prospects[0]))
+    assert (prospects[0], "message_1") not in by_step(database, campaign_id)
+
+
+def test_a_step_that_waits_for_nothing_cannot_time_out() -> None:
+    with pytest.raises(ValueError, match="needs after_event"):
+        EnqueueStep.model_validate({"message_type": "m", "body": "b", "event_timeout_seconds": 3600})
+    waiting = EnqueueStep.model_validate({"message_type": "m", "body": "b", "after_event": "new_relation"})
+    assert waiting.event_timeout_seconds == DEFAULT_EVENT_TIMEOUT_SECONDS
 
 
 def test_an_invitation_step_must_be_an_invitation() -> None:
