@@ -37,17 +37,15 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
 from uuid import UUID
 
 import psycopg
 from pydantic import ValidationError
-from rich.table import Table
 
 from devstack.contacts_cli import add_contacts_commands, add_suppress_commands
 from devstack.engine_cli import add_campaign_commands, add_sender_commands
 from devstack.templates_cli import NoBusinessAccountsError, add_templates_commands
-from devstack.terminal import make_console
+from devstack.terminal import make_console, rows_table
 from shared.absence import held_unknowns
 from shared.enqueue import UnknownCampaignError
 from shared.reconcile import (
@@ -75,16 +73,6 @@ def _reconcile_deps() -> ReconcileDeps:
     return ReconcileDeps(config, QueueRepository(database()), build_guard(config))
 
 
-def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:
-    table = Table(title=title)
-    columns = columns or (list(rows[0]) if rows else [])
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    return table
-
-
 def _known_campaign(campaign_id: UUID | None) -> None:
     if campaign_id is not None and not campaign_stats(database(), campaign_id):
         raise UnknownCampaignError(f"no campaign {campaign_id}")
@@ -94,7 +82,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     rows = campaign_stats(database(), args.campaign)
     if args.campaign is not None and not rows:
         raise UnknownCampaignError(f"no campaign {args.campaign}")
-    console.print(_table("campaigns (counted from queue and ledger state)", rows))
+    console.print(rows_table("campaigns (counted from queue and ledger state)", rows))
     return 0
 
 
@@ -105,7 +93,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(json.dumps(found, default=str, indent=2))
         return 0
     console.print(
-        _table(
+        rows_table(
             "queue rows",
             found["queue"],
             [
@@ -123,35 +111,35 @@ def cmd_audit(args: argparse.Namespace) -> int:
         )
     )
     console.print(
-        _table(
+        rows_table(
             "ledger",
             found["ledger"],
             ["queue_id", "provider_message_id", "delivery_status", "sent_at", "recovered_from"],
         )
     )
     console.print(
-        _table(
+        rows_table(
             "provider attempts",
             found["attempts"],
             ["queue_id", "attempt", "outcome", "reason", "recorded_at"],
         )
     )
     console.print(
-        _table(
+        rows_table(
             "provider events",
             found["provider_events"],
             ["channel", "event_type", "status", "provider_message_id", "received_at"],
         )
     )
     console.print(
-        _table(
+        rows_table(
             "decisions",
             found["decisions"],
             ["queue_id", "from_status", "to_status", "decided_by", "reason", "decided_at"],
         )
     )
     console.print(
-        _table(
+        rows_table(
             "suppressions",
             found["suppressions"],
             [
@@ -202,7 +190,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     if not suspects:
         console.print("[green]no suspected duplicates[/]")
         return 0
-    console.print(_table("suspected duplicates", suspects))
+    console.print(rows_table("suspected duplicates", suspects))
     return 1
 
 

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from devstack.engine_cli import _config, _guarded, _print_report
-from devstack.terminal import make_console
+from devstack.terminal import make_console, rows_table
 from shared.contacts_import import ImportFileError, import_contacts
 from shared.providers.outcome import Channel
 from shared.runtime import database
@@ -104,13 +104,8 @@ def cmd_suppress_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
         return 0
-    table = Table(title="suppressions" + (" (lifted ones included)" if args.all else ""))
     columns = ["channel", "address", "sender", "source", "reason", "created_by", "created_at", "removed_at"]
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row[c]) for c in columns))
-    console.print(table)
+    console.print(rows_table("suppressions" + (" (lifted ones included)" if args.all else ""), rows, columns))
     return 0
 
 

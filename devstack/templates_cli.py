@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from typing import Any
 
-from rich.table import Table
-
-from devstack.terminal import make_console
+from devstack.terminal import make_console, rows_table
 from shared.channels.whatsapp.templates import list_templates, sync_due, template_sync_status
 from shared.providers.registry import make_http_client
 from shared.providers.secrets import TokenSource
@@ -43,9 +42,7 @@ def cmd_templates_sync(args: argparse.Namespace) -> int:
         accounts = {args.waba: accounts[args.waba]}
     client = make_http_client(config)
     try:
-        sync = build_template_sync(
-            config.model_copy(update={"whatsapp_business_accounts": accounts}), client, TokenSource(config)
-        )
+        sync = replace(build_template_sync(config, client, TokenSource(config)), business_accounts=accounts)
         report = sync_due(database(), sync, everything=True)
     finally:
         client.close()
@@ -64,9 +61,8 @@ def cmd_templates_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
         return 0
-    _table(
-        "template syncs", rows, ["business_account_id", "synced_at", "templates", "approved", "last_error"]
-    )
+    columns = ["business_account_id", "synced_at", "templates", "approved", "last_error"]
+    console.print(rows_table("template syncs", rows, columns))
     return 0
 
 
@@ -84,17 +80,8 @@ def cmd_templates_list(args: argparse.Namespace) -> int:
         "body_parameters",
         "header_format",
     ]
-    _table("WhatsApp templates (as last synced)", rows, columns)
+    console.print(rows_table("WhatsApp templates (as last synced)", rows, columns))
     return 0
-
-
-def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row[c]) for c in columns))
-    console.print(table)
 
 
 def add_templates_commands(sub: Any) -> None:
