@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, LiteralString
+
+import psycopg
 
 from devstack.aws import FAKE_CREDENTIALS, LocalAwsResources, MotoServer
 from shared.config import Settings
@@ -162,3 +164,22 @@ def build_backlog(db: Database, rows: int, *, senders: int) -> None:
         )
     with db.connection() as conn:
         conn.execute("VACUUM ANALYZE")
+
+
+def executed_plan(database: Database, query: LiteralString, params: dict[str, Any]) -> dict[str, Any]:
+    """The executed plan of ``query`` (EXPLAIN ANALYZE, JSON), in a transaction rolled back."""
+    plan: dict[str, Any] = {}
+    with database.connection() as conn, conn.transaction():
+        row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query, params).fetchone()
+        assert row is not None
+        plan = row["QUERY PLAN"][0]["Plan"]
+        raise psycopg.Rollback()
+    return plan
+
+
+def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of a JSON plan, depth first."""
+    found = [plan]
+    for child in plan.get("Plans", []):
+        found += plan_nodes(child)
+    return found

@@ -248,9 +248,12 @@ WITH verdict AS (
     -- The key is the row's for life, so a webhook carrying it means an earlier attempt reached
     -- the provider: a row requeued on evidence of absence (or by an operator) whose webhook
     -- came late. Sending again would be the duplicate; it goes back to `unknown` instead.
+    -- Only a row that was in `sending` before can have been heard of (sending_started_at is
+    -- set on entering it and never cleared), so a first send, nearly every send, skips the probe.
     LEFT JOIN LATERAL (
         SELECT e.provider_message_id FROM provider_events e
-        WHERE e.idempotency_key = q.idempotency_key AND e.provider_message_id IS NOT NULL
+        WHERE q.sending_started_at IS NOT NULL
+          AND e.idempotency_key = q.idempotency_key AND e.provider_message_id IS NOT NULL
         LIMIT 1
     ) AS heard ON true
     WHERE q.id = %(queue_id)s AND q.status = 'claimed' AND q.claim_token = %(claim_token)s

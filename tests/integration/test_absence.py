@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -21,11 +22,12 @@ import pytest
 from devstack.engine_testing import META_SECRET, UNIPILE_SECRET, deliver, webhook_deps, whatsapp_status
 from devstack.fake_provider import FakeProvider
 from devstack.fake_webhooks import WebhookConfig, WebhookEmitter, WebhookReceiver
-from devstack.testing import enqueue_contacts, outlive_claims
+from devstack.testing import enqueue_contacts, executed_plan, outlive_claims, plan_nodes
 from shared.dispatch import DispatchDeps, dispatch
 from shared.events import DispatchRequest
 from shared.providers.outcome import Channel
 from shared.reconcile import ReconcileDeps, audit, reconcile_unknown
+from shared.storage import sql
 from shared.storage.db import Database
 from shared.sweeper import SweepDeps, sweep
 
@@ -281,6 +283,21 @@ def test_a_requeued_row_whose_late_webhook_arrived_is_settled_sent_not_sent_agai
     assert (settled["status"], settled["provider_message_id"]) == ("sent", accepted["provider_message_id"])
     assert settled["attempts"] == row["attempts"] == 1, "the refused claim spent no attempt"
     assert not _suspects(database), "settled by the id the webhook named: nothing looks duplicated"
+
+
+def test_a_first_send_does_not_look_for_webhooks_of_earlier_attempts(
+    database: Database, deps: DispatchDeps
+) -> None:
+    """With the planner's eyes: the late-webhook check in mark_sending runs only for a row that
+    was in `sending` before; on a first send, the provider_events probe is never executed."""
+    enqueue_contacts(database, "whatsapp", [TARGET])
+    [message] = deps.queue.claim_batch(uuid.uuid4(), 1, 600)
+    plan = executed_plan(
+        database, sql.MARK_SENDING, {"queue_id": message.queue_id, "claim_token": message.claim_token}
+    )
+    probes = [n for n in plan_nodes(plan) if n.get("Relation Name") == "provider_events"]
+    assert probes, "the check is in the statement"
+    assert [n["Actual Loops"] for n in probes] == [0]
 
 
 def _suspects(database: Database) -> list[dict[str, Any]]:

@@ -9,12 +9,11 @@ import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, time, timedelta
-from typing import Any, LiteralString
+from typing import Any
 
-import psycopg
 import pytest
 
-from devstack.testing import build_backlog, enqueue_contacts
+from devstack.testing import build_backlog, enqueue_contacts, executed_plan, plan_nodes
 from shared.pacing import ChannelDefaults, EffectivePacing, PacingPolicy, SenderPacing, window_open
 from shared.providers.outcome import Channel
 from shared.queue import ClaimedMessage, QueueRepository
@@ -232,30 +231,12 @@ BACKLOG = 200_000
 SENDERS = 20
 
 
-def _plan(database: Database, query: LiteralString, params: dict[str, Any]) -> dict[str, Any]:
-    """The executed plan of ``query``, in a transaction that is rolled back."""
-    plan: dict[str, Any] = {}
-    with database.connection() as conn, conn.transaction():
-        row = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query, params).fetchone()
-        assert row is not None
-        plan = row["QUERY PLAN"][0]["Plan"]
-        raise psycopg.Rollback()
-    return plan
-
-
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [plan]
-    for child in plan.get("Plans", []):
-        found += _nodes(child)
-    return found
-
-
 def test_the_claim_reads_o_batch_rows_at_a_large_backlog(database: Database) -> None:
     """With the planner's eyes: at 200,000 due rows no step of the claim scans the queue, and
     the rows it reads from send_queue stay within a small multiple of the batch."""
     build_backlog(database, BACKLOG, senders=SENDERS)
     now = db_now(database)
-    lock = _plan(database, sql.LOCK_DUE_SENDERS, {"now": now, "limit": 25})
+    lock = executed_plan(database, sql.LOCK_DUE_SENDERS, {"now": now, "limit": 25})
     senders = database.fetch_all("SELECT id FROM sender_accounts ORDER BY id LIMIT 25")
     claim_params = {
         "sender_ids": [s["id"] for s in senders],
@@ -266,9 +247,9 @@ def test_the_claim_reads_o_batch_rows_at_a_large_backlog(database: Database) -> 
         "claim_token": uuid.uuid4(),
         "lease_seconds": LEASE,
     }
-    claimed = _plan(database, sql.CLAIM_PLANNED, claim_params)
+    claimed = executed_plan(database, sql.CLAIM_PLANNED, claim_params)
     for plan in (lock, claimed):
-        queue_scans = [n for n in _nodes(plan) if n.get("Relation Name") == "send_queue"]
+        queue_scans = [n for n in plan_nodes(plan) if n.get("Relation Name") == "send_queue"]
         assert queue_scans, "the plan reads send_queue"
         assert not [n for n in queue_scans if n["Node Type"] == "Seq Scan"], queue_scans
         read = sum(n.get("Actual Rows", 0) * n.get("Actual Loops", 1) for n in queue_scans)
@@ -283,8 +264,8 @@ def test_the_sender_lock_stops_at_the_claims_limit_with_many_senders(database: D
     senders to serve walks them in serving order and stops at the limit; it neither reads every
     sender nor probes every sender's due rows (issue 10: the claim grew with active senders)."""
     build_backlog(database, 4 * MANY_SENDERS, senders=MANY_SENDERS)
-    plan = _plan(database, sql.LOCK_DUE_SENDERS, {"now": db_now(database), "limit": 25})
-    nodes = _nodes(plan)
+    plan = executed_plan(database, sql.LOCK_DUE_SENDERS, {"now": db_now(database), "limit": 25})
+    nodes = plan_nodes(plan)
     sender_scans = [n for n in nodes if n.get("Relation Name") == "sender_accounts"]
     assert [n["Node Type"] for n in sender_scans] == ["Index Scan"], sender_scans
     assert sender_scans[0]["Index Name"] == "sender_accounts_serve_order"
