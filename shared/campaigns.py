@@ -378,8 +378,7 @@ def settle_campaigns(db: Database, *, limit: int) -> CampaignSweep:
         sql.CANCEL_STRAGGLERS, {"lookback_seconds": STRAGGLER_LOOKBACK.total_seconds(), "limit": limit}
     )
     sweep.rows_cancelled = int(row["cancelled"]) if row else 0
-    with db.connection() as conn:
-        sweep.event_waits_expired = len(conn.execute(sql.EXPIRE_EVENT_WAITS, {"limit": limit}).fetchall())
+    sweep.event_waits_expired = len(db.fetch_all(sql.EXPIRE_EVENT_WAITS, {"limit": limit}))
     for candidate in db.fetch_all(sql.COMPLETABLE_CAMPAIGNS, {"limit": limit}):
         with db.connection() as conn, conn.transaction():
             conn.execute(sql.LOCK_CAMPAIGN, {"campaign_id": candidate["id"]})

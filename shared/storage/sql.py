@@ -324,7 +324,7 @@ WITH settled AS (
 ), next_step AS (
     SELECT q.campaign_id, q.contact_id, q.sender_account_id, q.max_attempts, q.sent_at,
            nxt.message_type, COALESCE(q.rendered_bodies[nxt.position], nxt.body) AS body, nxt.content,
-           nxt.action, nxt.delay_seconds, nxt.after_event, nxt.send_at
+           nxt.action, nxt.delay_seconds, nxt.after_event, nxt.event_timeout_seconds, nxt.send_at
     FROM sequence q
     JOIN campaigns cp ON cp.id = q.campaign_id AND cp.status IN ('active', 'paused')
     JOIN campaign_steps cur ON cur.campaign_id = q.campaign_id AND cur.message_type = q.message_type
@@ -348,6 +348,9 @@ WITH settled AS (
 ), progressed AS (
     UPDATE campaign_contacts cc
     SET sequence_state = CASE WHEN EXISTS (SELECT 1 FROM next_step) THEN 'active' ELSE 'completed' END,
+        -- When the next step waits for an event: how long it may wait (EXPIRE_EVENT_WAITS).
+        event_wait_until = (SELECT n.sent_at + make_interval(secs => n.event_timeout_seconds)
+                            FROM next_step n WHERE n.after_event IS NOT NULL),
         stop_cause = NULL, stopped_reason = NULL, stopped_at = NULL
     FROM sequence q
     WHERE cc.campaign_id = q.campaign_id AND cc.contact_id = q.contact_id
@@ -775,30 +778,29 @@ _NOTHING_LEFT: LiteralString = """
 """
 
 # Sequences that waited for a provider event longer than the step allows (counted from the
-# previous step's send): stopped for good, so the campaign can complete. Read per active campaign
-# that has such a step, through the (campaign, contact, message_type) key. A webhook queueing the
-# step at the same moment either committed first (then NOT EXISTS sees its row and the wait is
-# over) or finds the sequence stopped; a row it queued regardless is cancelled by mark_sending.
+# previous step's send, kept as campaign_contacts.event_wait_until by SETTLE_SENT): stopped for
+# good, so the campaign can complete. An index range over the deadlines passed, not a read of the
+# sent rows. A webhook queueing the step at the same moment either committed first (then NOT
+# EXISTS sees its row and the wait is over) or finds the sequence stopped; a row it queued
+# regardless is cancelled by mark_sending.
 EXPIRE_EVENT_WAITS: LiteralString = """
 WITH expired AS (
     SELECT cc.campaign_id, cc.contact_id, nxt.after_event, nxt.event_timeout_seconds
-    FROM campaign_steps nxt
-    JOIN campaigns cp ON cp.id = nxt.campaign_id AND cp.status IN ('active', 'paused')
+    FROM campaign_contacts cc
+    JOIN campaigns cp ON cp.id = cc.campaign_id AND cp.status IN ('active', 'paused')
+    JOIN campaign_steps nxt ON nxt.campaign_id = cc.campaign_id AND nxt.after_event IS NOT NULL
     JOIN campaign_steps cur ON cur.campaign_id = nxt.campaign_id AND cur.position = nxt.position - 1
-    JOIN send_queue q ON q.campaign_id = cur.campaign_id AND q.message_type = cur.message_type
-                     AND q.status = 'sent'
-                     AND q.sent_at < now() - make_interval(secs => nxt.event_timeout_seconds)
-    JOIN campaign_contacts cc ON cc.campaign_id = q.campaign_id AND cc.contact_id = q.contact_id
-                             AND cc.sequence_state = 'active'
-    WHERE nxt.after_event IS NOT NULL AND nxt.event_timeout_seconds IS NOT NULL
+    WHERE cc.event_wait_until < now() AND cc.sequence_state = 'active'
+      AND EXISTS (SELECT 1 FROM send_queue q WHERE q.campaign_id = cc.campaign_id
+                  AND q.contact_id = cc.contact_id AND q.message_type = cur.message_type AND q.status = 'sent')
       AND NOT EXISTS (SELECT 1 FROM send_queue w WHERE w.campaign_id = cc.campaign_id
                       AND w.contact_id = cc.contact_id AND w.message_type = nxt.message_type)
-    ORDER BY cc.campaign_id, cc.contact_id
+    ORDER BY cc.event_wait_until
     LIMIT %(limit)s
     FOR UPDATE OF cc SKIP LOCKED
 )
 UPDATE campaign_contacts cc
-SET sequence_state = 'stopped', stop_cause = 'event_timeout', stopped_at = now(),
+SET sequence_state = 'stopped', stop_cause = 'event_timeout', stopped_at = now(), event_wait_until = NULL,
     stopped_reason = 'no ' || e.after_event || ' event within '
                      || round(e.event_timeout_seconds / 86400.0, 1) || ' days of the previous step'
 FROM expired e

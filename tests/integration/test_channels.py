@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from devstack.engine_testing import by_step, deliver, make_due, reply, rows, run_dispatcher
 from devstack.fake_channels import unipile as fake_unipile
 from devstack.fake_provider import FakeProvider
-from devstack.testing import TEST_TOKENS
+from devstack.testing import TEST_TOKENS, build_backlog, executed_plan, plan_nodes
 from shared.campaigns import create_campaign
 from shared.channels.whatsapp.templates import list_templates, sync_templates, template_sync_status
 from shared.dispatch import DispatchDeps
@@ -25,6 +26,7 @@ from shared.providers.registry import build_resolvers, make_http_client
 from shared.providers.secrets import StaticTokenSource
 from shared.runtime import build_template_sync
 from shared.sequences import EngineConfig
+from shared.storage import sql
 from shared.storage.db import Database
 from shared.sweeper import SweepDeps, sweep
 
@@ -275,10 +277,20 @@ def test_an_invitation_never_accepted_stops_the_sequence_after_its_timeout_and_t
     sweeper = SweepDeps(settings=settings, queue=deps.queue, guard=deps.guard, sqs=None)
     assert sweep(sweeper).event_waits_expired == 0, "inside the wait: nothing expires"
 
+    # The settle of each invitation set its wait's deadline: sent_at + 7 days.
+    deadlines = database.fetch_all(
+        "SELECT cc.event_wait_until - q.sent_at AS wait FROM campaign_contacts cc"
+        " JOIN send_queue q ON q.campaign_id = cc.campaign_id AND q.contact_id = cc.contact_id"
+        " WHERE cc.campaign_id = %(c)s",
+        {"c": campaign_id},
+    )
+    assert [d["wait"] for d in deadlines] == [timedelta(days=7)] * 2
     # The first prospect's invitation was sent 8 days ago; the second accepts today.
     database.fetch_one(
-        "UPDATE send_queue q SET sent_at = now() - interval '8 days' FROM contacts c"
-        " WHERE c.id = q.contact_id AND c.address = %(a)s RETURNING 1",
+        "WITH moved AS (UPDATE send_queue q SET sent_at = sent_at - interval '8 days' FROM contacts c"
+        " WHERE c.id = q.contact_id AND c.address = %(a)s RETURNING q.campaign_id, q.contact_id)"
+        " UPDATE campaign_contacts cc SET event_wait_until = event_wait_until - interval '8 days' FROM moved m"
+        " WHERE cc.campaign_id = m.campaign_id AND cc.contact_id = m.contact_id RETURNING 1",
         {"a": prospects[0]},
     )
     deliver(database, Channel.LINKEDIN, fake_provider.accept_invitation(SENDER, prospects[1]))
@@ -305,6 +317,38 @@ def test_an_invitation_never_accepted_stops_the_sequence_after_its_timeout_and_t
     # A late acceptance of the expired invitation queues nothing.
     deliver(database, Channel.LINKEDIN, fake_provider.accept_invitation(SENDER, prospects[0]))
     assert (prospects[0], "message_1") not in by_step(database, campaign_id)
+
+
+def test_the_wait_expiry_reads_only_expired_deadlines_not_the_sent_rows(database: Database) -> None:
+    """With the planner's eyes: 10,000 contacts of one campaign wait for an acceptance, none
+    expired. The sweeper's expiry reads the deadline index and no send_queue row (reading the
+    step's sent rows instead cost 1 s per sweep at 200,000)."""
+    build_backlog(database, 20_000, senders=1)
+    with database.connection() as conn:
+        [cid] = [r["id"] for r in conn.execute("SELECT id FROM campaigns ORDER BY id LIMIT 1").fetchall()]
+        conn.execute("UPDATE campaigns SET status = 'active'")
+        conn.execute(
+            "INSERT INTO campaign_steps (campaign_id, position, message_type, body) VALUES (%(c)s, 1, 'intro', 'x')",
+            {"c": cid},
+        )
+        conn.execute(
+            "INSERT INTO campaign_steps (campaign_id, position, message_type, body, after_event,"
+            " event_timeout_seconds) VALUES (%(c)s, 2, 'follow', 'y', 'new_relation', 2592000)",
+            {"c": cid},
+        )
+        conn.execute("UPDATE send_queue SET status = 'sent', sent_at = now(), provider_message_id = id::text")
+        conn.execute(
+            "INSERT INTO campaign_contacts (campaign_id, contact_id, sender_account_id, sequence_state,"
+            " event_wait_until) SELECT campaign_id, contact_id, sender_account_id, 'active',"
+            " CASE WHEN campaign_id = %(c)s THEN now() + interval '30 days' END FROM send_queue",
+            {"c": cid},
+        )
+        conn.execute("ANALYZE")
+    nodes = plan_nodes(executed_plan(database, sql.EXPIRE_EVENT_WAITS, {"limit": 500}))
+    memberships = [n for n in nodes if n.get("Relation Name") == "campaign_contacts" and "Index Name" in n]
+    assert memberships[0]["Index Name"] == "campaign_contacts_event_wait", memberships
+    queue_rows = sum(n.get("Actual Rows", 0) for n in nodes if n.get("Relation Name") == "send_queue")
+    assert queue_rows == 0
 
 
 def test_a_step_that_waits_for_nothing_cannot_time_out() -> None:
