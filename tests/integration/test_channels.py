@@ -449,6 +449,17 @@ def test_the_sweeper_syncs_configured_wabas_once_per_interval_and_keeps_the_cach
     assert {t["name"] for t in list_templates(database, WABA)} == {"order_update", "spring_sale"}
 
 
+def test_a_missing_whatsapp_token_fails_the_sync_without_failing_the_sweep(
+    database: Database, fake_provider: FakeProvider, deps: DispatchDeps
+) -> None:
+    fake_provider.set_templates(WABA, [SENDER], TEMPLATES)
+    report = sweep(template_sweeper(deps, {WABA: [SENDER]}, whatsapp_token=""))
+    assert report.ran and report.templates_synced == {}
+    assert "holds no token" in report.template_sync_errors[WABA]
+    [status] = template_sync_status(database)
+    assert status["synced_at"] is None and "holds no token" in status["last_error"]
+
+
 def test_a_sender_created_after_the_sync_finds_its_wabas_templates(
     database: Database, fake_provider: FakeProvider, deps: DispatchDeps
 ) -> None:
