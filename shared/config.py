@@ -185,6 +185,16 @@ class Settings(BaseSettings):
         daily_invitation_cap=80,
         weekly_invitation_cap=200,
     )
+    send_gate_max_wait_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=30,
+        description=(
+            "Dispatcher: the longest a send waits for its sender's call slot (shared/call_slots.py) "
+            "before its row goes back to the queue unsent. Waited within the invocation's time "
+            "beyond the stop-claiming margin, never into it."
+        ),
+    )
     throttle_recovery_seconds: float = Field(
         default=300, gt=0, description="How long a throttled sender takes to climb back to its full rate."
     )

@@ -27,6 +27,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from shared.call_slots import CallGate, CallSlot
 from shared.channels.spec import RecipientResolver
 from shared.config import Settings
 from shared.events import DispatchRequest
@@ -306,11 +307,21 @@ def _deliver(
         return None
 
     adapter = deps.adapters[message.channel]
+    gate = CallGate(queue.db, deps.sleep)
 
     provider_seconds: float | None = None
+    gate_seconds = 0.0
+    declined: CallSlot | None = None
 
     def call_provider() -> SendOutcome:
-        nonlocal provider_seconds
+        nonlocal provider_seconds, gate_seconds, declined
+        gate_started = time.perf_counter()
+        slot = _take_call_slot(gate, message, settings, remaining)
+        gate_seconds = time.perf_counter() - gate_started
+        if not slot.granted:
+            declined = slot
+            # No call was made: provably not sent, so the guard removes this writer's record.
+            return SendOutcome.retry_later(timedelta(seconds=slot.retry_after_seconds), CALL_SLOT_DECLINED)
         started = time.perf_counter()
         try:
             return adapter.send(message)
@@ -325,12 +336,33 @@ def _deliver(
 
     gate_started = time.perf_counter()
     result = deps.guard.deliver_once(message.idempotency_key, call_provider, proves_unsent)
-    # The gate wraps the provider call; split its wall time between the two stages.
+    # The guard wraps the call slot and the provider call; split its wall time between stages.
     called_for = provider_seconds or 0.0
     tally.add_seconds(Stage.PROVIDER, called_for)
-    tally.add_seconds(Stage.DYNAMODB, time.perf_counter() - gate_started - called_for)
+    tally.add_seconds(Stage.CALL_SLOT, gate_seconds)
+    tally.add_seconds(Stage.DYNAMODB, time.perf_counter() - gate_started - called_for - gate_seconds)
     if provider_seconds is not None:
         tally.add_provider_latency(message.channel.value, provider_seconds)
+
+    if declined is not None:
+        # Recorded as not called under this writer: if the guard could not remove its record,
+        # the next attempt's put finds this proof and releases it.
+        with tally.timed(Stage.POSTGRES):
+            queue.settle_pending(
+                message,
+                delay_seconds=declined.retry_after_seconds,
+                outcome=None,
+                refund_attempt=True,
+                last_error="released unsent: no call slot for its sender within the wait limit",
+                writer=result.writer,
+            )
+        tally.add(Metric.CALL_SLOT_DECLINED)
+        tally.add(Metric.RELEASED_UNSENT)
+        logger.info(
+            "not sent: no call slot within the wait limit",
+            extra={**_keys(message), "retry_after_seconds": round(declined.retry_after_seconds, 3)},
+        )
+        return None
 
     if result.verdict is GuardVerdict.STORE_UNAVAILABLE:
         tally.add(Metric.IDEMPOTENCY_STORE_UNAVAILABLE)
@@ -385,6 +417,26 @@ def _deliver(
     if held_until is not None:
         paused.pause(message.sender_account_id, held_until)
     return None
+
+
+# The reason a send the call-slot gate turned away is recorded under (never a provider's code).
+CALL_SLOT_DECLINED = "sendonce:no_call_slot"
+
+
+def _take_call_slot(
+    gate: CallGate, message: ClaimedMessage, settings: Settings, remaining: RemainingTime
+) -> CallSlot:
+    """The sender's call slot, waited for within the invocation's time beyond the stop-claiming
+    margin (which covers the call and the settle that follow), and at most the configured wait.
+    Runs inside the idempotency guard, which reads any exception as an ambiguous call: a
+    database error here is turned into a refusal, which is what it is (no call was made)."""
+    spare_s = (remaining.get_remaining_time_in_millis() - settings.stop_claiming_margin_ms) / 1000
+    limit = min(settings.send_gate_max_wait_seconds, max(0.0, spare_s))
+    try:
+        return gate.wait_for_slot(message, limit)
+    except Exception:
+        logger.exception("call slot not taken; the row goes back unsent", extra=_keys(message))
+        return CallSlot(granted=False, retry_after_seconds=settings.retry_base_seconds)
 
 
 def _release_unsent(

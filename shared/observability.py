@@ -70,6 +70,8 @@ class Metric(StrEnum):
     # Claimed again after a requeue, then found heard of: a webhook for an earlier attempt
     # arrived meanwhile, so the row went back to `unknown` instead of being sent twice.
     HEARD_BEFORE_RESEND = "HeardBeforeResend"
+    # The send-time gate (shared/call_slots.py) found no call slot within its wait limit.
+    CALL_SLOT_DECLINED = "CallSlotDeclined"
     # Sweeper. The *Rows metrics are gauges: emitted every run, zero included, so alarms on
     # them clear by themselves once the level drops.
     UNKNOWN_ROWS = "UnknownRows"
@@ -102,6 +104,8 @@ class Stage(StrEnum):
     POSTGRES = "postgres"
     DYNAMODB = "dynamodb"
     PROVIDER = "provider"
+    # Time sends waited for their sender's call slot (shared/call_slots.py).
+    CALL_SLOT = "call_slot"
 
 
 class Tally:

@@ -401,6 +401,29 @@ def throttled(state: BudgetState, now: datetime, retry_after: timedelta | None) 
     )
 
 
+# --- the send-time gate's spacing (shared/call_slots.py) ------------------------------------------
+
+# A granted spaced call reaches the provider a few milliseconds after its grant (the commit, the
+# answer, the HTTP request), a little more or less each time; this much is added to the spacing
+# so the calls' arrival times, not only their grants, keep it.
+SPACED_CALL_PAD_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class CallGap:
+    """The least time between the starts of two provider calls of one sender."""
+
+    seconds: float = 0.0
+    spaced: bool = False
+
+    @classmethod
+    def of(cls, pacing: EffectivePacing) -> CallGap:
+        rate_gap = 1.0 / pacing.rate_per_second if pacing.rate_per_second else 0.0
+        if pacing.min_spacing_seconds > 0:
+            return cls(max(rate_gap, pacing.min_spacing_seconds + SPACED_CALL_PAD_SECONDS), spaced=True)
+        return cls(rate_gap)
+
+
 # --- the claim's plan -----------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from shared.pacing import (
     Action,
     Allowance,
     BudgetState,
+    CallGap,
     EffectivePacing,
     PacingPolicy,
     Usage,
@@ -120,6 +121,9 @@ class ClaimedMessage(OutboundMessage):
     attempts: int
     max_attempts: int
     action: Action = Action.MESSAGE
+    # The send-time gate's spacing for its sender (``CallGap``), from the pacing the claim used.
+    call_gap_seconds: float = 0.0
+    call_gap_spaced: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,16 @@ class QueueRepository:
             served_at = _served_at(list(paced), claimed, now)
             saved = {**_budget_params(budgets, now), "served_at": [served_at[s] for s in budgets]}
             conn.execute(sql.SAVE_BUDGETS, saved)
-        return [ClaimedMessage(claim_token=claim_token, **row) for row in rows]
+        gaps = {sender: CallGap.of(pacing) for sender, (pacing, _) in paced.items()}
+        return [
+            ClaimedMessage(
+                claim_token=claim_token,
+                call_gap_seconds=gaps[row["sender_account_id"]].seconds,
+                call_gap_spaced=gaps[row["sender_account_id"]].spaced,
+                **row,
+            )
+            for row in rows
+        ]
 
     def throttle_sender(self, sender_account_id: UUID, hold: timedelta) -> datetime:
         """A provider throttled the sender: lower its rate and hold it for ``hold``, under its

@@ -47,6 +47,10 @@ class PacingResult:
     failed_by_throttling: int
     duplicates: int
     linkedin_min_gap_seconds: float
+    # The same two figures on the call slots the gate granted (the database's clock): what the
+    # gate bounds, before each process's own delay to its request.
+    granted_busiest_second: int
+    granted_linkedin_min_gap_seconds: float
     wall_seconds: float
 
 
@@ -57,6 +61,14 @@ def busiest_second(times: list[datetime]) -> int:
             start += 1
         best = max(best, end - start + 1)
     return best
+
+
+def _min_gap(times: list[datetime]) -> float:
+    return (
+        round(min((b - a).total_seconds() for a, b in itertools.pairwise(times)), 2)
+        if len(times) > 1
+        else 0.0
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +143,19 @@ def run(args: argparse.Namespace) -> int:
             " WHERE status = 'failed' AND failure_reason LIKE '%%130429%%'"
         )
         assert failed is not None
+        granted = {
+            channel: [
+                r["call_granted_at"]
+                for r in stack.db.fetch_all(
+                    "SELECT q.call_granted_at FROM send_queue q"
+                    " JOIN sender_accounts s ON s.id = q.sender_account_id"
+                    " WHERE s.channel = %(c)s::channel AND q.status = 'sent'"
+                    " AND q.call_granted_at IS NOT NULL ORDER BY q.call_granted_at",
+                    {"c": channel},
+                )
+            ]
+            for channel in ("whatsapp", "linkedin")
+        }
     result = PacingResult(
         provider_rate=rate,
         configured_rate=configured,
@@ -143,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
         requests=int(attempts["requests"]),
         failed_by_throttling=int(failed["n"]),
         duplicates=int(stats["duplicates"]),
-        linkedin_min_gap_seconds=round(min((b - a).total_seconds() for a, b in itertools.pairwise(li)), 2),
+        linkedin_min_gap_seconds=_min_gap(li),
+        granted_busiest_second=busiest_second(granted["whatsapp"]),
+        granted_linkedin_min_gap_seconds=_min_gap(granted["linkedin"]),
         wall_seconds=round(wall, 1),
     )
     write_results("pacing", [result])
@@ -162,6 +189,9 @@ def run(args: argparse.Namespace) -> int:
         f"{result.achieved_rate / rate:.2f} R; throttled {result.throttled}/{result.requests} requests "
         f"({result.throttled_share:.2%}); failed by throttling {result.failed_by_throttling}; duplicates "
         f"{result.duplicates}; LinkedIn smallest gap {result.linkedin_min_gap_seconds:g} s "
-        f"(spacing {SPACING_SECONDS:g} s); {'targets met' if ok else '[red]targets missed[/]'}",
+        f"(spacing {SPACING_SECONDS:g} s); call slots granted: busiest second "
+        f"{result.granted_busiest_second}, "
+        f"LinkedIn smallest gap {result.granted_linkedin_min_gap_seconds:g} s; "
+        f"{'targets met' if ok else '[red]targets missed[/]'}",
     )
     return 0 if ok else 1

@@ -188,6 +188,58 @@ FROM sender_accounts s WHERE s.id = %(sender_account_id)s
 FOR UPDATE
 """
 
+# --- the send-time gate (shared/call_slots.py) ------------------------------------------------
+
+# A rate-paced sender's call slot: the next free one, 1/rate after the one before, taken only if
+# it starts within the caller's wait limit. clock_timestamp(), not now(): each statement reads
+# the database's clock when it runs, the one clock every dispatcher shares. The grant is stamped
+# on the row for the audit, under its claim token.
+TAKE_RATE_CALL_SLOT: LiteralString = """
+WITH slot AS (
+    INSERT INTO sender_call_slots AS s (sender_account_id, next_call_at)
+    VALUES (%(sender_account_id)s, clock_timestamp() + make_interval(secs => %(gap_seconds)s))
+    ON CONFLICT (sender_account_id) DO UPDATE
+    SET next_call_at = GREATEST(s.next_call_at, clock_timestamp()) + make_interval(secs => %(gap_seconds)s)
+    WHERE s.next_call_at <= clock_timestamp() + make_interval(secs => %(max_wait_seconds)s)
+    RETURNING s.next_call_at - make_interval(secs => %(gap_seconds)s) AS granted_at
+), stamped AS (
+    UPDATE send_queue q SET call_granted_at = slot.granted_at
+    FROM slot
+    WHERE q.id = %(queue_id)s AND q.claim_token = %(claim_token)s
+)
+SELECT granted_at, GREATEST(0.0, EXTRACT(epoch FROM granted_at - clock_timestamp()))::float8 AS wait_seconds
+FROM slot
+"""
+
+# A spaced sender's call: granted only when its last granted call is at least the spacing ago
+# (a compare-and-set on last_call_at), so granted calls are never closer than the spacing
+# whenever each caller wakes up.
+TAKE_SPACED_CALL_SLOT: LiteralString = """
+WITH slot AS (
+    INSERT INTO sender_call_slots AS s (sender_account_id, next_call_at, last_call_at)
+    VALUES (%(sender_account_id)s, clock_timestamp(), clock_timestamp())
+    ON CONFLICT (sender_account_id) DO UPDATE
+    SET last_call_at = clock_timestamp(), next_call_at = GREATEST(s.next_call_at, clock_timestamp())
+    WHERE s.last_call_at IS NULL
+       OR s.last_call_at <= clock_timestamp() - make_interval(secs => %(gap_seconds)s)
+    RETURNING s.last_call_at AS granted_at
+), stamped AS (
+    UPDATE send_queue q SET call_granted_at = slot.granted_at
+    FROM slot
+    WHERE q.id = %(queue_id)s AND q.claim_token = %(claim_token)s
+)
+SELECT granted_at, 0.0::float8 AS wait_seconds FROM slot
+"""
+
+# When a refused caller could have its slot: seconds from now on the database's clock.
+CALL_SLOT_WAIT: LiteralString = """
+SELECT GREATEST(0.0, EXTRACT(epoch FROM
+           CASE WHEN %(spaced)s THEN s.last_call_at + make_interval(secs => %(gap_seconds)s)
+                ELSE s.next_call_at END - clock_timestamp()))::float8 AS wait_seconds
+FROM sender_call_slots s
+WHERE s.sender_account_id = %(sender_account_id)s
+"""
+
 # --- transitions owned by the claimant -------------------------------------------------------
 
 # Closes a statement whose open first CTE is `settled`: every provider call is recorded, even

@@ -198,4 +198,4 @@ def test_tally_reports_every_metric_and_stage() -> None:
     tally.add_seconds(Stage.PROVIDER, 0.5)
     assert tally.counts()["Sent"] == 3
     assert tally.counts()["DuplicatePrevented"] == 0
-    assert tally.seconds() == {"postgres": 0.0, "dynamodb": 0.0, "provider": 0.5}
+    assert tally.seconds() == {"postgres": 0.0, "dynamodb": 0.0, "provider": 0.5, "call_slot": 0.0}

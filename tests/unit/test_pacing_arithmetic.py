@@ -10,9 +10,11 @@ from datetime import UTC, datetime, time, timedelta
 import pytest
 
 from shared.pacing import (
+    SPACED_CALL_PAD_SECONDS,
     Action,
     Allowance,
     BudgetState,
+    CallGap,
     ChannelDefaults,
     EffectivePacing,
     SenderPacing,
@@ -249,3 +251,13 @@ def test_channel_defaults_apply_where_the_sender_sets_nothing() -> None:
         SenderPacing(timezone="Mars/Olympus")
     with pytest.raises(ValueError, match="set together"):
         SenderPacing(window_start=time(9))
+
+
+def test_the_call_gap_is_the_rate_interval_or_the_padded_spacing() -> None:
+    assert CallGap.of(effective(SenderPacing())) == CallGap(0.0, spaced=False)
+    assert CallGap.of(effective(SenderPacing(rate_per_second=20, burst=5))) == CallGap(0.05, spaced=False)
+    spaced = CallGap.of(effective(SenderPacing(min_spacing_seconds=30, spacing_jitter_seconds=60)))
+    assert spaced == CallGap(30 + SPACED_CALL_PAD_SECONDS, spaced=True)
+    # Both set: the longer of the two, and the compare-and-set that keeps a spacing exact.
+    both = CallGap.of(effective(SenderPacing(rate_per_second=0.01, min_spacing_seconds=30)))
+    assert both == CallGap(100.0, spaced=True)
