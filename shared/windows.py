@@ -73,7 +73,9 @@ class Due:
     earliest: datetime
 
 
-def earliest_dues(steps: Sequence[WindowStep], now: datetime, campaign_send_at: datetime | None = None) -> list[Due]:
+def earliest_dues(
+    steps: Sequence[WindowStep], now: datetime, campaign_send_at: datetime | None = None
+) -> list[Due]:
     """The window steps of a sequence starting ``now``, each with a lower bound of its send time."""
     dues: list[Due] = []
     bound = now
@@ -113,7 +115,9 @@ def window_problem(dues: Sequence[Due], last_inbound_at: datetime | None, now: d
     return None
 
 
-def campaign_dues(conn: psycopg.Connection[DictRow], campaign_id: UUID, channel: Channel, now: datetime) -> list[Due]:
+def campaign_dues(
+    conn: psycopg.Connection[DictRow], campaign_id: UUID, channel: Channel, now: datetime
+) -> list[Due]:
     """The stored campaign's window steps (empty when none needs a window)."""
     spec = channel_spec(channel)
     rows = conn.execute(sql.WINDOW_STEPS, {"campaign_id": campaign_id}).fetchall()
@@ -129,4 +133,3 @@ def campaign_dues(conn: psycopg.Connection[DictRow], campaign_id: UUID, channel:
         for r in rows
     ]
     return earliest_dues(steps, now, rows[0]["campaign_send_at"] if rows else None)
-

@@ -214,7 +214,9 @@ def test_window_rule_both_ways(database: Database, fake_provider: FakeProvider, 
     assert failed is not None and "131047" in failed["failure_reason"]
 
 
-def wrote_an_hour_ago(database: Database, fake_provider: FakeProvider, channel: Channel, contact: str) -> None:
+def wrote_an_hour_ago(
+    database: Database, fake_provider: FakeProvider, channel: Channel, contact: str
+) -> None:
     """The contact wrote to SENDER an hour ago, through the real webhook path (last_inbound_at)."""
     at = int(time.time()) - 3600
     inbound = reply(channel, contact)

@@ -215,6 +215,10 @@ def test_the_enqueue_handler_answers_which_contacts_the_24_hour_window_refused(s
         assert refused["detail"].startswith(
             "step 1 (post_purchase) needs Messenger's 24-hour standard messaging window"
         )
-        assert refused["detail"].endswith("use messaging_type MESSAGE_TAG with a tag Meta allows for this message")
+        assert refused["detail"].endswith(
+            "use messaging_type MESSAGE_TAG with a tag Meta allows for this message"
+        )
     after = written(stack)
-    assert [after[k] for k in ("contacts", "members", "queue")] == [before[k] for k in ("contacts", "members", "queue")]
+    assert [after[k] for k in ("contacts", "members", "queue")] == [
+        before[k] for k in ("contacts", "members", "queue")
+    ]

@@ -84,7 +84,12 @@ def test_a_later_step_whose_delays_push_it_past_the_window_refuses_the_contact()
     reason = problem(template_then_text, HOUR)
     assert reason is not None and reason.startswith("step 2 (step_2) needs WhatsApp's")
     # Delays add up: 10 h + 12 h after a message an hour old is still inside; 10 h + 13 h is not.
-    assert problem([step(Channel.WHATSAPP, 1, delay=10 * HOUR), step(Channel.WHATSAPP, 2, delay=12 * HOUR)], HOUR) is None
+    assert (
+        problem(
+            [step(Channel.WHATSAPP, 1, delay=10 * HOUR), step(Channel.WHATSAPP, 2, delay=12 * HOUR)], HOUR
+        )
+        is None
+    )
     late = problem(
         [step(Channel.WHATSAPP, 1, delay=10 * HOUR), step(Channel.WHATSAPP, 2, delay=13 * HOUR)], HOUR
     )
@@ -94,7 +99,10 @@ def test_a_later_step_whose_delays_push_it_past_the_window_refuses_the_contact()
 def test_a_step_after_an_event_is_bounded_by_the_step_before_not_by_its_delay() -> None:
     # Its delay counts from the event, which may carry an older time: only the previous step's
     # bound is certain, so the check never refuses on the delay.
-    steps = [step(Channel.WHATSAPP, 1, TEMPLATE), step(Channel.WHATSAPP, 2, delay=48 * HOUR, after_event=True)]
+    steps = [
+        step(Channel.WHATSAPP, 1, TEMPLATE),
+        step(Channel.WHATSAPP, 2, delay=48 * HOUR, after_event=True),
+    ]
     assert problem(steps, HOUR) is None
     assert problem(steps, None) is not None  # never wrote: closed whenever it comes
 
