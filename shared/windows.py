@@ -109,7 +109,7 @@ def window_problem(dues: Sequence[Due], last_inbound_at: datetime | None, now: d
         )
         return (
             f"step {step.position} ({step.message_type}) needs {due.rule.rule}, but the contact {wrote} "
-            f"and the step is due {when}, outside the {due.rule.hours}-hour window; a message from the "
+            f"and the step is due {when}, after that window has closed; a message from the "
             f"contact would stop the sequence, so it could never be sent: {due.rule.remedy}"
         )
     return None
