@@ -18,6 +18,7 @@ from devstack.fake_provider import FakeProvider
 from devstack.testing import TEST_TOKENS, build_backlog, executed_plan, plan_nodes
 from shared.campaigns import create_campaign
 from shared.channels.whatsapp.templates import list_templates, sync_templates, template_sync_status
+from shared.contacts_import import import_contacts
 from shared.dispatch import DispatchDeps
 from shared.enqueue import EnqueueReport, StepRejectedError, enqueue_campaign
 from shared.events import DEFAULT_EVENT_TIMEOUT_SECONDS, CampaignSpec, EnqueueRequest, EnqueueStep
@@ -301,6 +302,15 @@ def test_enqueue_refuses_contacts_outside_the_window_and_sends_to_those_inside(
     run_dispatcher(windowed)
     assert by_step(database, campaign_id) == {(warm, "intro"): "sent"}
     assert [m["recipient"] for m in fake_provider.ledger()] == [warm]
+
+    # A CSV import into the same campaign refuses the cold contact the same way, by line.
+    imported = import_contacts(
+        database, campaign_id, f"address\n{cold}\n".encode(), config=EngineConfig(channel_windows=True)
+    )
+    assert (imported.contacts_added, imported.rejected_by_reason) == (0, {"window_closed": 1})
+    [problem] = imported.problems
+    assert (problem.line, problem.reason) == (2, "window_closed")
+    assert problem.detail.startswith(f"step 1 (intro) needs {rule}")
 
     # A step that needs no window is never refused: the cold contact is admitted and sent.
     exempt = (
