@@ -311,6 +311,21 @@ def test_enqueue_refuses_contacts_outside_the_window_and_sends_to_those_inside(
     [problem] = imported.problems
     assert (problem.line, problem.reason) == (2, "window_closed")
     assert problem.detail.startswith(f"step 1 (intro) needs {rule}")
+    # And so does campaign.create with contacts (checked against the stored steps).
+    spec = CampaignSpec.model_validate(
+        {
+            "campaign_id": str(uuid.uuid4()),
+            "name": "window create",
+            "channel": channel.value,
+            "senders": [SENDER],
+            "steps": [{"message_type": "intro", "body": "Hi there"}],
+            "contacts": [{"address": cold}],
+        }
+    )
+    created = create_campaign(
+        database, spec, operator="test", config=EngineConfig(channel_windows=True), start=True
+    )
+    assert (created.contacts_added, created.rejected_by_reason) == (0, {"window_closed": 1})
 
     # A step that needs no window is never refused: the cold contact is admitted and sent.
     exempt = (
