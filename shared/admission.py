@@ -7,7 +7,9 @@ Inside the enqueue transaction, before members are added:
    rendered for it (``shared.content``); a contact whose text cannot be sent (a variable it
    lacks and no fallback, an empty text, a text over its channel's limit) is left out with the
    reason;
-3. contacts already members keep the text rendered when they joined.
+3. with the channel windows on (``Settings.channel_windows``), a new member a step needing
+   Meta's 24-hour window could never reach (``shared.windows``) is left out with the reason;
+4. contacts already members keep the text rendered when they joined.
 
 ``add_members`` stores each new member with its rendered texts, and :func:`store` the contacts'
 fields, before the sequences start: step 1's queue row, and every later one, copies that text.
@@ -19,6 +21,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -32,6 +35,7 @@ from shared.events import EnqueueContact
 from shared.providers.outcome import Channel
 from shared.storage import sql
 from shared.suppression import suppressed_among
+from shared.windows import WINDOW_CLOSED, campaign_dues, window_problem
 
 MAX_REJECTED_EXAMPLES = 20
 
@@ -77,6 +81,13 @@ class Admission:
     def rejected(self) -> int:
         return sum(self.rejected_by_reason.values())
 
+    def reject(self, index: int, address: str, reason: str, detail: str) -> None:
+        self.rejected_by_reason[reason] += 1
+        if len(self.rejected_examples) < MAX_REJECTED_EXAMPLES:
+            self.rejected_examples.append(
+                RejectedContact(index=index, address=address, reason=reason, detail=detail)
+            )
+
 
 def admit(
     conn: psycopg.Connection[DictRow],
@@ -87,7 +98,11 @@ def admit(
     steps: Sequence[StepTemplate],
     profiles: Mapping[str, Profile],
     origin: Mapping[str, int],
+    windows: bool = False,
+    now: datetime | None = None,
 ) -> Admission:
+    """``windows``: refuse contacts a window step could never reach (the campaign's steps must
+    be stored); ``now``: the enqueue's clock (tests freeze it)."""
     result = Admission()
     addresses = sorted(profiles)
     if not addresses:
@@ -108,6 +123,8 @@ def admit(
             sql.CONTACT_PROFILES, {"channel": channel.value, "addresses": candidates}
         ).fetchall()
     }
+    clock = now or datetime.now(UTC)
+    dues = campaign_dues(conn, campaign_id, channel, clock) if windows else []
     for address in candidates:
         given = profiles[address]
         result.profiles[address] = given
@@ -117,20 +134,17 @@ def admit(
         row = stored.get(address)
         fields = {**(row["fields"] if row else {}), **given.fields}
         display = given.display_name or (row["display_name"] if row else "")
+        masked = mask_address(channel, address)
         try:
-            result.rendered[address] = render_steps(campaign_id, channel, address, display, fields, steps)
+            rendered = render_steps(campaign_id, channel, address, display, fields, steps)
         except ContentRejected as exc:
-            result.rejected_by_reason[exc.problem.value] += 1
-            if len(result.rejected_examples) < MAX_REJECTED_EXAMPLES:
-                result.rejected_examples.append(
-                    RejectedContact(
-                        index=origin.get(address, -1),
-                        address=mask_address(channel, address),
-                        reason=exc.problem.value,
-                        detail=exc.detail,
-                    )
-                )
+            result.reject(origin.get(address, -1), masked, exc.problem.value, exc.detail)
             continue
+        closed = window_problem(dues, row["last_inbound_at"] if row else None, clock) if dues else None
+        if closed is not None:
+            result.reject(origin.get(address, -1), masked, WINDOW_CLOSED, closed)
+            continue
+        result.rendered[address] = rendered
         result.admitted[address] = given.display_name
     return result
 

@@ -208,7 +208,15 @@ def create_campaign(
             _check_same_spec(conn, spec, campaign)
         if contacts.unique and campaign["status"] == "cancelled":
             raise CampaignStateError(f"campaign {spec.campaign_id} is cancelled; no contacts were added")
-        admitted = admit_contacts(conn, spec.campaign_id, spec.channel, spec.steps, spec.contacts, contacts)
+        admitted = admit_contacts(
+            conn,
+            spec.campaign_id,
+            spec.channel,
+            spec.steps,
+            spec.contacts,
+            contacts,
+            windows=config.channel_windows,
+        )
         ids = (
             add_members(conn, spec.campaign_id, spec.channel, admitted.admitted, admitted.rendered)
             if admitted.admitted

@@ -248,6 +248,7 @@ def import_contacts(
                 steps=steps,
                 profiles=admission.profiles_of(parsed.contacts, index_of),
                 origin={a: parsed.lines[i] for a, i in index_of.items()},
+                windows=config.channel_windows,
             )
             existing = len(admitted.admitted) - len(admitted.rendered)
             # Only new members: existing ones keep their texts and their sequences, and locking

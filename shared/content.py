@@ -209,15 +209,27 @@ TEXT_LIMITS: dict[tuple[Channel, Action], Limit] = {
         "Meta Messenger Platform, Send API reference, message.text: 'Must be UTF-8 and has a 2000 "
         "character limit' (developers.facebook.com/docs/messenger-platform/reference/send-api/)",
     ),
-    # Secondary: Unipile's docs name no length; third-party LinkedIn guides give 3,000 characters
-    # for a message to a connection (8,000 in older ones). The smaller figure, until verified.
+    # Still secondary, no primary source found: Unipile's API reference gives the message
+    # ``text`` of "Start a new chat" (ChatsController_startNewChat) and "Send a message in a
+    # chat" (ChatsController_sendMessageInChat) no maxLength, only a 400
+    # ``errors/too_many_characters`` ("The provided content exceeds the character limit");
+    # LinkedIn's Help Center pages found state no figure. Third-party LinkedIn guides give
+    # 3,000 characters for a message to a connection (8,000 in older ones): the smaller one.
     (Channel.LINKEDIN, Action.MESSAGE): Limit(
-        3000, "secondary: LinkedIn message limit as quoted by third-party guides (not in Unipile's docs)"
+        3000,
+        "secondary: LinkedIn message limit as quoted by third-party guides; Unipile's API reference "
+        "names no length for a chat message",
     ),
-    # Secondary: an invitation note is 300 characters on paid accounts, 200 on free ones
-    # (third-party guides). Issue 8 section 3 owns invitations and should confirm it with Unipile.
+    # Primary: Unipile's API reference, "Send an invitation" (POST /api/v1/users/invite,
+    # UsersController_addUserByIdentifier), request body ``message``: maxLength 300, "An optional
+    # message to go with the invitation (max 300 chars)",
+    # https://developer.unipile.com/reference/userscontroller_adduserbyidentifier. LinkedIn
+    # itself is said to allow only 200 on free accounts (secondary: third-party guides; Unipile's
+    # "Manage invitations" guide says only that a free account may send 5 notes a month).
     (Channel.LINKEDIN, Action.INVITATION): Limit(
-        300, "secondary: LinkedIn invitation note, 300 characters (paid accounts; 200 on free ones)"
+        300,
+        "Unipile API reference, Send an invitation (POST /api/v1/users/invite): message maxLength 300 "
+        "(developer.unipile.com/reference/userscontroller_adduserbyidentifier)",
     ),
 }
 

@@ -97,8 +97,9 @@ class EnqueueReport(BaseModel):
     contacts_skipped: int
     skipped_by_reason: dict[str, int]
     assigned_by_sender: dict[str, int]
-    # Contacts left out because they are suppressed, or because a step's text cannot be sent to
-    # them (a variable they lack, an empty or too long text: shared.content), with the reasons.
+    # Contacts left out because they are suppressed, or because a step cannot be sent to them
+    # (a variable they lack, an empty or too long text: shared.content; a step needing Meta's
+    # 24-hour window they could never be in, "window_closed": shared.windows), with the reasons.
     contacts_suppressed: int = 0
     contacts_rejected: int = 0
     rejected_by_reason: dict[str, int] = {}
@@ -327,8 +328,11 @@ def admit_contacts(
     steps: Sequence[EnqueueStep],
     given: Sequence[EnqueueContact],
     contacts: NormalisedContacts,
+    *,
+    windows: bool = False,
 ) -> admission.Admission:
-    """Suppression and personalisation (``shared.admission``) for the normalised contacts."""
+    """Suppression, personalisation and (``windows``) the 24-hour windows
+    (``shared.admission``) for the normalised contacts."""
     pool = [p["id"] for p in conn.execute(sql.CAMPAIGN_POOL, {"campaign_id": campaign_id}).fetchall()]
     return admission.admit(
         conn,
@@ -338,6 +342,7 @@ def admit_contacts(
         steps=[StepTemplate(s.body, s.action) for s in steps],
         profiles=admission.profiles_of(given, contacts.index_of),
         origin=contacts.index_of,
+        windows=windows,
     )
 
 
@@ -399,7 +404,13 @@ def enqueue_campaign(
         if campaign["status"] == "cancelled":
             raise CampaignClosedError(f"campaign {request.campaign_id} is cancelled; nothing was enqueued")
         admitted = admit_contacts(
-            conn, request.campaign_id, request.channel, request.steps, request.contacts, contacts
+            conn,
+            request.campaign_id,
+            request.channel,
+            request.steps,
+            request.contacts,
+            contacts,
+            windows=config.channel_windows,
         )
         ids = add_members(conn, request.campaign_id, request.channel, admitted.admitted, admitted.rendered)
         admission.store(conn, request.channel, admitted)

@@ -64,6 +64,10 @@ class EngineConfig:
     max_attempts: int = 5
     cross_campaign_window: timedelta = timedelta(days=30)
     pacing: PacingPolicy = field(default_factory=PacingPolicy)
+    # Refuse at enqueue a contact a window step could never reach (shared.windows). Off in a
+    # bare config, like its unpaced policy (the library's tests enqueue to contacts that never
+    # wrote); deployed functions build it from Settings, where it is on by default.
+    channel_windows: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngineConfig:
@@ -71,6 +75,7 @@ class EngineConfig:
             max_attempts=settings.max_attempts,
             cross_campaign_window=timedelta(seconds=settings.cross_campaign_window_seconds),
             pacing=policy_from_settings(settings),
+            channel_windows=settings.channel_windows,
         )
 
 

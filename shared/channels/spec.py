@@ -13,7 +13,7 @@ import psycopg
 from psycopg.rows import DictRow
 
 from shared.channels.auth import WebhookSecretSource
-from shared.channels.content import ContentModel
+from shared.channels.content import ContentModel, WindowRule
 from shared.channels.events import ProviderEvent
 from shared.config import Settings
 from shared.providers.http import PausePolicy
@@ -90,6 +90,13 @@ class ChannelSpec(Protocol):
         inside its transaction), or ``None``."""
         ...
 
+    def window_rule(self, parsed: ContentModel | None) -> WindowRule | None:
+        """The window after the contact's last message outside which the provider refuses this
+        content (``None``: plain text, a step or row without content), or ``None`` when it may
+        be sent at any time. The one statement of the rule: ``hold_reason`` applies it before
+        each send, ``shared.windows`` at enqueue."""
+        ...
+
     def hold_reason(self, message: OutboundMessage, now: datetime) -> str | None:
         """Why this message must wait instead of being sent now (a closed 24-hour window), or
         ``None``. A held row goes back to ``pending`` unsent, with the reason."""
@@ -98,7 +105,7 @@ class ChannelSpec(Protocol):
 
 class ChannelDefaults:
     """What a channel without the capability answers: nothing to read back, addresses sent as
-    stored, every step sendable at enqueue, nothing held before the send. A channel package
+    stored, every step sendable at enqueue, no window, nothing held before the send. A channel package
     subclasses it and overrides what its provider supports."""
 
     def build_read_back(
@@ -114,6 +121,9 @@ class ChannelDefaults:
     def enqueue_problem(
         self, conn: psycopg.Connection[DictRow], sender_account_id: UUID, content: ContentModel
     ) -> str | None:
+        return None
+
+    def window_rule(self, parsed: ContentModel | None) -> WindowRule | None:
         return None
 
     def hold_reason(self, message: OutboundMessage, now: datetime) -> str | None:

@@ -1691,10 +1691,20 @@ RETURNING id
 # --- contact fields, personalised bodies, send_at (issue 8) ----------------------------------------
 
 # What a template can read of contacts that already exist: the request's own fields are merged
-# over these before rendering.
+# over these before rendering; and when each last wrote (the 24-hour windows, shared.windows).
 CONTACT_PROFILES: LiteralString = """
-SELECT address, display_name, fields FROM contacts
+SELECT address, display_name, fields, last_inbound_at FROM contacts
 WHERE channel = %(channel)s::channel AND address = ANY(%(addresses)s::text[])
+"""
+
+# What the enqueue-time window check (shared.windows) reads of a stored campaign: each step's
+# content and timing, and the campaign's send_at (QUEUE_FIRST_STEP applies it to step 1).
+WINDOW_STEPS: LiteralString = """
+SELECT st.position, st.message_type, st.content, st.delay_seconds, st.send_at, st.after_event,
+       cp.send_at AS campaign_send_at
+FROM campaign_steps st JOIN campaigns cp ON cp.id = st.campaign_id
+WHERE st.campaign_id = %(campaign_id)s
+ORDER BY st.position
 """
 
 # Only rows whose fields, URL or empty display name change are locked and written, in address

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,9 +18,10 @@ from devstack.fake_provider import FakeProvider
 from devstack.testing import TEST_TOKENS, build_backlog, executed_plan, plan_nodes
 from shared.campaigns import create_campaign
 from shared.channels.whatsapp.templates import list_templates, sync_templates, template_sync_status
+from shared.contacts_import import import_contacts
 from shared.dispatch import DispatchDeps
-from shared.enqueue import StepRejectedError
-from shared.events import DEFAULT_EVENT_TIMEOUT_SECONDS, CampaignSpec, EnqueueStep
+from shared.enqueue import EnqueueReport, StepRejectedError, enqueue_campaign
+from shared.events import DEFAULT_EVENT_TIMEOUT_SECONDS, CampaignSpec, EnqueueRequest, EnqueueStep
 from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind
 from shared.providers.registry import build_resolvers, make_http_client
 from shared.providers.secrets import StaticTokenSource
@@ -212,6 +213,148 @@ def test_window_rule_both_ways(database: Database, fake_provider: FakeProvider, 
     assert by_step(database, text)[(cold, "intro")] == "failed", outcome_counts
     failed = database.fetch_one("SELECT failure_reason FROM send_queue WHERE id = %(i)s", {"i": held["id"]})
     assert failed is not None and "131047" in failed["failure_reason"]
+
+
+def wrote_an_hour_ago(
+    database: Database, fake_provider: FakeProvider, channel: Channel, contact: str
+) -> None:
+    """The contact wrote to SENDER an hour ago, through the real webhook path (last_inbound_at)."""
+    at = int(time.time()) - 3600
+    inbound = reply(channel, contact)
+    if channel is Channel.WHATSAPP:
+        inbound["entry"][0]["changes"][0]["value"]["messages"][0]["timestamp"] = str(at)
+    else:
+        inbound["entry"][0]["time"] = inbound["entry"][0]["messaging"][0]["timestamp"] = at * 1000
+    deliver(database, channel, inbound)
+    fake_provider.add_inbound(channel.value, SENDER, contact, datetime.fromtimestamp(at, UTC))
+
+
+def enqueue(
+    database: Database,
+    channel: Channel,
+    contacts: list[str],
+    step: dict[str, Any],
+    *,
+    windows: bool,
+    policy: str = "allow",  # these campaigns reach one contact moments apart
+) -> tuple[uuid.UUID, EnqueueReport]:
+    campaign_id = uuid.uuid4()
+    request = EnqueueRequest.model_validate(
+        {
+            "source": "sendonce.manual",
+            "campaign_id": str(campaign_id),
+            "campaign_name": f"window {channel.value}",
+            "channel": channel.value,
+            "sender_provider_id": SENDER,
+            "contacts": [{"address": a} for a in contacts],
+            "steps": [step],
+            "cross_campaign_policy": policy,
+        }
+    )
+    return campaign_id, enqueue_campaign(database, request, config=EngineConfig(channel_windows=windows))
+
+
+@pytest.mark.parametrize(
+    ("channel", "warm", "cold", "rule"),
+    [
+        (Channel.WHATSAPP, "15550100021", "15550100022", "WhatsApp's 24-hour customer service window"),
+        (
+            Channel.MESSENGER,
+            "6284930172648021",
+            "6284930172648022",
+            "Messenger's 24-hour standard messaging window",
+        ),
+    ],
+)
+def test_enqueue_refuses_contacts_outside_the_window_and_sends_to_those_inside(
+    database: Database,
+    fake_provider: FakeProvider,
+    deps: DispatchDeps,
+    channel: Channel,
+    warm: str,
+    cold: str,
+    rule: str,
+) -> None:
+    """A plain-text step (WhatsApp free-form; Messenger UPDATE) to a contact who has not written
+    in 24 hours could only be held for ever (a reply would stop the sequence): enqueue refuses
+    that contact with the reason and writes nothing for it; the warm contact is sent."""
+    fake_provider.set_windows(True)
+    wrote_an_hour_ago(database, fake_provider, channel, warm)
+    windowed = dataclasses.replace(deps, settings=deps.settings.model_copy(update={"channel_windows": True}))
+
+    campaign_id, report = enqueue(
+        database, channel, [warm, cold], {"message_type": "intro", "body": "Hi there"}, windows=True
+    )
+    assert (report.rows_enqueued, report.contacts_rejected) == (1, 1)
+    assert report.rejected_by_reason == {"window_closed": 1}
+    [refused] = report.rejected_examples
+    assert (refused.index, refused.reason) == (1, "window_closed")
+    assert refused.address != cold  # masked, like every reported address
+    assert refused.detail.startswith(f"step 1 (intro) needs {rule}")
+    assert "has never written" in refused.detail and "could never be sent" in refused.detail
+    written = database.fetch_one(
+        "SELECT (SELECT count(*) FROM contacts WHERE address = %(a)s) AS contacts,"
+        " (SELECT count(*) FROM campaign_contacts WHERE campaign_id = %(c)s) AS members",
+        {"a": cold, "c": campaign_id},
+    )
+    assert written is not None and (written["contacts"], written["members"]) == (0, 1)
+
+    run_dispatcher(windowed)
+    assert by_step(database, campaign_id) == {(warm, "intro"): "sent"}
+    assert [m["recipient"] for m in fake_provider.ledger()] == [warm]
+
+    # A CSV import into the same campaign refuses the cold contact the same way, by line.
+    imported = import_contacts(
+        database, campaign_id, f"address\n{cold}\n".encode(), config=EngineConfig(channel_windows=True)
+    )
+    assert (imported.contacts_added, imported.rejected_by_reason) == (0, {"window_closed": 1})
+    [problem] = imported.problems
+    assert (problem.line, problem.reason) == (2, "window_closed")
+    assert problem.detail.startswith(f"step 1 (intro) needs {rule}")
+    # And so does campaign.create with contacts (checked against the stored steps).
+    spec = CampaignSpec.model_validate(
+        {
+            "campaign_id": str(uuid.uuid4()),
+            "name": "window create",
+            "channel": channel.value,
+            "senders": [SENDER],
+            "steps": [{"message_type": "intro", "body": "Hi there"}],
+            "contacts": [{"address": cold}],
+        }
+    )
+    created = create_campaign(
+        database, spec, operator="test", config=EngineConfig(channel_windows=True), start=True
+    )
+    assert (created.contacts_added, created.rejected_by_reason) == (0, {"window_closed": 1})
+
+    # A step that needs no window is never refused: the cold contact is admitted and sent.
+    exempt = (
+        {"message_type": "tpl", "body": "[template order_update]", "content": ORDER_UPDATE}
+        if channel is Channel.WHATSAPP
+        else {
+            "message_type": "tagged",
+            "body": "Your account was updated",
+            "content": {
+                "kind": "text",
+                "text": "Your account was updated",
+                "messaging_type": "MESSAGE_TAG",
+                "tag": "ACCOUNT_UPDATE",
+            },
+        }
+    )
+    if channel is Channel.WHATSAPP:
+        synced(database, fake_provider, deps)
+    tagged_id, tagged = enqueue(database, channel, [cold], exempt, windows=True)
+    assert (tagged.rows_enqueued, tagged.contacts_rejected) == (1, 0)
+    run_dispatcher(windowed)
+    assert by_step(database, tagged_id) == {(cold, exempt["message_type"]): "sent"}
+
+    # SENDONCE_CHANNEL_WINDOWS=false turns the enqueue check off too: the cold contact joins
+    # (and nothing holds it at send time either).
+    _, unchecked = enqueue(
+        database, channel, [cold], {"message_type": "again", "body": "Hi again"}, windows=False
+    )
+    assert (unchecked.rows_enqueued, unchecked.contacts_rejected) == (1, 0)
 
 
 def test_invitation_acceptance_then_follow_up(

@@ -197,3 +197,28 @@ def test_bad_configuration_fails_at_cold_start_with_the_field_name(stack: LocalS
     invocation = stack.spawn("dispatcher", EVENTS / "dispatcher-scheduled.json", env=env)
     with pytest.raises(RuntimeError, match="batch_size"):
         invocation.finish()
+
+
+def test_the_enqueue_handler_answers_which_contacts_the_24_hour_window_refused(stack: LocalStack) -> None:
+    """The Messenger sample (plain text: messaging_type UPDATE) to pages' contacts who never
+    wrote, with the windows on as deployed: each is refused with the rule in the answer, and
+    nothing is written for them (the campaign and its sender are created as for any enqueue)."""
+    event = json.loads((EVENTS / "enqueue-messenger.json").read_text())
+    event["campaign_id"] = str(uuid.uuid4())
+    before = written(stack)
+    answer = stack.spawn("enqueue", event, env=stack.env(SENDONCE_CHANNEL_WINDOWS="true")).finish()
+    assert (answer["rows_enqueued"], answer["contacts_rejected"]) == (0, 2)
+    assert answer["rejected_by_reason"] == {"window_closed": 2}
+    assert [r["index"] for r in answer["rejected_examples"]] == [0, 1]
+    for refused in answer["rejected_examples"]:
+        assert refused["reason"] == "window_closed"
+        assert refused["detail"].startswith(
+            "step 1 (post_purchase) needs Messenger's 24-hour standard messaging window"
+        )
+        assert refused["detail"].endswith(
+            "use messaging_type MESSAGE_TAG with a tag Meta allows for this message"
+        )
+    after = written(stack)
+    assert [after[k] for k in ("contacts", "members", "queue")] == [
+        before[k] for k in ("contacts", "members", "queue")
+    ]

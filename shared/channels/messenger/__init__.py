@@ -9,10 +9,11 @@ from typing import Any
 import httpx
 
 from shared.channels.auth import WebhookSecretSource
-from shared.channels.content import ContentModel
+from shared.channels.content import ContentModel, WindowRule
 from shared.channels.events import ProviderEvent
 from shared.channels.messenger import content, webhook
 from shared.channels.messenger.adapter import MessengerSendAdapter
+from shared.channels.messenger.content import Media, Text
 from shared.channels.spec import ChannelDefaults
 from shared.config import Settings
 from shared.providers.http import PausePolicy
@@ -44,6 +45,12 @@ class MessengerChannel(ChannelDefaults):
 
     def parse_content(self, raw: Mapping[str, Any]) -> ContentModel:
         return content.parse(raw)
+
+    def window_rule(self, parsed: ContentModel | None) -> WindowRule | None:
+        if parsed is None:
+            return content.STANDARD_WINDOW  # plain text goes as messaging_type UPDATE
+        assert isinstance(parsed, Text | Media)
+        return content.window_rule(parsed)
 
     def hold_reason(self, message: OutboundMessage, now: datetime) -> str | None:
         return content.hold_reason(message, now)

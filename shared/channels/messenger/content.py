@@ -5,6 +5,12 @@ Sources:
 * messaging types and the window: Send API reference ("the message recipient must have sent
   your Page a message within the last 24 hours"), https://developers.facebook.com/docs/messenger-platform/reference/send-api/
   and https://developers.facebook.com/docs/messenger-platform/send-messages#messaging_types;
+  the policy overview: "Standard messaging — Businesses have the duration of the standard
+  messaging window to respond to a user [...] For most user actions, it lasts 24 hours",
+  https://developers.facebook.com/documentation/business-messaging/messenger-platform/policy/.
+  The same page lets a window opened from a Click-to-Messenger ad last up to 7 days; the
+  webhook does not tell that entry point apart, so 24 hours is assumed (a step is held or
+  refused that Meta might have taken, never sent to fail);
 * tags: "Message Tags", https://developers.facebook.com/docs/messenger-platform/send-messages/message-tags/
   lists CONFIRMED_EVENT_UPDATE, POST_PURCHASE_UPDATE, ACCOUNT_UPDATE and HUMAN_AGENT (a human
   agent's reply within 7 days of the person's message). The 2019 redesign retired every other
@@ -19,7 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, model_validator
 
-from shared.channels.content import ContentModel, window_open
+from shared.channels.content import WINDOW, ContentModel, WindowRule
 from shared.providers.outcome import OutboundMessage
 
 TEXT_MAX_CHARS = 2000
@@ -89,21 +95,32 @@ def of(message: OutboundMessage) -> Text | Media:
     return parse(message.content) if message.content is not None else Text(text=message.body)
 
 
+STANDARD_WINDOW = WindowRule(
+    WINDOW,
+    "Messenger's 24-hour standard messaging window (messaging_type RESPONSE or UPDATE)",
+    "use messaging_type MESSAGE_TAG with a tag Meta allows for this message",
+)
+HUMAN_AGENT = WindowRule(
+    HUMAN_AGENT_WINDOW,
+    "Messenger's 7-day human agent window (tag HUMAN_AGENT)",
+    "only a person's reply within 7 days of the contact's message may use HUMAN_AGENT",
+)
+
+
+def window_rule(content: Text | Media) -> WindowRule | None:
+    """How long after the person's last message this may be sent; ``None``: any time."""
+    if content.messaging_type != "MESSAGE_TAG":
+        return STANDARD_WINDOW
+    return HUMAN_AGENT if content.tag == "HUMAN_AGENT" else None
+
+
 def hold_reason(message: OutboundMessage, now: datetime) -> str | None:
     typed = of(message)
-    window = window_for(typed)
-    if window is not None and not window_open(message.last_inbound_at, now, window):
-        hours = int(window.total_seconds() // 3600)
+    rule = window_rule(typed)
+    if rule is not None and not rule.allows(message.last_inbound_at, now):
         return (
-            f"held: outside Messenger's {hours}-hour window for messaging_type {typed.messaging_type}"
+            f"held: outside Messenger's {rule.hours}-hour window for messaging_type {typed.messaging_type}"
             + (f" tag {typed.tag}" if typed.tag else "")
             + " (the person has not written since); Meta refuses it there (code 10, subcode 2018278)"
         )
     return None
-
-
-def window_for(content: Text | Media) -> timedelta | None:
-    """How long after the person's last message this may be sent; ``None``: any time."""
-    if content.messaging_type != "MESSAGE_TAG":
-        return timedelta(hours=24)
-    return HUMAN_AGENT_WINDOW if content.tag == "HUMAN_AGENT" else None

@@ -4,7 +4,9 @@ note, and InMail.
 Sources:
 * invitation: ``POST /api/v1/users/invite`` with JSON ``provider_id``, ``account_id`` and an
   optional ``message`` of at most 300 characters ("Send an invitation",
-  https://developer.unipile.com/reference/userscontroller_adduserbyidentifier, and
+  https://developer.unipile.com/reference/userscontroller_adduserbyidentifier: the request
+  schema's ``message`` has ``maxLength: 300``, "An optional message to go with the invitation
+  (max 300 chars)", and a longer one is answered 400 ``errors/too_many_characters``; and
   https://developer.unipile.com/docs/invite-users). The provider id comes from
   ``GET /api/v1/users/{identifier}?account_id=`` (same guide, "Convert Public ID to Provider ID");
 * InMail: ``POST /api/v1/chats`` with ``linkedin[inmail]=true`` (Start a new chat,
@@ -20,6 +22,8 @@ from pydantic import Field, TypeAdapter
 from shared.channels.content import ContentModel
 from shared.providers.outcome import OutboundMessage
 
+# Unipile's API reference (above): ``message`` maxLength 300. LinkedIn's lower figure for free
+# accounts (200) has only secondary sources, see ``shared.content.TEXT_LIMITS``.
 INVITATION_NOTE_MAX_CHARS = 300
 
 

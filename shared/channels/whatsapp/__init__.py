@@ -12,12 +12,12 @@ import psycopg
 from psycopg.rows import DictRow
 
 from shared.channels.auth import WebhookSecretSource
-from shared.channels.content import ContentModel
+from shared.channels.content import ContentModel, WindowRule
 from shared.channels.events import ProviderEvent
 from shared.channels.spec import ChannelDefaults
 from shared.channels.whatsapp import content, templates, webhook
 from shared.channels.whatsapp.adapter import WhatsAppCloudAdapter
-from shared.channels.whatsapp.content import Template
+from shared.channels.whatsapp.content import Media, Template, Text
 from shared.config import Settings
 from shared.providers.http import PausePolicy
 from shared.providers.outcome import Channel, OutboundMessage, ProviderAdapter
@@ -57,6 +57,12 @@ class WhatsAppChannel(ChannelDefaults):
             if isinstance(content, Template)
             else None
         )
+
+    def window_rule(self, parsed: ContentModel | None) -> WindowRule | None:
+        if parsed is None:
+            return content.CUSTOMER_SERVICE_WINDOW  # plain text is free-form
+        assert isinstance(parsed, Text | Media | Template)
+        return content.window_rule(parsed)
 
     def hold_reason(self, message: OutboundMessage, now: datetime) -> str | None:
         return content.hold_reason(message, now)

@@ -9,7 +9,13 @@ Sources:
 * the window: free-form messages only within 24 hours of the user's last message; outside it
   only templates (error 131047 "Re-engagement message"),
   https://developers.facebook.com/docs/whatsapp/conversation-types#customer-service-window
-  and https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes;
+  and https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes. Meta's
+  "Service messages" page: "When a WhatsApp user messages you or calls you, a 24-hour timer
+  called a customer service window starts [...] When the window closes, you can only send
+  pre-approved template messages",
+  https://developers.facebook.com/documentation/business-messaging/whatsapp/messages/send-messages.
+  Calls are not tracked here (no call webhook is subscribed), so a window a call opened is
+  seen as closed: a free-form step is held or refused, never sent to fail;
 * text body: at most 4096 characters (Cloud API messages reference, text object).
 """
 
@@ -20,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, model_validator
 
-from shared.channels.content import ContentModel, window_open
+from shared.channels.content import WINDOW, ContentModel, WindowRule
 from shared.providers.outcome import OutboundMessage
 
 TEXT_MAX_CHARS = 4096
@@ -127,10 +133,22 @@ def of(message: OutboundMessage) -> Text | Media | Template:
     return parse(message.content) if message.content is not None else Text(text=message.body)
 
 
+CUSTOMER_SERVICE_WINDOW = WindowRule(
+    WINDOW,
+    "WhatsApp's 24-hour customer service window (free-form text and media)",
+    "use an approved template (content kind template)",
+)
+
+
+def window_rule(content: Text | Media | Template) -> WindowRule | None:
+    return CUSTOMER_SERVICE_WINDOW if content.kind in FREE_FORM_KINDS else None
+
+
 def hold_reason(message: OutboundMessage, now: datetime) -> str | None:
     """Why a free-form message must not be offered now: outside the window Meta refuses it
     with 131047, so it waits (a reply reopens the window) instead of failing."""
-    if of(message).kind in FREE_FORM_KINDS and not window_open(message.last_inbound_at, now):
+    rule = window_rule(of(message))
+    if rule is not None and not rule.allows(message.last_inbound_at, now):
         return (
             "held: outside the 24-hour customer service window (the contact has not written in the "
             "last 24 hours); a free-form WhatsApp message is refused there, only a template may be sent"
