@@ -313,20 +313,25 @@ def _deliver(
     gate_seconds = 0.0
     declined: CallSlot | None = None
 
-    def call_provider() -> SendOutcome:
-        nonlocal provider_seconds, gate_seconds, declined
+    def take_call_slot() -> SendOutcome | None:
+        nonlocal gate_seconds, declined
         gate_started = time.perf_counter()
         slot = _take_call_slot(gate, message, settings, remaining)
         gate_seconds = time.perf_counter() - gate_started
-        if not slot.granted:
-            declined = slot
-            # No call was made: provably not sent, so the guard removes this writer's record.
-            return SendOutcome.retry_later(timedelta(seconds=slot.retry_after_seconds), CALL_SLOT_DECLINED)
+        if slot.granted:
+            return None
+        declined = slot
+        # No call was made: provably not sent, so the guard removes this writer's record.
+        return SendOutcome.retry_later(timedelta(seconds=slot.retry_after_seconds), CALL_SLOT_DECLINED)
+
+    def call_provider() -> SendOutcome:
+        nonlocal provider_seconds
         started = time.perf_counter()
         try:
-            return adapter.send(message)
+            return adapter.send(message, before_call=take_call_slot)
         finally:
-            provider_seconds = time.perf_counter() - started
+            if declined is None:
+                provider_seconds = time.perf_counter() - started - gate_seconds
 
     def proves_unsent(writer: str) -> bool:
         spare = remaining.get_remaining_time_in_millis() - settings.stop_claiming_margin_ms

@@ -36,6 +36,7 @@ from shared.observability import logger
 from shared.providers.deadline import call_deadline
 from shared.providers.outcome import (
     PROVABLY_NOT_SENT,
+    BeforeCall,
     Channel,
     OutboundMessage,
     OutcomeKind,
@@ -260,7 +261,7 @@ class HttpAdapter(ABC):
     @abstractmethod
     def _classify(self, response: httpx.Response) -> SendOutcome: ...
 
-    def send(self, message: OutboundMessage) -> SendOutcome:
+    def send(self, message: OutboundMessage, before_call: BeforeCall | None = None) -> SendOutcome:
         try:
             token = _checked_token(self._token())
         except Exception as exc:
@@ -270,6 +271,12 @@ class HttpAdapter(ABC):
             request = self._build_request(message, token)
         except Exception as exc:
             return SendOutcome.retry_later(None, f"{self.provider}:request_not_built", _safe(exc, token))
+        if before_call is not None:
+            # Last, after the secret read (a network call on a cold cache): what the hook
+            # times, the send-time gate, is then followed by the request alone.
+            refused = before_call()
+            if refused is not None:
+                return refused
 
         try:
             with call_deadline(self._call_budget):

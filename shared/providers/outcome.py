@@ -7,6 +7,7 @@ only those outcomes may ever lead to another provider call for the same message.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal, Protocol
@@ -133,10 +134,16 @@ class SendOutcome(BaseModel):
         return cls(kind=OutcomeKind.AMBIGUOUS, reason=reason, detail=detail[:2000], http_status=http_status)
 
 
+# Called by an adapter with everything ready (token read, request built), right before the
+# request goes out: ``None`` lets it go, an outcome is returned instead of making the call.
+# The dispatcher's send-time gate waits here for the sender's call slot (shared/call_slots.py).
+BeforeCall = Callable[[], "SendOutcome | None"]
+
+
 class ProviderAdapter(Protocol):
     """Sends one message and classifies what happened. Must never raise for a provider or
     network outcome: every one of them is a ``SendOutcome``."""
 
     channel: Channel
 
-    def send(self, message: OutboundMessage) -> SendOutcome: ...
+    def send(self, message: OutboundMessage, before_call: BeforeCall | None = None) -> SendOutcome: ...

@@ -17,7 +17,7 @@ from devstack.testing import enqueue_contacts, expire_leases
 from shared.dispatch import DispatchDeps, dispatch
 from shared.events import DispatchRequest
 from shared.idempotency import RecordState, SendGuard
-from shared.providers.outcome import Channel, OutboundMessage, ProviderAdapter, SendOutcome
+from shared.providers.outcome import BeforeCall, Channel, OutboundMessage, ProviderAdapter, SendOutcome
 from shared.queue import QueueRepository
 from shared.storage.db import Database, DatabaseUnavailableError
 from shared.sweeper import SweepDeps, sweep
@@ -341,8 +341,8 @@ class AnswerHeldBack:
         self.accepted = threading.Event()
         self.release = threading.Event()
 
-    def send(self, message: OutboundMessage) -> SendOutcome:
-        outcome = self.adapter.send(message)
+    def send(self, message: OutboundMessage, before_call: BeforeCall | None = None) -> SendOutcome:
+        outcome = self.adapter.send(message, before_call)
         self.accepted.set()
         self.release.wait(HANG_GUARD_SECONDS)
         return outcome
@@ -401,8 +401,8 @@ class FirstAnswerHeldBack:
         self._lock = threading.Lock()
         self._first: int | None = None
 
-    def send(self, message: OutboundMessage) -> SendOutcome:
-        outcome = self.adapter.send(message)
+    def send(self, message: OutboundMessage, before_call: BeforeCall | None = None) -> SendOutcome:
+        outcome = self.adapter.send(message, before_call)
         with self._lock:
             if self._first is None:
                 self._first = message.queue_id

@@ -20,7 +20,7 @@ from shared.channels.unipile.adapter import UnipileLinkedInAdapter
 from shared.channels.whatsapp.adapter import WhatsAppCloudAdapter
 from shared.config import Settings
 from shared.providers.http import PausePolicy, exception_outcome
-from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind
+from shared.providers.outcome import Channel, OutboundMessage, OutcomeKind, SendOutcome
 from shared.providers.registry import build_adapters, build_read_backs, make_http_client
 from shared.providers.secrets import StaticTokenSource, TokenSource, TokenUnavailableError
 
@@ -312,3 +312,20 @@ def test_whatsapp_request_matches_the_openapi_spec(adapters: dict[Channel, Any],
     assert list(validator.iter_errors(body)) == []
     # The patch is narrow: the spec still rejects a text message without a text object.
     assert list(validator.iter_errors({k: v for k, v in body.items() if k != "text"}))
+
+
+@pytest.mark.parametrize("channel", list(Channel))
+def test_the_before_call_hook_runs_last_and_its_refusal_makes_no_request(
+    adapters: dict[Channel, Any], recorder: Recorder, channel: Channel
+) -> None:
+    refused = SendOutcome.retry_later(None, "sendonce:no_call_slot")
+    outcome = adapters[channel].send(message(channel), before_call=lambda: refused)
+    assert outcome is refused
+    assert recorder.requests == []
+
+    seen_before_call: list[int] = []
+    outcome = adapters[channel].send(
+        message(channel), before_call=lambda: seen_before_call.append(len(recorder.requests))
+    )
+    assert outcome.kind is OutcomeKind.SENT
+    assert seen_before_call == [0] and len(recorder.requests) == 1
