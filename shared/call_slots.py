@@ -13,8 +13,9 @@ spaces the calls themselves, on the database's clock every dispatcher shares:
   ago (a compare-and-set on its time), so no two granted calls are closer than the spacing
   however late a caller wakes up.
 
-The wait happens after the idempotency record is written, as close to the call as it can be, so
-it is bounded: a caller whose slot lies beyond ``max_wait_seconds`` takes none and its row goes
+The wait happens as close to the call as it can be: inside the idempotency guard, once the
+adapter has read its token and built the request (``BeforeCall``), so only the request itself
+follows the grant. It is bounded: a caller whose slot lies beyond ``max_wait_seconds`` takes none and its row goes
 back to the queue unsent (its record released, its attempt refunded). A process killed during
 the wait leaves its row as one killed just before its call always did: ``sending`` with an
 INPROGRESS record, which the sweeper treats as ambiguous (README, "Not guaranteed").
