@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
+from collections.abc import Callable
 from typing import Any, LiteralString
 
 import psycopg
@@ -183,3 +185,12 @@ def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     for child in plan.get("Plans", []):
         found += plan_nodes(child)
     return found
+
+
+def run_in_threads(target: Callable[[], object], count: int) -> None:
+    """Start ``count`` threads running ``target`` at once and wait for all of them."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

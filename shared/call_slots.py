@@ -15,10 +15,11 @@ spaces the calls themselves, on the database's clock every dispatcher shares:
 
 The wait happens as close to the call as it can be: inside the idempotency guard, once the
 adapter has read its token and built the request (``BeforeCall``), so only the request itself
-follows the grant. It is bounded: a caller whose slot lies beyond ``max_wait_seconds`` takes none and its row goes
-back to the queue unsent (its record released, its attempt refunded). A process killed during
-the wait leaves its row as one killed just before its call always did: ``sending`` with an
-INPROGRESS record, which the sweeper treats as ambiguous (README, "Not guaranteed").
+follows the grant. It is bounded: a caller whose slot lies beyond ``max_wait_seconds`` takes
+none, and its row goes back to the queue unsent (its record released, its attempt refunded). A
+process killed during the wait leaves its row as one killed just before its call always did:
+``sending`` with an INPROGRESS record, which the sweeper treats as ambiguous (README, "Not
+guaranteed").
 """
 
 from __future__ import annotations

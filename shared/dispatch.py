@@ -350,19 +350,15 @@ def _deliver(
         tally.add_provider_latency(message.channel.value, provider_seconds)
 
     if declined is not None:
-        # Recorded as not called under this writer: if the guard could not remove its record,
-        # the next attempt's put finds this proof and releases it.
-        with tally.timed(Stage.POSTGRES):
-            queue.settle_pending(
-                message,
-                delay_seconds=declined.retry_after_seconds,
-                outcome=None,
-                refund_attempt=True,
-                last_error="released unsent: no call slot for its sender within the wait limit",
-                writer=result.writer,
-            )
+        _release_unsent(
+            queue,
+            message,
+            tally,
+            declined.retry_after_seconds,
+            "no call slot for its sender within the wait limit",
+            writer=result.writer,
+        )
         tally.add(Metric.CALL_SLOT_DECLINED)
-        tally.add(Metric.RELEASED_UNSENT)
         logger.info(
             "not sent: no call slot within the wait limit",
             extra={**_keys(message), "retry_after_seconds": round(declined.retry_after_seconds, 3)},
@@ -445,17 +441,26 @@ def _take_call_slot(
 
 
 def _release_unsent(
-    queue: QueueRepository, message: ClaimedMessage, tally: Tally, delay: float, why: str
+    queue: QueueRepository,
+    message: ClaimedMessage,
+    tally: Tally,
+    delay: float,
+    why: str,
+    *,
+    writer: str | None = None,
 ) -> None:
-    """A claimed row this invocation will not offer to a provider goes straight back."""
+    """A row this invocation will not offer to a provider goes straight back: a claimed one,
+    or, with the ``writer`` whose record the guard removed, one in ``sending`` (recorded as not
+    called under that writer, so a record the removal left behind is released on its proof)."""
     with tally.timed(Stage.POSTGRES):
         queue.settle_pending(
             message,
             delay_seconds=delay,
             outcome=None,
-            expected=QueueStatus.CLAIMED,
+            expected=QueueStatus.CLAIMED if writer is None else QueueStatus.SENDING,
             refund_attempt=True,
             last_error=f"released unsent: {why}",
+            writer=writer,
         )
     tally.add(Metric.RELEASED_UNSENT)
 

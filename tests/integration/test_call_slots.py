@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from devstack.testing import enqueue_contacts
+from devstack.testing import enqueue_contacts, run_in_threads
 from shared.call_slots import CallGate, CallSlot
 from shared.dispatch import DispatchDeps, dispatch
 from shared.events import DispatchRequest
@@ -77,17 +77,13 @@ def test_rate_slots_taken_by_racing_threads_are_a_gap_apart(database: Database) 
     granted: list[CallSlot] = []
     lock = threading.Lock()
 
-    def take(n: int) -> None:
-        for _ in range(n):
+    def take() -> None:
+        for _ in range(10):
             slot = gate.wait_for_slot(message_for(sender, gap, spaced=False), max_wait_seconds=60)
             with lock:
                 granted.append(slot)
 
-    threads = [threading.Thread(target=take, args=(10,)) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(take, 8)
     assert len(granted) == 80 and all(s.granted for s in granted)
     times = [s.granted_at for s in granted if s.granted_at is not None]
     assert len(set(times)) == 80
@@ -126,11 +122,7 @@ def test_spaced_calls_are_granted_no_closer_than_the_spacing(database: Database)
         with lock:
             results.append(slot)
 
-    threads = [threading.Thread(target=take) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(take, 5)
     granted = [s.granted_at for s in results if s.granted and s.granted_at is not None]
     # Callers race for each grant; how many win within their retries depends on the machine,
     # the spacing between the grants does not.

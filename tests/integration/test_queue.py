@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from devstack.testing import run_in_threads
 from shared.enqueue import enqueue_campaign
 from shared.events import EnqueueRequest
 from shared.providers.outcome import SendOutcome
@@ -114,11 +115,7 @@ def test_racing_enqueues_of_the_same_campaign_create_each_row_once(database: Dat
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(run, 6)
     assert not errors
     counts = database.fetch_one(
         "SELECT count(*) AS n, count(DISTINCT (contact_id, message_type)) AS uniq,"
@@ -166,11 +163,7 @@ def test_overlapping_claims_are_disjoint(database: Database, queue: QueueReposit
             with lock:
                 claimed.append(batch)
 
-    threads = [threading.Thread(target=claim) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(claim, 8)
     ids = [m.queue_id for batch in claimed for m in batch]
     assert len(ids) == len(set(ids)) == 500
     assert queue.status_counts() == {"claimed": 500}
