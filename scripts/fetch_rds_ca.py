@@ -42,8 +42,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID
 
 DIR = Path(__file__).resolve().parents[1] / "layers" / "deps" / "rds-ca"
@@ -319,9 +319,13 @@ def select(
             expired.append(common_name(certificate.subject))
             continue
         problem = certificate_refusal(certificate, now, RDS_ROOT_NAME)
-        organizations = [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+        organizations = [
+            a.value for a in certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        ]
         if problem is None and organizations != [RDS_ORGANIZATION]:
-            problem = f"{common_name(certificate.subject)}: organization {organizations}, not {RDS_ORGANIZATION}"
+            problem = (
+                f"{common_name(certificate.subject)}: organization {organizations}, not {RDS_ORGANIZATION}"
+            )
         if problem:
             raise Refused(problem)
         chosen.setdefault(sha256_fingerprint(certificate), certificate)
@@ -389,8 +393,12 @@ def cross_check(bundle: bytes, reference: Sequence[bytes], now: datetime.datetim
         for c in x509.load_pem_x509_certificates(data)
         if not _is_expired(c, now)
     }
-    missing = [f"missing here: {common_name(theirs[f].subject)} {f}" for f in sorted(theirs.keys() - ours.keys())]
-    extra = [f"not in AWS's files: {common_name(ours[f].subject)} {f}" for f in sorted(ours.keys() - theirs.keys())]
+    missing = [
+        f"missing here: {common_name(theirs[f].subject)} {f}" for f in sorted(theirs.keys() - ours.keys())
+    ]
+    extra = [
+        f"not in AWS's files: {common_name(ours[f].subject)} {f}" for f in sorted(ours.keys() - theirs.keys())
+    ]
     return missing + extra
 
 
@@ -445,7 +453,7 @@ def main(argv: list[str]) -> int:
         f"{BUNDLE.relative_to(DIR.parents[2])}: {len(selection.certificates)} CA certificates, "
         f"sha256 {digest}\n  RDS regions: {', '.join(regions)}\n  RDS Proxy: {PROXY_ROOT}"
         + (" (same as Debian ca-certificates)" if DEBIAN_AMAZON_ROOT_CA_1.is_file() else "")
-        + f"\n  left out: {len(selection.expired)} expired, unused from proxies.js: {', '.join(selection.unused)}"
+        + f"\n  left out: {len(selection.expired)} expired; from proxies.js: {', '.join(selection.unused)}"
     )
     if "--cross-check-aws" in argv:
         try:
