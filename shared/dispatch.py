@@ -82,9 +82,16 @@ class _PausedSenders:
         with self._lock:
             self._until[sender] = max(until, self._until.get(sender, until))
 
-    def until(self, sender: UUID) -> datetime | None:
+    def until(self, sender: UUID, now: datetime) -> datetime | None:
+        """When the sender may be offered again, while that is still ahead of ``now``; a hold
+        that has ended is forgotten, so the rest of the invocation serves the sender again
+        instead of claiming and releasing its rows until it stops."""
         with self._lock:
-            return self._until.get(sender)
+            until = self._until.get(sender)
+            if until is not None and until <= now:
+                del self._until[sender]
+                return None
+            return until
 
 
 def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingTime) -> DispatchReport:
@@ -245,9 +252,10 @@ def _deliver(
 ) -> object:
     settings = deps.settings
     queue = deps.queue
-    paused_until = paused.until(message.sender_account_id)
+    now = datetime.now(UTC)
+    paused_until = paused.until(message.sender_account_id, now)
     if paused_until is not None:
-        delay = max(0.0, (paused_until - datetime.now(UTC)).total_seconds())
+        delay = (paused_until - now).total_seconds()
         _release_unsent(queue, message, tally, delay, "sender paused earlier in this invocation")
         return None
     if remaining.get_remaining_time_in_millis() < settings.stop_claiming_margin_ms:
