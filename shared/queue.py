@@ -12,8 +12,10 @@ row owned by another invocation is never moved. Methods return whether the CAS t
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -218,7 +220,7 @@ class QueueRepository:
                 call_gap_spaced=gaps[row["sender_account_id"]].spaced,
                 **row,
             )
-            for row in rows
+            for row in interleave_by_sender(rows)
         ]
 
     def throttle_sender(self, sender_account_id: UUID, hold: timedelta) -> datetime:
@@ -414,6 +416,18 @@ def _budget_after(
     # it is looked at again after a short back-off.
     park_until = allowed.retry_at or now + EMPTY_CLAIM_BACKOFF
     return replace(state, next_slot_at=max(park_until, state.next_slot_at or park_until))
+
+
+def interleave_by_sender[Row: Mapping[str, Any]](rows: Sequence[Row]) -> list[Row]:
+    """The claimed rows in turns, one per sender per turn (each sender's own in the order the
+    claim returned them). The dispatcher hands rows to its send threads in this order; with one
+    sender's rows first, they would take every thread while they wait for that sender's call
+    slots, and another sender's rows would queue behind them."""
+    by_sender: dict[object, list[Row]] = {}
+    for row in rows:
+        by_sender.setdefault(row["sender_account_id"], []).append(row)
+    turns = itertools.zip_longest(*by_sender.values())
+    return [row for turn in turns for row in turn if row is not None]
 
 
 def _served_at(lock_order: list[UUID], claimed: Counter[UUID], now: datetime) -> dict[UUID, datetime]:

@@ -20,6 +20,7 @@ from shared.queue import (
     QueueStatus,
     RetryPolicy,
     check_transition,
+    interleave_by_sender,
 )
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -199,3 +200,13 @@ def test_tally_reports_every_metric_and_stage() -> None:
     assert tally.counts()["Sent"] == 3
     assert tally.counts()["DuplicatePrevented"] == 0
     assert tally.seconds() == {"postgres": 0.0, "dynamodb": 0.0, "provider": 0.5, "call_slot": 0.0}
+
+
+def test_claimed_rows_are_handed_out_in_turns_between_senders() -> None:
+    rows = [
+        {"sender_account_id": s, "n": n}
+        for s, n in [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("c", 1), ("b", 2)]
+    ]
+    order = [(r["sender_account_id"], r["n"]) for r in interleave_by_sender(rows)]
+    assert order == [("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2), ("a", 3)]
+    assert interleave_by_sender([]) == []
