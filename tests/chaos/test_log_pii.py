@@ -19,13 +19,19 @@ import pytest
 from devstack.aws import TEST_SECRETS
 from devstack.demo import demo_campaigns
 from devstack.stack import ROOT, LocalStack
-from devstack.testing import TEST_TOKENS, enqueue_contacts, expire_leases
+from devstack.testing import TEST_TOKENS, end_holds, enqueue_contacts, expire_leases
 from tests.chaos.demo_run import DEMO_CONTACTS, DemoRun
 
 pytestmark = pytest.mark.chaos
 SCHEDULED = ROOT / "events" / "dispatcher-scheduled.json"
 SWEEP = ROOT / "events" / "sweeper-scheduled.json"
 HANG_GUARD_SECONDS = 600
+# The shortest dispatcher timeout the settings accept (twice the 59 s stop-claiming margin, plus
+# 1 s) leaves a claiming budget shorter than Messenger's 60 s throttle hold (code 613), so the
+# dispatchers end instead of waiting the hold out, idle, for a minute; every row not held is
+# still sent before they end. The test then moves the clock past the hold (``end_holds``) and the
+# next tick sends the held rows.
+DISPATCHER_TIMEOUT = 119
 
 PHONES = [f"1555{i:07d}" for i in range(24)]
 # Messenger page-scoped ids are long digit strings.
@@ -41,7 +47,8 @@ TOKENS = sorted({*TEST_SECRETS.values(), *TEST_TOKENS.values()})
 
 @pytest.fixture
 def stack(pg_server: Any) -> Iterator[LocalStack]:
-    with LocalStack(database_url=pg_server.admin_url, settings_overrides={"send_concurrency": 4}) as running:
+    overrides = {"send_concurrency": 4, "dispatcher_timeout_seconds": DISPATCHER_TIMEOUT}
+    with LocalStack(database_url=pg_server.admin_url, settings_overrides=overrides) as running:
         yield running
 
 
@@ -86,15 +93,20 @@ def test_chaos_run_logs_no_contact_data_body_or_token(stack: LocalStack) -> None
     )
     env = debug_env(stack)
     dispatchers = [
-        stack.spawn("dispatcher", SCHEDULED, env=env, log_name=f"dispatcher-{n}") for n in range(3)
+        stack.spawn(
+            "dispatcher", SCHEDULED, timeout_seconds=DISPATCHER_TIMEOUT, env=env, log_name=f"dispatcher-{n}"
+        )
+        for n in range(3)
     ]
     reports = [d.finish(timeout=HANG_GUARD_SECONDS) for d in dispatchers]
-    # Leases run out (the clock, moved by SQL), the sweeper settles, the next tick sends more.
+    # Leases and throttle holds run out (the clock, moved by SQL), the sweeper settles, the next
+    # tick sends more.
     expire_leases(stack.db)
+    end_holds(stack.db)
     stack.spawn("sweeper", SWEEP, env=env).finish(timeout=HANG_GUARD_SECONDS)
-    stack.spawn("dispatcher", SCHEDULED, env=env, log_name="dispatcher-again").finish(
-        timeout=HANG_GUARD_SECONDS
-    )
+    stack.spawn(
+        "dispatcher", SCHEDULED, timeout_seconds=DISPATCHER_TIMEOUT, env=env, log_name="dispatcher-again"
+    ).finish(timeout=HANG_GUARD_SECONDS)
     stack.spawn("sweeper", SWEEP, env=env, log_name="sweeper-again").finish(timeout=HANG_GUARD_SECONDS)
 
     counts = {k: sum(r["counts"][k] for r in reports) for k in ("Sent", "Failed", "Ambiguous", "Retried")}
