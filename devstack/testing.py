@@ -88,6 +88,16 @@ def expire_leases(db: Database) -> None:
         )
 
 
+def end_holds(db: Database) -> None:
+    """Move every sender's throttle hold (its next slot) and every pending row's backoff into the
+    past: the clock jumping ahead past a provider's Retry-After, not a change of state."""
+    with db.connection() as conn:
+        conn.execute("UPDATE sender_accounts SET next_slot_at = now() WHERE next_slot_at > now()")
+        conn.execute(
+            "UPDATE send_queue SET scheduled_for = now() WHERE status = 'pending' AND scheduled_for > now()"
+        )
+
+
 def outlive_claims(db: Database) -> None:
     """Move every row's last claim a day into the past: every invocation that claimed one has
     long been stopped by Lambda, so decisions that wait for that (a resend, a redrive) may act."""

@@ -16,12 +16,15 @@ from devstack.testing import TEST_TOKENS, enqueue_contacts
 from shared.providers.outcome import Channel, OutboundMessage
 from shared.providers.registry import build_adapters
 from shared.providers.secrets import StaticTokenSource
+from tests.chaos.demo_run import DemoRun
 
 pytestmark = pytest.mark.chaos
 
 
-def test_the_demo_runs_end_to_end_and_passes_its_verdict() -> None:
-    assert demo.main(["--contacts", "12", "--dispatchers", "2"]) == 0
+def test_the_demo_runs_end_to_end_and_passes_its_verdict(demo_run: DemoRun) -> None:
+    # The run is shared with the log test (tests/chaos/conftest.py): one demo, two verdicts.
+    assert demo_run.returncode == 0, demo_run.tail()
+    assert "verdict: every message reached its recipient at most once" in demo_run.stdout, demo_run.tail()
 
 
 @pytest.fixture
