@@ -40,11 +40,10 @@ SPACED_RETRIES = 4
 
 @dataclass(frozen=True)
 class CallSlot:
-    """The gate's answer: the call may start now (after ``waited_seconds``), or it must not be
-    made in this invocation and is worth trying again after ``retry_after_seconds``."""
+    """The gate's answer: the call may start now (its wait is over), or it must not be made in
+    this invocation and is worth trying again after ``retry_after_seconds``."""
 
     granted: bool
-    waited_seconds: float = 0.0
     granted_at: datetime | None = None
     retry_after_seconds: float = 0.0
 
@@ -57,7 +56,7 @@ class CallGate:
     def wait_for_slot(self, message: ClaimedMessage, max_wait_seconds: float) -> CallSlot:
         """Take the sender's next call slot if it starts within ``max_wait_seconds``, and wait
         for it. Unpaced senders pass at once without a statement."""
-        gap = CallGap(message.call_gap_seconds, message.call_gap_spaced)
+        gap = message.call_gap
         if gap.seconds <= 0:
             return CallSlot(granted=True)
         params = {
@@ -74,18 +73,18 @@ class CallGate:
             wait = float(row["wait_seconds"])
             if wait > 0:
                 self._sleep(wait)
-            return CallSlot(granted=True, waited_seconds=wait, granted_at=row["granted_at"])
+            return CallSlot(granted=True, granted_at=row["granted_at"])
         waited = 0.0
         for _ in range(SPACED_RETRIES):
             row = self._db.fetch_one(sql.TAKE_SPACED_CALL_SLOT, params)
             if row is not None:
-                return CallSlot(granted=True, waited_seconds=waited, granted_at=row["granted_at"])
+                return CallSlot(granted=True, granted_at=row["granted_at"])
             needed = self._wait_needed(gap, params)
             if waited + needed > max_wait_seconds:
-                return CallSlot(granted=False, waited_seconds=waited, retry_after_seconds=needed)
+                return CallSlot(granted=False, retry_after_seconds=needed)
             self._sleep(needed)
             waited += needed
-        return CallSlot(granted=False, waited_seconds=waited, retry_after_seconds=gap.seconds)
+        return CallSlot(granted=False, retry_after_seconds=gap.seconds)
 
     def _wait_needed(self, gap: CallGap, params: dict[str, object]) -> float:
         row = self._db.fetch_one(sql.CALL_SLOT_WAIT, {**params, "spaced": gap.spaced})

@@ -112,6 +112,7 @@ def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingT
     batches = 0
     stopped_because = "queue drained"
     paused = _PausedSenders()
+    gate = CallGate(deps.queue.db, deps.sleep)
     with tally.timed(Stage.POSTGRES):
         deps.queue.db.ping()
 
@@ -160,7 +161,9 @@ def dispatch(deps: DispatchDeps, request: DispatchRequest, remaining: RemainingT
                     tally.add(Metric.CLAIMED, len(claimed))
                     log.debug("claimed batch", extra={"batch": batches, "rows": len(claimed)})
                     for message in claimed:
-                        in_flight.add(pool.submit(_deliver_safely, deps, message, remaining, tally, paused))
+                        in_flight.add(
+                            pool.submit(_deliver_safely, deps, gate, message, remaining, tally, paused)
+                        )
                     continue
                 if not in_flight:
                     if _wait_for_claimable(deps, remaining, tally):
@@ -225,13 +228,14 @@ def _claim_retry_after(deps: DispatchDeps, tally: Tally) -> float:
 
 def _deliver_safely(
     deps: DispatchDeps,
+    gate: CallGate,
     message: ClaimedMessage,
     remaining: RemainingTime,
     tally: Tally,
     paused: _PausedSenders,
 ) -> object:
     try:
-        return _deliver(deps, message, remaining, tally, paused)
+        return _deliver(deps, gate, message, remaining, tally, paused)
     except _StoreUnavailable as exc:
         return exc
     except Exception:
@@ -245,6 +249,7 @@ def _deliver_safely(
 
 def _deliver(
     deps: DispatchDeps,
+    gate: CallGate,
     message: ClaimedMessage,
     remaining: RemainingTime,
     tally: Tally,
@@ -315,7 +320,6 @@ def _deliver(
         return None
 
     adapter = deps.adapters[message.channel]
-    gate = CallGate(queue.db, deps.sleep)
 
     provider_seconds: float | None = None
     gate_seconds = 0.0

@@ -123,9 +123,8 @@ class ClaimedMessage(OutboundMessage):
     attempts: int
     max_attempts: int
     action: Action = Action.MESSAGE
-    # The send-time gate's spacing for its sender (``CallGap``), from the pacing the claim used.
-    call_gap_seconds: float = 0.0
-    call_gap_spaced: bool = False
+    # The send-time gate's spacing for its sender, from the pacing the claim used.
+    call_gap: CallGap = CallGap()
 
 
 @dataclass(frozen=True)
@@ -214,12 +213,7 @@ class QueueRepository:
             conn.execute(sql.SAVE_BUDGETS, saved)
         gaps = {sender: CallGap.of(pacing) for sender, (pacing, _) in paced.items()}
         return [
-            ClaimedMessage(
-                claim_token=claim_token,
-                call_gap_seconds=gaps[row["sender_account_id"]].seconds,
-                call_gap_spaced=gaps[row["sender_account_id"]].spaced,
-                **row,
-            )
+            ClaimedMessage(claim_token=claim_token, call_gap=gaps[row["sender_account_id"]], **row)
             for row in interleave_by_sender(rows)
         ]
 

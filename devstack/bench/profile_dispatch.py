@@ -19,6 +19,7 @@ from devstack.lambda_context import LocalLambdaContext
 from devstack.stack import LocalStack
 from devstack.testing import enqueue_contacts
 from shared import dispatch as dispatch_module
+from shared.call_slots import CallGate
 from shared.observability import Tally
 from shared.runtime import build_database, build_dispatch_deps
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         context = LocalLambdaContext(function_name="profile", timeout_seconds=900)
         tally = Tally()
         paused = dispatch_module._PausedSenders()
+        gate = CallGate(deps.queue.db, deps.sleep)
         token = uuid.uuid4()
         # CPU time, not wall time: waits on sockets are not the dispatcher's cost. The fake
         # provider serves from threads of this process; its frames (fake_provider, http.server)
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         profiler.enable()
         while claimed := deps.queue.claim_batch(token, 25, 600):
             for message in claimed:
-                dispatch_module._deliver(deps, message, context, tally, paused)
+                dispatch_module._deliver(deps, gate, message, context, tally, paused)
                 done += 1
         profiler.disable()
         print(f"profiled {done} messages")

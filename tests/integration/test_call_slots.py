@@ -19,7 +19,7 @@ from shared.call_slots import CallGate, CallSlot
 from shared.dispatch import DispatchDeps, dispatch
 from shared.events import DispatchRequest
 from shared.idempotency import RecordState
-from shared.pacing import SenderPacing
+from shared.pacing import CallGap, SenderPacing
 from shared.providers.outcome import Channel
 from shared.queue import ClaimedMessage, QueueRepository
 from shared.senders import configure_sender
@@ -57,8 +57,7 @@ def message_for(sender: uuid.UUID, gap: float, *, spaced: bool) -> ClaimedMessag
         claim_token=uuid.uuid4(),
         attempts=1,
         max_attempts=5,
-        call_gap_seconds=gap,
-        call_gap_spaced=spaced,
+        call_gap=CallGap(gap, spaced=spaced),
     )
 
 
