@@ -15,8 +15,9 @@ once: must be 0), CPU per message of the senders and of the DynamoDB store (the 
 process), read from ``/proc/<pid>/stat`` (utime + stime) and net of a process's start-up (an
 invocation on an empty queue, measured first), the DynamoDB requests counted in the
 dispatcher processes, the log bytes they wrote, and the cost per million messages those
-counts give at us-east-1 prices (``PRICES``). Then the dispatcher/naive ratio and the
-4-vs-1-dispatchers ratio per latency, against the targets.
+counts give at us-east-1 prices (``PRICES``), and how busy the store was (moto CPU seconds per
+second of sending). Then 1 and 4 dispatchers again at ``SCALING_LATENCY_MS``, where the store
+has headroom, and the dispatcher/naive and 4-vs-1 ratios against the targets.
 
 ``python -m devstack.bench throughput [--quick] [--throughput-messages N] [--latency-ms 0 250]``
 Results are also written as JSON to bench-results/.
@@ -73,6 +74,14 @@ LAMBDA_MEMORY_GB = 512 / 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TARGET_NAIVE_RATIO = 0.8
 TARGET_SCALING = 1.8
+# The 4-vs-1 target holds "when the store is not the bottleneck". The local store is one moto
+# process that handles one request at a time (devstack/moto_server.py), so it saturates at one
+# core; at 250 ms its work for 1 dispatcher and for 4 fills most of a core on this 2-core
+# machine. At 1,000 ms of provider latency 4 dispatchers (32 sends in flight) need under half
+# a core of it: the scaling is graded there, and each run prints how busy the store was.
+SCALING_LATENCY_MS = 1000
+# Store busier than this (cores of moto CPU per second of sending) is reported as the limit.
+STORE_BOTTLENECK_CORES = 0.6
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -123,6 +132,8 @@ class BenchResult:
     sent: int
     sender_cpu_ms_per_message: float
     store_cpu_ms_per_message: float
+    # moto CPU seconds per second from the first send to the last: 1.0 is a saturated store.
+    store_busy_cores: float = 0.0
     aws_calls: dict[str, int] = field(default_factory=dict)
     log_bytes: int = 0
     cost_per_million: dict[str, float] = field(default_factory=dict)
@@ -218,7 +229,8 @@ def run_one(sender: str, messages: int, processes: int, latency_ms: int, concurr
         # The rate between the first and the last send: process start-up (imports, clients,
         # on a loaded machine seconds of it) is left out, for the naive sender and the
         # dispatcher alike. Lambda keeps containers warm between scheduled invocations.
-        steady = (span["sent"] - 1) / max(1e-6, (span["last_sent"] - span["first_sent"]).total_seconds())
+        sending_seconds = max(1e-6, (span["last_sent"] - span["first_sent"]).total_seconds())
+        steady = (span["sent"] - 1) / sending_seconds
     result = BenchResult(
         sender=sender,
         processes=processes,
@@ -231,6 +243,7 @@ def run_one(sender: str, messages: int, processes: int, latency_ms: int, concurr
         sent=sent,
         sender_cpu_ms_per_message=round(max(0.0, sender_cpu) * 1000 / messages, 2),
         store_cpu_ms_per_message=round(store_cpu * 1000 / messages, 2),
+        store_busy_cores=round(store_cpu / sending_seconds, 2) if sender == "dispatcher" else 0.0,
         aws_calls=dict(calls),
         log_bytes=log_bytes,
     )
@@ -260,6 +273,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dispatchers", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--latency-ms", type=int, nargs="+", default=[0, REALISTIC_LATENCY_MS])
     parser.add_argument("--concurrency", type=int, default=8, help="sends in flight per dispatcher")
+    parser.add_argument(
+        "--scaling-latency-ms",
+        type=int,
+        default=SCALING_LATENCY_MS,
+        help="provider latency of the graded N-vs-1-dispatchers runs (0: none)",
+    )
+    parser.add_argument("--scaling-messages", type=int, default=400, help="messages per scaling run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -271,12 +291,18 @@ def run(args: argparse.Namespace) -> int:
             with console.status(f"{sender} x{processes}, {messages} messages, {latency} ms latency"):
                 result = run_one(sender, messages, processes, latency, args.concurrency)
             results.append(result)
-            console.print(
-                f"{sender} x{processes} latency={latency}ms: {result.messages_per_second} msg/s, "
-                f"duplicates={result.duplicates}"
-            )
-    print_table(results, messages)
-    verdicts = ratios(results)
+            _report(result)
+    scaling = args.scaling_latency_ms
+    if scaling and scaling not in args.latency_ms and len(args.dispatchers) > 1:
+        scaling_messages = min(args.scaling_messages, 300) if args.quick else args.scaling_messages
+        for processes in args.dispatchers:
+            label = f"dispatcher x{processes}, {scaling_messages} messages, {scaling} ms latency"
+            with console.status(label):
+                result = run_one("dispatcher", scaling_messages, processes, scaling, args.concurrency)
+            results.append(result)
+            _report(result)
+    print_table(results)
+    verdicts = ratios(results, scaling)
     for line, _ in verdicts:
         console.print(line)
     load = os.getloadavg()
@@ -295,17 +321,26 @@ def run(args: argparse.Namespace) -> int:
     return 0 if clean else 1
 
 
-def print_table(results: list[BenchResult], messages: int) -> None:
-    table = Table(title=f"sendonce dispatch benchmark ({messages} messages per run, moto as DynamoDB)")
+def _report(result: BenchResult) -> None:
+    console.print(
+        f"{result.sender} x{result.processes} latency={result.latency_ms}ms: "
+        f"{result.messages_per_second} msg/s, duplicates={result.duplicates}"
+    )
+
+
+def print_table(results: list[BenchResult]) -> None:
+    table = Table(title="sendonce dispatch benchmark (moto as DynamoDB)")
     headers = [
         "sender",
         "procs",
         "latency ms",
+        "messages",
         "msg/s",
         "wall s",
         "dup",
         "sender CPU ms/msg",
         "store CPU ms/msg",
+        "store busy (cores)",
         "DynamoDB req/msg",
         "log B/msg",
         "$ per 1M (ddb+λ+logs)",
@@ -319,11 +354,13 @@ def print_table(results: list[BenchResult], messages: int) -> None:
             r.sender,
             str(r.processes),
             str(r.latency_ms),
+            str(r.messages),
             f"{r.messages_per_second:.1f}",
             f"{r.wall_seconds:.1f}",
             str(r.duplicates),
             f"{r.sender_cpu_ms_per_message:.2f}",
             f"{r.store_cpu_ms_per_message:.2f}" if r.sender == "dispatcher" else "-",
+            f"{r.store_busy_cores:.2f}" if r.sender == "dispatcher" else "-",
             f"{requests:.2f}" if r.sender == "dispatcher" else "-",
             f"{r.log_bytes / r.messages:.0f}" if r.sender == "dispatcher" else "-",
             (
@@ -335,10 +372,13 @@ def print_table(results: list[BenchResult], messages: int) -> None:
     console.print(table)
 
 
-def ratios(results: list[BenchResult]) -> list[tuple[str, bool]]:
-    """The target lines: dispatcher/naive at the realistic latency (0.8x), 4 vs 1 dispatchers
-    (1.8x, where the store is not the bottleneck: the realistic latency). At 0 ms both are
-    printed for information: there the local store and the 2 shared cores are the limit."""
+def ratios(
+    results: list[BenchResult], scaling_latency_ms: int = SCALING_LATENCY_MS
+) -> list[tuple[str, bool]]:
+    """The target lines. Dispatcher/naive is graded at every latency above 0 ms (0.8x); at
+    0 ms it is information (the local store and the 2 shared cores are the limit there). N vs 1
+    dispatchers is graded at ``scaling_latency_ms`` (1.8x), where the store is not the
+    bottleneck; elsewhere it is information, with how busy the store was."""
     lines: list[tuple[str, bool]] = []
     by_key = {(r.sender, r.processes, r.latency_ms): r for r in results}
     for latency in sorted({r.latency_ms for r in results}):
@@ -352,10 +392,21 @@ def ratios(results: list[BenchResult]) -> list[tuple[str, bool]]:
             lines.append((f"{latency} ms: 1 dispatcher / naive = {ratio:.2f}x ({note})", ok))
         for other in sorted({r.processes for r in results if r.sender == "dispatcher"} - {1}):
             many = by_key.get(("dispatcher", other, latency))
-            if one and many:
-                ratio = many.messages_per_second / one.messages_per_second
-                graded = latency > 0
-                ok = ratio >= TARGET_SCALING or not graded
-                note = f"target {TARGET_SCALING}x: {'met' if ok else 'MISSED'}" if graded else "information"
-                lines.append((f"{latency} ms: {other} vs 1 dispatchers = {ratio:.2f}x ({note})", ok))
+            if not (one and many):
+                continue
+            ratio = many.messages_per_second / one.messages_per_second
+            busiest = max(one.store_busy_cores, many.store_busy_cores)
+            store = f"store busy up to {busiest:.2f} cores"
+            if busiest >= STORE_BOTTLENECK_CORES:
+                store += ": the store is the limit"
+            graded = latency == scaling_latency_ms
+            ok = ratio >= TARGET_SCALING or not graded
+            if graded and busiest >= STORE_BOTTLENECK_CORES:
+                ok = False
+                note = f"target {TARGET_SCALING}x: NOT MEASURABLE, {store}"
+            elif graded:
+                note = f"target {TARGET_SCALING}x: {'met' if ok else 'MISSED'}, {store}"
+            else:
+                note = f"information, {store}"
+            lines.append((f"{latency} ms: {other} vs 1 dispatchers = {ratio:.2f}x ({note})", ok))
     return lines
