@@ -333,27 +333,29 @@ def print_table(results: list[BenchResult]) -> None:
     headers = [
         "sender",
         "procs",
-        "latency ms",
-        "messages",
+        "latency",
+        "msgs",
         "msg/s",
         "wall s",
         "dup",
         "sender CPU ms/msg",
         "store CPU ms/msg",
-        "store busy (cores)",
-        "DynamoDB req/msg",
+        "store busy, cores",
+        "DDB req/msg",
         "log B/msg",
         "$ per 1M (ddb+λ+logs)",
     ]
     for header in headers:
-        table.add_column(header, justify="right")
+        # Two columns whose values must never be cut: the rest wrap their headers instead.
+        keep = {"sender": 10, "latency": 7, "$ per 1M (ddb+λ+logs)": 21}.get(header)
+        table.add_column(header, justify="right", no_wrap=keep is not None, min_width=keep)
     for r in results:
         requests = sum(r.aws_calls.values()) / r.messages
         cost = r.cost_per_million
         table.add_row(
             r.sender,
             str(r.processes),
-            str(r.latency_ms),
+            f"{r.latency_ms} ms",
             str(r.messages),
             f"{r.messages_per_second:.1f}",
             f"{r.wall_seconds:.1f}",
