@@ -21,6 +21,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from devstack.aws import TEST_SECRETS
+from devstack.bench.throughput import DISPATCHER_MEMORY_MB
 from shared.config import Settings
 from shared.events import (
     ContactImportEvent,
@@ -535,6 +536,12 @@ def test_dispatcher_concurrency_covers_overlapping_ticks(template: dict[str, Any
 
 
 # --- schema migration during the deploy -------------------------------------------------------
+
+
+def test_the_bench_costs_the_dispatcher_at_its_deployed_memory(template: dict[str, Any]) -> None:
+    """make bench prices Lambda GB-seconds at the dispatcher's MemorySize; docs/scale.md
+    derives that size from the bench's CPU per message."""
+    assert function_prop(template, "DispatcherFunction", "MemorySize") == DISPATCHER_MEMORY_MB
 
 
 def test_schema_migration_is_a_custom_resource_of_the_migrate_function(template: dict[str, Any]) -> None:
