@@ -137,6 +137,9 @@ class BenchResult:
     store_busy_cores: float = 0.0
     aws_calls: dict[str, int] = field(default_factory=dict)
     log_bytes: int = 0
+    # A send thread's milliseconds per message in each stage, from the dispatchers' own
+    # "dispatch finished" log lines (shared.observability.Stage).
+    stage_ms_per_message: dict[str, float] = field(default_factory=dict)
     cost_per_million: dict[str, float] = field(default_factory=dict)
 
 
@@ -225,6 +228,7 @@ def run_one(sender: str, messages: int, processes: int, latency_ms: int, concurr
         if remaining != {"sent": messages}:
             console.print(f"[red]{sender}: queue not fully sent: {remaining}[/]")
         log_bytes = sum(p.stat().st_size for p in log_paths)
+        stages = stage_seconds(log_paths)
         span = stack.db.fetch_one(sql.BENCH_SENT_SPAN)
         assert span is not None and span["sent"] > 1
         # The rate between the first and the last send: process start-up (imports, clients,
@@ -247,10 +251,27 @@ def run_one(sender: str, messages: int, processes: int, latency_ms: int, concurr
         store_busy_cores=round(store_cpu / sending_seconds, 2) if sender == "dispatcher" else 0.0,
         aws_calls=dict(calls),
         log_bytes=log_bytes,
+        stage_ms_per_message={stage: round(sec * 1000 / messages, 1) for stage, sec in stages.items()},
     )
     if sender == "dispatcher":
         result.cost_per_million = cost_per_million(result)
     return result
+
+
+def stage_seconds(log_paths: list[Path]) -> Counter[str]:
+    """The stage seconds of every "dispatch finished" line in the dispatchers' logs, summed."""
+    totals = Counter[str]()
+    for path in log_paths:
+        for line in path.read_text(errors="replace").splitlines():
+            if '"stage_seconds"' not in line:
+                continue
+            try:
+                report = json.loads(line).get("report", {})
+            except json.JSONDecodeError:
+                continue
+            for stage, seconds in report.get("stage_seconds", {}).items():
+                totals[stage] += seconds
+    return totals
 
 
 def cost_per_million(r: BenchResult) -> dict[str, float]:
@@ -303,6 +324,10 @@ def run(args: argparse.Namespace) -> int:
             results.append(result)
             _report(result)
     print_table(results)
+    for r in results:
+        if r.stage_ms_per_message:
+            parts = ", ".join(f"{stage} {ms:.1f}" for stage, ms in r.stage_ms_per_message.items())
+            console.print(f"dispatcher x{r.processes} at {r.latency_ms} ms, ms per message by stage: {parts}")
     verdicts = ratios(results, scaling)
     for line, _ in verdicts:
         console.print(line)
