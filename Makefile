@@ -82,10 +82,8 @@ test: $(STAMP) $(SAM) $(CHECKOV) pgbouncer  ## Run every suite: lint, types, uni
 	$(PY) -m pytest tests/model
 	@# The IAM test (tests/infra) checks the roles against the AWS calls these two suites record.
 	rm -rf build/aws-calls
-	@# Side by side: each suite starts its own Postgres, moto and fake provider on free ports,
-	@# and both spend most of their time waiting on them. Each suite's output is printed whole
-	@# when it ends (--output-sync); either failing fails the target.
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-integration test-chaos
+	$(PY) -m pytest tests/integration
+	$(PY) -m pytest tests/chaos
 	PATH="$(CURDIR)/$(TOOLS_VENV)/bin:$$PATH" $(PY) -m pytest tests/infra
 
 test-unit: $(STAMP)  ## Unit tests only
