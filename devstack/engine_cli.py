@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -208,20 +209,34 @@ def cmd_campaign_status(args: argparse.Namespace) -> int:
         else:
             console.print(render_status(status))
         return 0
+    # Ctrl-C only sets a flag, checked between refreshes: a KeyboardInterrupt raised inside a
+    # query can leave the connection mid-protocol ("server closed the connection
+    # unexpectedly"), and one run then hung at exit instead of stopping.
+    # A second Ctrl-C interrupts at once, for a query that does not come back. (A plain flag,
+    # not an Event: the handler runs on the main thread and must take no lock it may hold.)
+    stopped: list[bool] = []
+
+    def first_interrupt(*_: object) -> None:
+        stopped.append(True)
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, first_interrupt)
     try:
         if console.is_terminal:
             with Live(render_status(campaign_status(db, args.campaign_id)), console=console) as live:
-                while True:
+                while not stopped:
                     time.sleep(args.interval)
-                    live.update(render_status(campaign_status(db, args.campaign_id)))
+                    if not stopped:
+                        live.update(render_status(campaign_status(db, args.campaign_id)))
         else:
             # Piped into a log: one snapshot per refresh, each complete on its own.
-            while True:
+            while not stopped:
                 console.print(render_status(campaign_status(db, args.campaign_id)))
                 console.file.flush()
                 time.sleep(args.interval)
-    except KeyboardInterrupt:
-        console.print("stopped watching")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    console.print("stopped watching")
     return 0
 
 
