@@ -89,26 +89,28 @@ def build_database(config: Settings, *, send_path: bool = False) -> Database:
     )
 
 
-def dynamodb_client(config: Settings) -> Any:
+def dynamodb_config(config: Settings, *, user_agent: str | None = AWS_USER_AGENT) -> BotoConfig:
     """Explicit, short timeouts with bounded standard-mode retries: the defaults (60 s reads,
     legacy retries) could spend a whole invocation on one write. ``total_max_attempts`` counts
     the first request; botocore's ``max_attempts`` would not. Those bound each socket
     operation and attempt; ``BoundedClient`` bounds the call, backoff included, to the
-    budget the stop-claiming margin counts."""
-    client = boto3.client(
-        "dynamodb",
-        config=BotoConfig(
-            connect_timeout=config.dynamodb_connect_timeout_seconds,
-            read_timeout=config.dynamodb_read_timeout_seconds,
-            retries={"mode": "standard", "total_max_attempts": config.dynamodb_max_attempts},
-            # The requests are built by Powertools and shared.idempotency from fixed shapes;
-            # botocore's client-side check of each one against the service model was 5% of
-            # the dispatcher's CPU per message in a profile (devstack/bench/profile_dispatch.py).
-            # DynamoDB still validates every request it receives.
-            parameter_validation=False,
-            user_agent=AWS_USER_AGENT,
-        ),
+    budget the stop-claiming margin counts. ``user_agent=None`` keeps botocore's default (the
+    CPU benchmark compares the two)."""
+    return BotoConfig(
+        connect_timeout=config.dynamodb_connect_timeout_seconds,
+        read_timeout=config.dynamodb_read_timeout_seconds,
+        retries={"mode": "standard", "total_max_attempts": config.dynamodb_max_attempts},
+        # The requests are built by Powertools and shared.idempotency from fixed shapes;
+        # botocore's client-side check of each one against the service model was 5% of
+        # the dispatcher's CPU per message in a profile (devstack/bench/profile_dispatch.py).
+        # DynamoDB still validates every request it receives.
+        parameter_validation=False,
+        user_agent=user_agent,
     )
+
+
+def dynamodb_client(config: Settings) -> Any:
+    client = boto3.client("dynamodb", config=dynamodb_config(config))
     return BoundedClient(client, config.dynamodb_call_budget_seconds)
 
 

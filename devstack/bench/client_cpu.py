@@ -3,7 +3,7 @@
 
 Against a moto server, one thread sends the idempotency record's two writes per message (a
 conditional PutItem, then an UpdateItem, the shapes Powertools sends) through a client built
-like ``shared.runtime.dynamodb_client``, with botocore's default User-Agent and with
+with ``shared.runtime.dynamodb_config``, with botocore's default User-Agent and with
 ``shared.runtime.AWS_USER_AGENT``, alternating, and reports the thread's CPU per pair
 (``time.thread_time``: the server's work is in its own process and not counted).
 """
@@ -17,25 +17,24 @@ import uuid
 from typing import Any
 
 import boto3
-from botocore.config import Config as BotoConfig
 
 from devstack.aws import FAKE_CREDENTIALS, REGION, MotoServer
-from shared.runtime import AWS_USER_AGENT
+from shared.config import Settings
+from shared.runtime import AWS_USER_AGENT, dynamodb_config
 
 TABLE = "client-cpu"
 
 
 def _client(endpoint: str, user_agent: str | None) -> Any:
-    config = BotoConfig(parameter_validation=False, retries={"mode": "standard", "total_max_attempts": 3})
-    if user_agent:
-        config = config.merge(BotoConfig(user_agent=user_agent))
+    """The dispatcher's DynamoDB configuration (``shared.runtime.dynamodb_config``), unwrapped
+    from its call budget (the helper thread's CPU would not be this thread's)."""
     return boto3.client(
         "dynamodb",
         endpoint_url=endpoint,
         region_name=REGION,
         aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        config=config,
+        config=dynamodb_config(Settings(), user_agent=user_agent),
     )
 
 

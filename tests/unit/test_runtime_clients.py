@@ -24,11 +24,8 @@ def test_the_dynamodb_client_sends_the_fixed_user_agent(monkeypatch: pytest.Monk
     sent: list[str] = []
 
     def capture(request: Any, **_: Any) -> None:
-        sent.append(
-            request.headers["User-Agent"].decode()
-            if isinstance(request.headers["User-Agent"], bytes)
-            else request.headers["User-Agent"]
-        )
+        value = request.headers["User-Agent"]  # bytes once botocore has prepared the request
+        sent.append(value.decode() if isinstance(value, bytes) else value)
         raise Captured  # nothing leaves the process
 
     client.meta.events.register_last("before-send.dynamodb", capture)
